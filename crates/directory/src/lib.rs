@@ -1,0 +1,1 @@
+//! The signed relay directory, read through one interface, and relay selection.
