@@ -1,0 +1,347 @@
+//! One WireGuard session with one peer, driven by the caller's clock.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use gotatun::noise::handshake::parse_handshake_anon;
+use gotatun::noise::index_table::IndexTable;
+use gotatun::noise::rate_limiter::RateLimiter;
+use gotatun::noise::{Tunn, TunnResult};
+use gotatun::packet::{Packet, WgKind};
+use gotatun::tun::MtuWatcher;
+use gotatun::x25519;
+
+use crate::clock::SessionClock;
+use crate::{wire, PublicKey, StaticSecret, TunnelError};
+
+/// How often [`Session::handle_timeout`] wants to run. gotatun's timers have a resolution of
+/// about a second; a quarter of that keeps retries and keepalives on time.
+pub const TIMER_TICK: Duration = Duration::from_millis(250);
+
+/// Handshake initiations per second that a relay answers before it demands cookies.
+const HANDSHAKE_RATE_LIMIT: u64 = 1_000;
+
+/// What a session asks its caller to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send this WireGuard message to the peer.
+    Transmit(Vec<u8>),
+    /// An IP packet came out of the tunnel.
+    Deliver(Vec<u8>),
+    /// The session now answers to this receiver index too; a relay routes data to it.
+    NewIndex(u32),
+}
+
+/// Settings of one session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionConfig {
+    /// Seconds between keepalives even when idle (`None`: only when needed).
+    pub persistent_keepalive: Option<u16>,
+    /// MTU of the tunnel; packets are padded up to a multiple of 16 within it.
+    pub mtu: u16,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            persistent_keepalive: None,
+            mtu: 1420,
+        }
+    }
+}
+
+/// A WireGuard session: gotatun's Noise state machine, with time from the caller.
+pub struct Session {
+    tunn: Tunn,
+    clock: SessionClock,
+    peer: PublicKey,
+    mtu: MtuWatcher,
+    next_tick: Instant,
+    indices: Vec<u32>,
+}
+
+impl Session {
+    /// A session that initiates the handshake (the client side).
+    pub fn initiator(
+        now: Instant,
+        local: &StaticSecret,
+        peer: PublicKey,
+        cfg: SessionConfig,
+    ) -> Self {
+        let public = x25519::PublicKey::from(local.x25519());
+        let limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
+        Self::build(now, local, peer, cfg, IndexTable::from_os_rng(), limiter)
+    }
+
+    fn build(
+        now: Instant,
+        local: &StaticSecret,
+        peer: PublicKey,
+        cfg: SessionConfig,
+        indices: IndexTable,
+        limiter: Arc<RateLimiter>,
+    ) -> Self {
+        let clock = SessionClock::new(now);
+        let tunn = Tunn::new(
+            local.x25519().clone(),
+            peer.to_x25519(),
+            None,
+            cfg.persistent_keepalive,
+            indices,
+            limiter,
+        );
+        Self {
+            tunn,
+            clock,
+            peer,
+            mtu: MtuWatcher::new(cfg.mtu),
+            next_tick: now + TIMER_TICK,
+            indices: Vec::new(),
+        }
+    }
+
+    /// The peer's static public key.
+    pub fn peer(&self) -> PublicKey {
+        self.peer
+    }
+
+    /// Receiver indices this session has announced, newest last.
+    pub fn indices(&self) -> &[u32] {
+        &self.indices
+    }
+
+    /// Whether a handshake has completed and the current keys are usable.
+    pub fn is_established(&self) -> bool {
+        self.tunn.time_since_last_handshake().is_some()
+    }
+
+    /// Starts a handshake now, if none is under way.
+    pub fn connect(&mut self, now: Instant, out: &mut Vec<Action>) {
+        self.clock.enter(now);
+        if let Some(init) = self.tunn.format_handshake_initiation(false) {
+            self.push_network(WgKind::HandshakeInit(init), out);
+        }
+    }
+
+    /// Encrypts one IP packet for the peer. Without a session the packet is queued and a
+    /// handshake starts; it goes out once the handshake completes.
+    pub fn encapsulate(&mut self, now: Instant, ip_packet: &[u8], out: &mut Vec<Action>) {
+        self.clock.enter(now);
+        let packet = Packet::from_bytes(BytesMut::from(ip_packet));
+        if let Some(msg) = self
+            .tunn
+            .handle_outgoing_packet(packet, Some(&mut self.mtu))
+        {
+            self.push_network(msg, out);
+        }
+    }
+
+    /// Processes one datagram from the peer.
+    pub fn decapsulate(
+        &mut self,
+        now: Instant,
+        datagram: &[u8],
+        out: &mut Vec<Action>,
+    ) -> Result<(), TunnelError> {
+        let len = datagram.len();
+        let msg = Packet::from_bytes(BytesMut::from(datagram))
+            .try_into_wg()
+            .map_err(|_| TunnelError::NotWireGuard { len })?;
+        self.receive(now, Incoming(msg), out)
+    }
+
+    /// Processes a message that a [`Responder`] has already parsed and checked.
+    pub fn receive(
+        &mut self,
+        now: Instant,
+        msg: Incoming,
+        out: &mut Vec<Action>,
+    ) -> Result<(), TunnelError> {
+        self.clock.enter(now);
+        match self.tunn.handle_incoming_packet(msg.0) {
+            TunnResult::Done => {}
+            TunnResult::Err(e) => return Err(e.into()),
+            TunnResult::WriteToNetwork(reply) => {
+                self.push_network(reply, out);
+                let queued: Vec<WgKind> = self.tunn.get_queued_packets(&mut self.mtu).collect();
+                for msg in queued {
+                    self.push_network(msg, out);
+                }
+            }
+            TunnResult::WriteToTunnel(packet) => {
+                if !packet.is_empty() {
+                    let len = wire::ip_len(&packet).ok_or(TunnelError::NotIp)?;
+                    let bytes = packet.get(..len).ok_or(TunnelError::NotIp)?;
+                    out.push(Action::Deliver(bytes.to_vec()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the WireGuard timers: handshake retries, rekeys and keepalives.
+    ///
+    /// Returns [`TunnelError::Expired`] when the session can no longer be used (no
+    /// handshake for too long); the caller then drops it or sets up a new one.
+    pub fn handle_timeout(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) -> Result<(), TunnelError> {
+        self.clock.enter(now);
+        self.next_tick = now + TIMER_TICK;
+        match self.tunn.update_timers() {
+            Ok(Some(msg)) => self.push_network(msg, out),
+            Ok(None) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// When [`Session::handle_timeout`] should run next.
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_tick
+    }
+
+    /// Time since the last completed handshake, if any.
+    pub fn since_handshake(&self) -> Option<Duration> {
+        self.tunn.time_since_last_handshake()
+    }
+
+    fn push_network(&mut self, msg: WgKind, out: &mut Vec<Action>) {
+        let index = match &msg {
+            WgKind::HandshakeInit(p) => Some(p.sender_idx.get()),
+            WgKind::HandshakeResp(p) => Some(p.sender_idx.get()),
+            _ => None,
+        };
+        if let Some(index) = index {
+            if !self.indices.contains(&index) {
+                // A handful of recent indices is enough: older sessions have been rotated out.
+                if self.indices.len() >= 4 {
+                    self.indices.remove(0);
+                }
+                self.indices.push(index);
+                out.push(Action::NewIndex(index));
+            }
+        }
+        out.push(Action::Transmit(Packet::from(msg).to_vec()));
+    }
+}
+
+/// A WireGuard message checked by a [`Responder`], ready for [`Session::receive`].
+pub struct Incoming(WgKind);
+
+/// Where a message from the network belongs, as a relay sees it.
+pub enum Classified {
+    /// A handshake initiation from this client key: create or find its session.
+    Handshake {
+        /// The initiator's static public key (fresh per client session).
+        peer: PublicKey,
+        /// The message, for [`Session::receive`].
+        msg: Incoming,
+    },
+    /// A message for the session that announced this receiver index.
+    Index {
+        /// Receiver index named by the message.
+        index: u32,
+        /// The message, for [`Session::receive`].
+        msg: Incoming,
+    },
+    /// The relay is under load: send this cookie reply back instead of answering.
+    CookieReply(Vec<u8>),
+}
+
+/// The relay side: accepts handshakes from any client key.
+///
+/// Relays admit anonymous clients, each with a fresh key, so the peer is not known in
+/// advance: the initiator's key is read from the handshake itself (`parse_handshake_anon`).
+pub struct Responder {
+    secret: StaticSecret,
+    indices: IndexTable,
+    limiter: Arc<RateLimiter>,
+    clock: SessionClock,
+    cfg: SessionConfig,
+}
+
+impl Responder {
+    /// A responder with the relay's static key.
+    pub fn new(now: Instant, secret: StaticSecret, cfg: SessionConfig) -> Self {
+        let public = x25519::PublicKey::from(secret.x25519());
+        Self {
+            limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+            indices: IndexTable::from_os_rng(),
+            clock: SessionClock::new(now),
+            secret,
+            cfg,
+        }
+    }
+
+    /// The relay's public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.secret.public_key()
+    }
+
+    /// Checks a datagram's type, size and MAC, applies the handshake rate limit and says
+    /// which session it belongs to.
+    pub fn classify(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) -> Result<Classified, TunnelError> {
+        self.clock.enter(now);
+        let len = datagram.len();
+        let packet = Packet::from_bytes(BytesMut::from(datagram));
+        let msg = match self.limiter.verify_packet(from, packet) {
+            Ok(msg) => msg,
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                return Ok(Classified::CookieReply(Packet::from(cookie).to_vec()))
+            }
+            Err(TunnResult::Err(e)) => {
+                return Err(match e {
+                    gotatun::noise::errors::WireGuardError::InvalidPacket => {
+                        TunnelError::NotWireGuard { len }
+                    }
+                    e => e.into(),
+                })
+            }
+            Err(_) => return Err(TunnelError::NotWireGuard { len }),
+        };
+        let public = x25519::PublicKey::from(self.secret.x25519());
+        Ok(match msg {
+            WgKind::HandshakeInit(p) => {
+                let half = parse_handshake_anon(self.secret.x25519(), &public, &p)?;
+                Classified::Handshake {
+                    peer: PublicKey::from_bytes(half.peer_static_public),
+                    msg: Incoming(WgKind::HandshakeInit(p)),
+                }
+            }
+            WgKind::HandshakeResp(p) => Classified::Index {
+                index: p.receiver_idx.get(),
+                msg: Incoming(WgKind::HandshakeResp(p)),
+            },
+            WgKind::CookieReply(p) => Classified::Index {
+                index: p.receiver_idx.get(),
+                msg: Incoming(WgKind::CookieReply(p)),
+            },
+            WgKind::Data(p) => Classified::Index {
+                index: p.header.receiver_idx.get(),
+                msg: Incoming(WgKind::Data(p)),
+            },
+        })
+    }
+
+    /// A new session for a client whose handshake initiation was just classified.
+    pub fn session(&self, now: Instant, peer: PublicKey) -> Session {
+        Session::build(
+            now,
+            &self.secret,
+            peer,
+            self.cfg,
+            self.indices.clone(),
+            self.limiter.clone(),
+        )
+    }
+}

@@ -1,0 +1,226 @@
+//! UDP-in-IP packets, the unit that crosses each tunnel.
+//!
+//! Inner WireGuard messages ride in UDP datagrams inside the outer tunnel, and control
+//! messages ride in UDP datagrams to a relay's in-tunnel address. Parsing goes through
+//! smoltcp's checked views, so a short or lying header is an error, never a panic.
+#![deny(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use std::net::{IpAddr, SocketAddr};
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr,
+};
+
+/// Hop limit of packets built here; they only cross one tunnel hop.
+const HOP_LIMIT: u8 = 64;
+
+/// What was wrong with a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Neither a valid IPv4 nor IPv6 header.
+    #[error("not a valid IPv4 or IPv6 packet")]
+    NotIp,
+    /// A valid IP packet carrying something other than UDP.
+    #[error("IP packet does not carry UDP")]
+    NotUdp,
+    /// UDP header or checksum invalid.
+    #[error("malformed UDP datagram (length or checksum)")]
+    BadUdp,
+    /// Source and destination are of different IP families.
+    #[error("source and destination addresses are of different IP families")]
+    MixedFamilies,
+    /// The datagram would not fit in one IP packet.
+    #[error("payload of {0} bytes does not fit in one IP packet")]
+    TooLarge(usize),
+}
+
+/// A parsed UDP datagram borrowing its payload from the packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpDatagram<'a> {
+    /// Source address and port.
+    pub src: SocketAddr,
+    /// Destination address and port.
+    pub dst: SocketAddr,
+    /// The UDP payload.
+    pub payload: &'a [u8],
+}
+
+/// Parses an IPv4 or IPv6 packet carrying UDP, checking lengths and checksums.
+pub fn parse_udp(packet: &[u8]) -> Result<UdpDatagram<'_>, WireError> {
+    let caps = ChecksumCapabilities::default();
+    let (src_ip, dst_ip, proto, payload): (IpAddr, IpAddr, _, &[u8]) = match packet.first() {
+        Some(b) if b >> 4 == 4 => {
+            let ip = Ipv4Packet::new_checked(packet).map_err(|_| WireError::NotIp)?;
+            let repr = Ipv4Repr::parse(&ip, &caps).map_err(|_| WireError::NotIp)?;
+            (
+                repr.src_addr.into(),
+                repr.dst_addr.into(),
+                repr.next_header,
+                ip.payload(),
+            )
+        }
+        Some(b) if b >> 4 == 6 => {
+            let ip = Ipv6Packet::new_checked(packet).map_err(|_| WireError::NotIp)?;
+            let repr = Ipv6Repr::parse(&ip).map_err(|_| WireError::NotIp)?;
+            (
+                repr.src_addr.into(),
+                repr.dst_addr.into(),
+                repr.next_header,
+                ip.payload(),
+            )
+        }
+        _ => return Err(WireError::NotIp),
+    };
+    if proto != IpProtocol::Udp {
+        return Err(WireError::NotUdp);
+    }
+    let udp = UdpPacket::new_checked(payload).map_err(|_| WireError::BadUdp)?;
+    let repr = UdpRepr::parse(&udp, &src_ip.into(), &dst_ip.into(), &caps)
+        .map_err(|_| WireError::BadUdp)?;
+    Ok(UdpDatagram {
+        src: SocketAddr::new(src_ip, repr.src_port),
+        dst: SocketAddr::new(dst_ip, repr.dst_port),
+        payload: udp.payload(),
+    })
+}
+
+/// Builds an IP packet carrying one UDP datagram, with checksums filled in.
+pub fn build_udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Result<Vec<u8>, WireError> {
+    let udp = UdpRepr {
+        src_port: src.port(),
+        dst_port: dst.port(),
+    };
+    let udp_len = udp.header_len() + payload.len();
+    let caps = ChecksumCapabilities::default();
+    let (ip_header_len, emit_ip): (usize, Box<dyn Fn(&mut [u8])>) = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            if udp_len + 20 > usize::from(u16::MAX) {
+                return Err(WireError::TooLarge(payload.len()));
+            }
+            let repr = Ipv4Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: IpProtocol::Udp,
+                payload_len: udp_len,
+                hop_limit: HOP_LIMIT,
+            };
+            let caps = caps.clone();
+            (
+                repr.buffer_len(),
+                Box::new(move |buf| repr.emit(&mut Ipv4Packet::new_unchecked(buf), &caps)),
+            )
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            if udp_len > usize::from(u16::MAX) {
+                return Err(WireError::TooLarge(payload.len()));
+            }
+            let repr = Ipv6Repr {
+                src_addr: s,
+                dst_addr: d,
+                next_header: IpProtocol::Udp,
+                payload_len: udp_len,
+                hop_limit: HOP_LIMIT,
+            };
+            (
+                repr.buffer_len(),
+                Box::new(move |buf| repr.emit(&mut Ipv6Packet::new_unchecked(buf))),
+            )
+        }
+        _ => return Err(WireError::MixedFamilies),
+    };
+    let mut buf = vec![0u8; ip_header_len + udp_len];
+    emit_ip(&mut buf);
+    let (_, udp_buf) = buf.split_at_mut(ip_header_len);
+    udp.emit(
+        &mut UdpPacket::new_unchecked(udp_buf),
+        &IpAddress::from(src.ip()),
+        &IpAddress::from(dst.ip()),
+        payload.len(),
+        |p| p.copy_from_slice(payload),
+        &caps,
+    );
+    Ok(buf)
+}
+
+/// The length an IP packet declares, so padding added by WireGuard can be cut off.
+pub fn ip_len(packet: &[u8]) -> Option<usize> {
+    match packet.first()? >> 4 {
+        4 => Some(usize::from(
+            Ipv4Packet::new_checked(packet).ok()?.total_len(),
+        )),
+        6 => Some(Ipv6Packet::new_checked(packet).ok()?.total_len()),
+        _ => None,
+    }
+}
+
+/// Source and destination addresses of an IP packet.
+pub fn ip_addrs(packet: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    match packet.first()? >> 4 {
+        4 => {
+            let p = Ipv4Packet::new_checked(packet).ok()?;
+            Some((p.src_addr().into(), p.dst_addr().into()))
+        }
+        6 => {
+            let p = Ipv6Packet::new_checked(packet).ok()?;
+            Some((p.src_addr().into(), p.dst_addr().into()))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn udp_round_trip_v4_and_v6() {
+        for (src, dst) in [
+            ("100.64.0.2:4000", "127.0.0.1:51820"),
+            ("[fd00::2]:4000", "[::1]:51820"),
+        ] {
+            let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+            let pkt = build_udp(src, dst, b"hello").unwrap();
+            let d = parse_udp(&pkt).unwrap();
+            assert_eq!((d.src, d.dst, d.payload), (src, dst, &b"hello"[..]));
+            assert_eq!(ip_len(&pkt), Some(pkt.len()));
+            assert_eq!(ip_addrs(&pkt), Some((src.ip(), dst.ip())));
+        }
+    }
+
+    #[test]
+    fn corrupted_checksum_is_rejected() {
+        let src: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let dst: SocketAddr = "10.0.0.2:2".parse().unwrap();
+        let mut pkt = build_udp(src, dst, b"payload").unwrap();
+        let last = pkt.len() - 1;
+        pkt[last] ^= 1;
+        assert_eq!(parse_udp(&pkt), Err(WireError::BadUdp));
+        assert_eq!(
+            build_udp(src, "[::1]:1".parse().unwrap(), b""),
+            Err(WireError::MixedFamilies)
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
+            let _ = parse_udp(&bytes);
+            let _ = ip_len(&bytes);
+            let _ = ip_addrs(&bytes);
+        }
+
+        #[test]
+        fn build_then_parse(payload in proptest::collection::vec(any::<u8>(), 0..1400),
+                            a in any::<[u8; 4]>(), b in any::<[u8; 4]>(), p in 1u16.., q in 1u16..) {
+            let src = SocketAddr::from((a, p));
+            let dst = SocketAddr::from((b, q));
+            let pkt = build_udp(src, dst, &payload).unwrap();
+            let d = parse_udp(&pkt).unwrap();
+            prop_assert_eq!(d.src, src);
+            prop_assert_eq!(d.dst, dst);
+            prop_assert_eq!(d.payload, &payload[..]);
+        }
+    }
+}
