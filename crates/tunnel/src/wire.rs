@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr,
+    IpAddress, IpProtocol, IpRepr, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr,
 };
 
 /// Hop limit of packets built here; they only cross one tunnel hop.
@@ -93,44 +93,28 @@ pub fn build_udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Result<Vec
     };
     let udp_len = udp.header_len() + payload.len();
     let caps = ChecksumCapabilities::default();
-    let (ip_header_len, emit_ip): (usize, Box<dyn Fn(&mut [u8])>) = match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            if udp_len + 20 > usize::from(u16::MAX) {
-                return Err(WireError::TooLarge(payload.len()));
-            }
-            let repr = Ipv4Repr {
-                src_addr: s,
-                dst_addr: d,
-                next_header: IpProtocol::Udp,
-                payload_len: udp_len,
-                hop_limit: HOP_LIMIT,
-            };
-            let caps = caps.clone();
-            (
-                repr.buffer_len(),
-                Box::new(move |buf| repr.emit(&mut Ipv4Packet::new_unchecked(buf), &caps)),
-            )
-        }
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            if udp_len > usize::from(u16::MAX) {
-                return Err(WireError::TooLarge(payload.len()));
-            }
-            let repr = Ipv6Repr {
-                src_addr: s,
-                dst_addr: d,
-                next_header: IpProtocol::Udp,
-                payload_len: udp_len,
-                hop_limit: HOP_LIMIT,
-            };
-            (
-                repr.buffer_len(),
-                Box::new(move |buf| repr.emit(&mut Ipv6Packet::new_unchecked(buf))),
-            )
-        }
-        _ => return Err(WireError::MixedFamilies),
+    if src.is_ipv4() != dst.is_ipv4() {
+        return Err(WireError::MixedFamilies);
+    }
+    let ip = IpRepr::new(
+        src.ip().into(),
+        dst.ip().into(),
+        IpProtocol::Udp,
+        udp_len,
+        HOP_LIMIT,
+    );
+    let ip_header_len = ip.header_len();
+    // IPv4 counts its header in the 16-bit total length; IPv6 counts only the payload.
+    let counted = if src.is_ipv4() {
+        ip_header_len + udp_len
+    } else {
+        udp_len
     };
+    if counted > usize::from(u16::MAX) {
+        return Err(WireError::TooLarge(payload.len()));
+    }
     let mut buf = vec![0u8; ip_header_len + udp_len];
-    emit_ip(&mut buf);
+    ip.emit(&mut buf[..], &caps);
     let (_, udp_buf) = buf.split_at_mut(ip_header_len);
     udp.emit(
         &mut UdpPacket::new_unchecked(udp_buf),

@@ -1,4 +1,5 @@
 //! Nested encapsulation through an in-memory ingress and egress, with a simulated clock.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, SocketAddrV4};
