@@ -1,1 +1,48 @@
 //! In-tunnel control messages: a versioned, length-checked wire format and the setup exchange.
+//!
+//! Control messages travel as UDP payloads inside the WireGuard tunnel to the relay's fixed
+//! in-tunnel address [`control_endpoint`]. A relay admits nothing but control traffic until
+//! a session is admitted. Everything here is sans-IO: it turns bytes into messages and
+//! messages into the next state; sockets and clocks belong to the caller.
+//!
+//! - [`wire`]: the frame header, as a checked view over bytes ([`Frame`]).
+//! - [`message`]: the messages ([`Message`]) and their bodies.
+//! - [`setup`]: the client states ([`ClientSetup`], [`ExpectAdmitted`]) and the relay's
+//!   reply ([`AdmitPolicy::respond`]).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+mod error;
+pub mod message;
+pub mod setup;
+pub mod wire;
+
+pub use error::{DecodeError, DetailTooLong, SetupError};
+pub use message::{Detail, Message, MessageType, RefuseReason};
+pub use setup::{
+    Admission, AdmitPolicy, ClientSetup, ExpectAdmitted, CLIENT_VERSION, MAX_MTU, MIN_MTU,
+    SUPPORTED_CLIENT_VERSIONS,
+};
+pub use wire::Frame;
+
+/// The relay's address inside every tunnel, where control messages go; from the shared
+/// address space (RFC 6598) so it never collides with a destination on the internet.
+pub const CONTROL_ADDR: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+
+/// The UDP port of the control channel at [`CONTROL_ADDR`].
+pub const CONTROL_PORT: u16 = 51821;
+
+/// Where clients send control messages, as one socket address.
+pub const fn control_endpoint() -> SocketAddrV4 {
+    SocketAddrV4::new(CONTROL_ADDR, CONTROL_PORT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_endpoint_is_the_fixed_address() {
+        assert_eq!(control_endpoint().to_string(), "100.64.0.1:51821");
+    }
+}

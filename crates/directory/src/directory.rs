@@ -1,0 +1,279 @@
+//! The directory: every relay a client may use, and the rules a directory must follow
+//! before anyone signs or uses it.
+
+#![deny(clippy::unwrap_used)]
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ValidationError};
+use crate::relay::{Relay, Role};
+
+/// The directory format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Largest advertised bandwidth accepted (10 Tbit/s), so weights never overflow a sum.
+pub const MAX_BANDWIDTH_MBPS: u64 = 10_000_000;
+
+/// The list of relays, as signed. In TOML each relay is a `[[relay]]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Directory {
+    /// Format version; must be [`FORMAT_VERSION`].
+    pub version: u32,
+    /// Increases with every published directory, so clients can refuse an older one.
+    pub serial: u64,
+    /// The relays, in no particular order.
+    #[serde(rename = "relay", default)]
+    pub relays: Vec<Relay>,
+}
+
+impl Directory {
+    /// An empty directory of the current format, to fill in code.
+    pub const fn new(serial: u64) -> Self {
+        Self {
+            version: FORMAT_VERSION,
+            serial,
+            relays: Vec::new(),
+        }
+    }
+
+    /// Checks the rules every directory follows: supported version, non-empty and unique
+    /// names, unique keys, a named operator, usable endpoints and egress bandwidth.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.version != FORMAT_VERSION {
+            return Err(ValidationError::UnsupportedVersion {
+                got: self.version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let mut names = HashSet::new();
+        let mut keys = HashMap::new();
+        for (i, relay) in self.relays.iter().enumerate() {
+            let name = &relay.name;
+            if name.trim().is_empty() {
+                return Err(ValidationError::EmptyName { index: i + 1 });
+            }
+            if !names.insert(name.as_str()) {
+                return Err(ValidationError::DuplicateName { name: name.clone() });
+            }
+            if let Some(first) = keys.insert(relay.wg_public_key, name.as_str()) {
+                return Err(ValidationError::DuplicateKey {
+                    key: relay.wg_public_key.to_string(),
+                    first: first.to_owned(),
+                    second: name.clone(),
+                });
+            }
+            if relay.operator.trim().is_empty() {
+                return Err(ValidationError::EmptyOperator { name: name.clone() });
+            }
+            if relay.endpoint.port() == 0 {
+                return Err(ValidationError::ZeroPort { name: name.clone() });
+            }
+            if relay.endpoint.ip().is_unspecified() {
+                return Err(ValidationError::UnspecifiedAddress {
+                    name: name.clone(),
+                    addr: relay.endpoint.ip(),
+                });
+            }
+            if relay.role == Role::Egress && relay.bandwidth_mbps == 0 {
+                return Err(ValidationError::ZeroBandwidth { name: name.clone() });
+            }
+            if relay.bandwidth_mbps > MAX_BANDWIDTH_MBPS {
+                return Err(ValidationError::BandwidthTooHigh {
+                    name: name.clone(),
+                    got: relay.bandwidth_mbps,
+                    max: MAX_BANDWIDTH_MBPS,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses and validates the body of a directory file (the text that is signed).
+    pub fn from_body_toml(body: &str) -> Result<Self, Error> {
+        let directory: Self = toml::from_str(body).map_err(|source| Error::BadBody { source })?;
+        directory.validate()?;
+        Ok(directory)
+    }
+
+    /// Writes a valid directory as the body text to sign, so the CLI and tests can build a
+    /// directory in code.
+    pub fn to_body_toml(&self) -> Result<String, Error> {
+        self.validate()?;
+        toml::to_string(self).map_err(|source| Error::Encode { source })
+    }
+
+    /// The relays of one role.
+    pub fn relays_with_role(&self, role: Role) -> impl Iterator<Item = &Relay> {
+        self.relays.iter().filter(move |r| r.role == role)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::relay::PublicKey32;
+
+    pub(crate) fn relay(name: &str, role: Role, operator: &str, mbps: u64, key: u8) -> Relay {
+        Relay {
+            name: name.to_owned(),
+            role,
+            wg_public_key: PublicKey32([key; 32]),
+            endpoint: format!("127.0.0.1:{}", 51000 + u16::from(key))
+                .parse()
+                .unwrap(),
+            operator: operator.to_owned(),
+            bandwidth_mbps: mbps,
+        }
+    }
+
+    pub(crate) fn sample() -> Directory {
+        Directory {
+            version: 1,
+            serial: 7,
+            relays: vec![
+                relay("ingress-1", Role::Ingress, "op-a", 1000, 1),
+                relay("egress-1", Role::Egress, "op-b", 1000, 2),
+            ],
+        }
+    }
+
+    #[test]
+    fn body_round_trips_through_toml() {
+        let dir = sample();
+        let body = dir.to_body_toml().unwrap();
+        assert!(body.contains("[[relay]]"), "{body}");
+        assert!(body.contains("role = \"ingress\""), "{body}");
+        assert_eq!(Directory::from_body_toml(&body).unwrap(), dir);
+    }
+
+    #[test]
+    fn body_in_the_documented_form_parses() {
+        let key = PublicKey32([9; 32]);
+        let body = format!(
+            "version = 1\nserial = 7\n[[relay]]\nname = \"ingress-1\"\nrole = \"ingress\"\n\
+             wg_public_key = \"{key}\"\nendpoint = \"127.0.0.1:51820\"\noperator = \"op-a\"\n\
+             bandwidth_mbps = 1000\n"
+        );
+        let dir = Directory::from_body_toml(&body).unwrap();
+        assert_eq!(dir.relays[0].wg_public_key, key);
+        assert_eq!(dir.relays[0].endpoint.port(), 51820);
+    }
+
+    #[test]
+    fn empty_directory_is_valid() {
+        let dir = Directory::new(1);
+        assert_eq!(
+            Directory::from_body_toml(&dir.to_body_toml().unwrap()).unwrap(),
+            dir
+        );
+    }
+
+    fn invalid(change: impl FnOnce(&mut Directory)) -> ValidationError {
+        let mut dir = sample();
+        change(&mut dir);
+        dir.validate().unwrap_err()
+    }
+
+    #[test]
+    fn each_rule_has_its_own_error() {
+        assert_eq!(
+            invalid(|d| d.version = 2),
+            ValidationError::UnsupportedVersion {
+                got: 2,
+                supported: 1
+            }
+        );
+        assert_eq!(
+            invalid(|d| d.relays[1].name = " ".into()),
+            ValidationError::EmptyName { index: 2 }
+        );
+        assert_eq!(
+            invalid(|d| d.relays[1].name = "ingress-1".into()),
+            ValidationError::DuplicateName {
+                name: "ingress-1".into()
+            }
+        );
+        assert_eq!(
+            invalid(|d| d.relays[1].wg_public_key = PublicKey32([1; 32])),
+            ValidationError::DuplicateKey {
+                key: PublicKey32([1; 32]).to_string(),
+                first: "ingress-1".into(),
+                second: "egress-1".into()
+            }
+        );
+        assert_eq!(
+            invalid(|d| d.relays[0].operator = String::new()),
+            ValidationError::EmptyOperator {
+                name: "ingress-1".into()
+            }
+        );
+        assert_eq!(
+            invalid(|d| d.relays[1].bandwidth_mbps = 0),
+            ValidationError::ZeroBandwidth {
+                name: "egress-1".into()
+            }
+        );
+        assert_eq!(
+            invalid(|d| d.relays[1].bandwidth_mbps = MAX_BANDWIDTH_MBPS + 1),
+            ValidationError::BandwidthTooHigh {
+                name: "egress-1".into(),
+                got: MAX_BANDWIDTH_MBPS + 1,
+                max: MAX_BANDWIDTH_MBPS
+            }
+        );
+        assert_eq!(
+            invalid(|d| d.relays[0].endpoint.set_port(0)),
+            ValidationError::ZeroPort {
+                name: "ingress-1".into()
+            }
+        );
+        assert_eq!(
+            invalid(|d| d.relays[0].endpoint = "0.0.0.0:1".parse().unwrap()),
+            ValidationError::UnspecifiedAddress {
+                name: "ingress-1".into(),
+                addr: "0.0.0.0".parse().unwrap()
+            }
+        );
+    }
+
+    #[test]
+    fn ingress_may_advertise_no_bandwidth() {
+        let mut dir = sample();
+        dir.relays[0].bandwidth_mbps = 0;
+        assert_eq!(dir.validate(), Ok(()));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_body_errors() {
+        let body = sample().to_body_toml().unwrap();
+        for bad in [
+            body.replace("operator", "operater"),
+            body.replace("\"ingress\"", "\"middle\""),
+            body.replace("127.0.0.1:51001", "nowhere"),
+            format!("{body}\nextra = 1\n"),
+            "version = 1\n".to_owned(),
+        ] {
+            assert!(
+                matches!(Directory::from_body_toml(&bad), Err(Error::BadBody { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_wg_key_is_reported_by_name() {
+        let body = sample()
+            .to_body_toml()
+            .unwrap()
+            .replace(&PublicKey32([1; 32]).to_string(), "AAAA");
+        let err = Directory::from_body_toml(&body).unwrap_err().to_string();
+        assert!(
+            err.contains("WireGuard public key decodes to 3 bytes"),
+            "{err}"
+        );
+    }
+}

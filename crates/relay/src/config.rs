@@ -1,0 +1,215 @@
+//! Relay configuration files (TOML).
+//!
+//! ```toml
+//! # Which key the relay answers with. Keep this file readable by the relay only.
+//! private_key_file = "/etc/openrelay/relay.key"
+//! listen = "0.0.0.0:51820"
+//! mtu = 1420
+//! lifetime_secs = 86400
+//! max_sessions = 65536
+//! report_interval_secs = 60
+//!
+//! # Ingress: the egresses it may forward to, from the signed directory.
+//! directory = "/etc/openrelay/directory.toml"
+//! directory_keys = ["<base64 ed25519 key of the directory signer>"]
+//!
+//! # Egress: destinations normally refused that this relay may reach (tests, demos).
+//! allow_destinations = ["127.0.0.1/32"]
+//! own_addresses = ["203.0.113.5"]
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use control::AdmitPolicy;
+use ipnet::IpNet;
+use serde::Deserialize;
+use tunnel::StaticSecret;
+
+use crate::policy::DestinationPolicy;
+use crate::run::{Common, EgressSettings, IngressSettings};
+
+/// A configuration that cannot be used, and what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not valid TOML, or a field of the wrong type, or an unknown field.
+    #[error("{path} is not a valid relay config: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The TOML parser's explanation, with line and column.
+        message: String,
+    },
+    /// Neither or both of `private_key` and `private_key_file`.
+    #[error(
+        "set exactly one of `private_key` or `private_key_file` (make one with `openrelay keygen`)"
+    )]
+    Key,
+    /// The key is not a WireGuard key.
+    #[error("the relay's private key is unusable: {0}")]
+    BadKey(#[from] tunnel::KeyError),
+    /// An ingress needs to know its egresses.
+    #[error("an ingress needs `directory` and `directory_keys`, or a static `egresses` list")]
+    NoEgresses,
+    /// The directory could not be loaded.
+    #[error("cannot load the directory: {0}")]
+    Directory(#[from] directory::Error),
+    /// A directory key in `directory_keys` is not an ed25519 key.
+    #[error("a key in `directory_keys` is unusable: {0}")]
+    DirectoryKey(#[from] directory::KeyError),
+    /// A value out of range.
+    #[error("`{field}` {problem}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        problem: &'static str,
+    },
+}
+
+fn default_mtu() -> u16 {
+    1420
+}
+fn default_lifetime() -> u64 {
+    86_400
+}
+fn default_max_sessions() -> usize {
+    65_536
+}
+fn default_report() -> u64 {
+    60
+}
+
+/// The relay config file, as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// The relay's WireGuard private key, base64 (as `wg genkey` prints).
+    pub private_key: Option<String>,
+    /// A file holding that key.
+    pub private_key_file: Option<PathBuf>,
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// MTU announced to clients.
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    /// Seconds an admission lasts.
+    #[serde(default = "default_lifetime")]
+    pub lifetime_secs: u64,
+    /// Session limit.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    /// Seconds between counter reports in the log.
+    #[serde(default = "default_report")]
+    pub report_interval_secs: u64,
+    /// Ingress: signed directory listing the egresses.
+    pub directory: Option<PathBuf>,
+    /// Ingress: ed25519 keys trusted to sign the directory (base64).
+    #[serde(default)]
+    pub directory_keys: Vec<String>,
+    /// Ingress: egress endpoints, instead of a directory (tests).
+    #[serde(default)]
+    pub egresses: Vec<SocketAddr>,
+    /// Egress: networks reachable although normally refused.
+    #[serde(default)]
+    pub allow_destinations: Vec<IpNet>,
+    /// Egress: the relay's own public addresses, always refused.
+    #[serde(default)]
+    pub own_addresses: Vec<IpAddr>,
+}
+
+impl RelayConfig {
+    /// Reads and parses a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses config text; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    fn common(&self) -> Result<Common, ConfigError> {
+        let key = match (&self.private_key, &self.private_key_file) {
+            (Some(k), None) => StaticSecret::from_base64(k)?,
+            (None, Some(p)) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.clone(),
+                    source,
+                })?;
+                StaticSecret::from_base64(&text)?
+            }
+            _ => return Err(ConfigError::Key),
+        };
+        if !(control::MIN_MTU..=control::MAX_MTU).contains(&self.mtu) {
+            return Err(ConfigError::Invalid {
+                field: "mtu",
+                problem: "must be between 1280 and 9000",
+            });
+        }
+        if self.lifetime_secs == 0 || self.report_interval_secs == 0 || self.max_sessions == 0 {
+            return Err(ConfigError::Invalid {
+                field: "lifetime_secs/report_interval_secs/max_sessions",
+                problem: "must be greater than zero",
+            });
+        }
+        Ok(Common {
+            key,
+            listen: self.listen,
+            admit: AdmitPolicy {
+                mtu: self.mtu,
+                lifetime: Duration::from_secs(self.lifetime_secs),
+            },
+            max_sessions: self.max_sessions,
+            report_interval: Duration::from_secs(self.report_interval_secs),
+            observer: None,
+        })
+    }
+
+    /// Settings for an ingress; loads and verifies the directory if one is named.
+    pub fn ingress(&self) -> Result<IngressSettings, ConfigError> {
+        let common = self.common()?;
+        let mut egresses = self.egresses.clone();
+        if let Some(path) = &self.directory {
+            let keys = self
+                .directory_keys
+                .iter()
+                .map(|k| directory::decode_verifying_key(k))
+                .collect::<Result<Vec<_>, _>>()?;
+            let source = directory::FileSource::new(path.clone(), keys);
+            let dir = directory::DirectorySource::load(&source)?;
+            egresses.extend(directory::egress_endpoints(&dir));
+        }
+        if egresses.is_empty() {
+            return Err(ConfigError::NoEgresses);
+        }
+        Ok(IngressSettings { common, egresses })
+    }
+
+    /// Settings for an egress.
+    pub fn egress(&self) -> Result<EgressSettings, ConfigError> {
+        Ok(EgressSettings {
+            common: self.common()?,
+            policy: DestinationPolicy::new(
+                self.allow_destinations.clone(),
+                self.own_addresses.clone(),
+            ),
+        })
+    }
+}

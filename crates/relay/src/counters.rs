@@ -1,0 +1,145 @@
+//! Aggregate counters: the only thing a relay reports about its traffic.
+//!
+//! Counters hold numbers, never addresses or keys, so logging them cannot reveal who talked
+//! to whom.
+
+use std::fmt;
+
+/// Why a datagram or packet was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// Not a WireGuard message (random bytes, wrong size).
+    Malformed,
+    /// Failed authentication (forged, corrupted, wrong key).
+    Auth,
+    /// Replayed or too old.
+    Replay,
+    /// No session for the receiver index (for example after a relay restart).
+    NoSession,
+    /// User traffic from a session that was not admitted.
+    Unadmitted,
+    /// A control message that could not be decoded.
+    BadControl,
+    /// An inner datagram addressed to something other than a listed egress (ingress).
+    NotEgress,
+    /// A packet whose source is not the address the session was assigned.
+    Spoofed,
+    /// A destination refused by policy (egress).
+    Policy,
+    /// Not a parseable IP packet inside the tunnel.
+    NotIp,
+    /// Session limit reached.
+    Capacity,
+}
+
+/// Running totals since the relay started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Datagrams received on the relay's port(s).
+    pub rx_datagrams: u64,
+    /// Datagrams sent.
+    pub tx_datagrams: u64,
+    /// Handshakes answered.
+    pub handshakes: u64,
+    /// Sessions created.
+    pub sessions_created: u64,
+    /// Sessions admitted.
+    pub sessions_admitted: u64,
+    /// Sessions removed (expired, lifetime over).
+    pub sessions_closed: u64,
+    /// User packets carried for admitted sessions (both directions).
+    pub forwarded: u64,
+    /// Payload bytes carried for admitted sessions (both directions).
+    pub forwarded_bytes: u64,
+    /// Control messages handled.
+    pub control: u64,
+    /// Drops by reason.
+    pub dropped_malformed: u64,
+    /// See [`Drop::Auth`].
+    pub dropped_auth: u64,
+    /// See [`Drop::Replay`].
+    pub dropped_replay: u64,
+    /// See [`Drop::NoSession`].
+    pub dropped_no_session: u64,
+    /// See [`Drop::Unadmitted`].
+    pub dropped_unadmitted: u64,
+    /// See [`Drop::BadControl`].
+    pub dropped_bad_control: u64,
+    /// See [`Drop::NotEgress`].
+    pub dropped_not_egress: u64,
+    /// See [`Drop::Spoofed`].
+    pub dropped_spoofed: u64,
+    /// See [`Drop::Policy`].
+    pub dropped_policy: u64,
+    /// See [`Drop::NotIp`].
+    pub dropped_not_ip: u64,
+    /// See [`Drop::Capacity`].
+    pub dropped_capacity: u64,
+}
+
+impl Counters {
+    /// Counts one drop.
+    pub fn drop(&mut self, why: Drop) {
+        let c = match why {
+            Drop::Malformed => &mut self.dropped_malformed,
+            Drop::Auth => &mut self.dropped_auth,
+            Drop::Replay => &mut self.dropped_replay,
+            Drop::NoSession => &mut self.dropped_no_session,
+            Drop::Unadmitted => &mut self.dropped_unadmitted,
+            Drop::BadControl => &mut self.dropped_bad_control,
+            Drop::NotEgress => &mut self.dropped_not_egress,
+            Drop::Spoofed => &mut self.dropped_spoofed,
+            Drop::Policy => &mut self.dropped_policy,
+            Drop::NotIp => &mut self.dropped_not_ip,
+            Drop::Capacity => &mut self.dropped_capacity,
+        };
+        *c += 1;
+    }
+
+    /// All drops together.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_malformed
+            + self.dropped_auth
+            + self.dropped_replay
+            + self.dropped_no_session
+            + self.dropped_unadmitted
+            + self.dropped_bad_control
+            + self.dropped_not_egress
+            + self.dropped_spoofed
+            + self.dropped_policy
+            + self.dropped_not_ip
+            + self.dropped_capacity
+    }
+}
+
+impl fmt::Display for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rx={} tx={} handshakes={} sessions={}/{} admitted={} forwarded={} ({} bytes) control={} \
+             dropped={} (malformed={} auth={} replay={} no_session={} unadmitted={} bad_control={} \
+             not_egress={} spoofed={} policy={} not_ip={} capacity={})",
+            self.rx_datagrams,
+            self.tx_datagrams,
+            self.handshakes,
+            self.sessions_created.saturating_sub(self.sessions_closed),
+            self.sessions_created,
+            self.sessions_admitted,
+            self.forwarded,
+            self.forwarded_bytes,
+            self.control,
+            self.dropped(),
+            self.dropped_malformed,
+            self.dropped_auth,
+            self.dropped_replay,
+            self.dropped_no_session,
+            self.dropped_unadmitted,
+            self.dropped_bad_control,
+            self.dropped_not_egress,
+            self.dropped_spoofed,
+            self.dropped_policy,
+            self.dropped_not_ip,
+            self.dropped_capacity,
+        )
+    }
+}

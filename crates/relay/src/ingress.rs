@@ -1,0 +1,168 @@
+//! The ingress: first hop. It sees the client's address and which egress it uses, never
+//! the destination or the payload.
+//!
+//! It decrypts the outer layer and forwards the inner UDP datagram, unchanged, to a listed
+//! egress from its own address, with a source port per session (the edge owns one socket
+//! per admitted session). Anything else is dropped and counted.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::Instant;
+
+use tunnel::wire::{build_udp, parse_udp};
+
+use crate::counters::{Counters, Drop};
+use crate::table::{SessionId, SessionTable, TableEvent};
+
+/// What the ingress asks its edge to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngressOutput {
+    /// Send a datagram to a client from the relay's public socket.
+    ToClient {
+        /// The client's address.
+        to: SocketAddr,
+        /// The WireGuard message.
+        datagram: Vec<u8>,
+    },
+    /// Open this session's forwarding socket (own source port).
+    OpenForward(SessionId),
+    /// Send an inner datagram to an egress from the session's forwarding socket.
+    Forward {
+        /// The session, naming the socket to send from.
+        id: SessionId,
+        /// A listed egress endpoint.
+        to: SocketAddr,
+        /// The inner WireGuard message, as the client sent it.
+        payload: Vec<u8>,
+    },
+    /// Close this session's forwarding socket.
+    CloseForward(SessionId),
+}
+
+/// Where a session's replies go back to inside the outer tunnel.
+struct Forwarding {
+    client_port: u16,
+}
+
+/// The ingress relay, sans-IO.
+pub struct Ingress {
+    table: SessionTable,
+    egresses: HashSet<SocketAddr>,
+    forwards: HashMap<SessionId, Forwarding>,
+}
+
+impl Ingress {
+    /// An ingress forwarding only to `egresses` (the directory's egress endpoints).
+    pub fn new(table: SessionTable, egresses: impl IntoIterator<Item = SocketAddr>) -> Self {
+        Self {
+            table,
+            egresses: egresses.into_iter().collect(),
+            forwards: HashMap::new(),
+        }
+    }
+
+    /// Replaces the list of egress endpoints (a new directory was loaded).
+    pub fn set_egresses(&mut self, egresses: impl IntoIterator<Item = SocketAddr>) {
+        self.egresses = egresses.into_iter().collect();
+    }
+
+    /// Totals since start.
+    pub fn counters(&self) -> &Counters {
+        &self.table.counters
+    }
+
+    /// The session table (for the relay's key and session count).
+    pub fn table(&self) -> &SessionTable {
+        &self.table
+    }
+
+    /// A datagram from a client.
+    pub fn handle_client(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &mut Vec<IngressOutput>,
+    ) {
+        let mut events = Vec::new();
+        self.table.handle_datagram(now, from, datagram, &mut events);
+        self.apply(events, out);
+    }
+
+    /// A datagram that arrived on a session's forwarding socket.
+    pub fn handle_egress(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        from: SocketAddr,
+        payload: &[u8],
+        out: &mut Vec<IngressOutput>,
+    ) {
+        self.table.counters.rx_datagrams += 1;
+        if !self.egresses.contains(&from) {
+            return self.table.counters.drop(Drop::NotEgress);
+        }
+        let (Some(addr), Some(fwd)) = (self.table.admitted_addr(id), self.forwards.get(&id)) else {
+            return self.table.counters.drop(Drop::NoSession);
+        };
+        let to = SocketAddr::V4(SocketAddrV4::new(addr, fwd.client_port));
+        let Ok(ip) = build_udp(from, to, payload) else {
+            // An IPv6 egress cannot be answered inside an IPv4 outer tunnel.
+            return self.table.counters.drop(Drop::NotIp);
+        };
+        let mut events = Vec::new();
+        self.table.send(now, id, &ip, &mut events);
+        self.apply(events, out);
+    }
+
+    /// Runs timers.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<IngressOutput>) {
+        let mut events = Vec::new();
+        self.table.handle_timeout(now, &mut events);
+        self.apply(events, out);
+    }
+
+    /// When [`Ingress::handle_timeout`] wants to run.
+    pub fn poll_timeout(&self) -> Instant {
+        self.table.poll_timeout()
+    }
+
+    fn apply(&mut self, events: Vec<TableEvent>, out: &mut Vec<IngressOutput>) {
+        for ev in events {
+            match ev {
+                TableEvent::Transmit { to, datagram } => {
+                    out.push(IngressOutput::ToClient { to, datagram })
+                }
+                TableEvent::Admitted { id, .. } => {
+                    self.forwards.insert(id, Forwarding { client_port: 0 });
+                    out.push(IngressOutput::OpenForward(id));
+                }
+                TableEvent::Packet { id, ip } => self.forward(id, &ip, out),
+                TableEvent::Closed { id } => {
+                    if self.forwards.remove(&id).is_some() {
+                        out.push(IngressOutput::CloseForward(id));
+                    }
+                }
+            }
+        }
+    }
+
+    fn forward(&mut self, id: SessionId, ip: &[u8], out: &mut Vec<IngressOutput>) {
+        let Ok(d) = parse_udp(ip) else {
+            return self.table.counters.drop(Drop::NotEgress);
+        };
+        if !self.egresses.contains(&d.dst) {
+            return self.table.counters.drop(Drop::NotEgress);
+        }
+        let Some(fwd) = self.forwards.get_mut(&id) else {
+            return self.table.counters.drop(Drop::NoSession);
+        };
+        fwd.client_port = d.src.port();
+        self.table.counters.tx_datagrams += 1;
+        out.push(IngressOutput::Forward {
+            id,
+            to: d.dst,
+            payload: d.payload.to_vec(),
+        });
+    }
+}

@@ -1,0 +1,57 @@
+//! Tunnel addresses handed to admitted sessions.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+/// First address handed out; `100.64.0.1` is the relay's own control address.
+const FIRST: u32 = u32::from_be_bytes([100, 64, 0, 2]);
+/// Last address of 100.64.0.0/10 (shared address space, RFC 6598) that is handed out.
+const LAST: u32 = u32::from_be_bytes([100, 127, 255, 254]);
+
+/// Hands out addresses from 100.64.0.0/10, reusing released ones first.
+#[derive(Debug)]
+pub(crate) struct AddressPool {
+    next: u32,
+    free: BTreeSet<u32>,
+}
+
+impl AddressPool {
+    pub(crate) fn new() -> Self {
+        Self {
+            next: FIRST,
+            free: BTreeSet::new(),
+        }
+    }
+
+    pub(crate) fn allocate(&mut self) -> Option<Ipv4Addr> {
+        if let Some(a) = self.free.pop_first() {
+            return Some(Ipv4Addr::from(a));
+        }
+        if self.next > LAST {
+            return None;
+        }
+        let a = self.next;
+        self.next += 1;
+        Some(Ipv4Addr::from(a))
+    }
+
+    pub(crate) fn release(&mut self, addr: Ipv4Addr) {
+        self.free.insert(u32::from(addr));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocates_unique_and_reuses() {
+        let mut p = AddressPool::new();
+        let a = p.allocate().unwrap();
+        let b = p.allocate().unwrap();
+        assert_eq!(a, Ipv4Addr::new(100, 64, 0, 2));
+        assert_ne!(a, b);
+        p.release(a);
+        assert_eq!(p.allocate(), Some(a));
+    }
+}

@@ -1,0 +1,92 @@
+//! The relays' tokio edges: sockets, tasks and the clock around the sans-IO cores.
+
+mod ingress;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use control::AdmitPolicy;
+use tokio::sync::mpsc;
+use tunnel::StaticSecret;
+
+pub use ingress::run_ingress;
+
+use crate::counters::Counters;
+use crate::policy::DestinationPolicy;
+
+/// What one hop saw, for `openrelay demo` only.
+///
+/// A relay never logs addresses. The demo runs relays in its own process and passes an
+/// observer so it can show a person what each hop can see; a relay started from a config
+/// file has none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// The ingress forwarded a session's datagram: it knows both of these.
+    Ingress {
+        /// The client's address.
+        client: SocketAddr,
+        /// The egress the client uses.
+        egress: SocketAddr,
+    },
+    /// The egress opened a flow: it knows both of these.
+    Egress {
+        /// The address the session's datagrams come from (the ingress).
+        peer: SocketAddr,
+        /// The destination of the flow.
+        destination: SocketAddr,
+    },
+}
+
+/// Sender half for [`Observation`]s.
+pub type Observer = mpsc::UnboundedSender<Observation>;
+
+/// Settings shared by both roles.
+#[derive(Clone)]
+pub struct Common {
+    /// The relay's WireGuard key.
+    pub key: StaticSecret,
+    /// Where clients (ingress) or ingresses (egress) send datagrams.
+    pub listen: SocketAddr,
+    /// What admitted sessions are told.
+    pub admit: AdmitPolicy,
+    /// Session limit.
+    pub max_sessions: usize,
+    /// How often the counters are logged.
+    pub report_interval: Duration,
+    /// Demo-only observer.
+    pub observer: Option<Observer>,
+}
+
+/// Ingress settings.
+#[derive(Clone)]
+pub struct IngressSettings {
+    /// Shared settings.
+    pub common: Common,
+    /// Egress endpoints the ingress forwards to.
+    pub egresses: Vec<SocketAddr>,
+}
+
+/// Egress settings.
+#[derive(Clone)]
+pub struct EgressSettings {
+    /// Shared settings.
+    pub common: Common,
+    /// Destination rules.
+    pub policy: DestinationPolicy,
+}
+
+/// A running relay's address and live counters.
+pub struct RelayHandle {
+    /// The bound UDP address (useful with port 0).
+    pub local_addr: SocketAddr,
+    /// Latest counters, updated as the relay runs.
+    pub counters: tokio::sync::watch::Receiver<Counters>,
+    /// Stops the relay when dropped or sent.
+    pub shutdown: tokio::sync::oneshot::Sender<()>,
+    /// Completes when the relay has stopped.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+fn report(role: &str, counters: &Counters) {
+    tracing::info!(target: "openrelay::counters", "{role} counters: {counters}");
+}

@@ -1,0 +1,398 @@
+//! Sessions of one relay: handshakes from any client key, the control exchange, and
+//! admission. Shared by the ingress and the egress; neither role sees user traffic of a
+//! session that is not admitted.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use control::{AdmitPolicy, Detail, Message, RefuseReason};
+use tunnel::wire::{build_udp, parse_udp};
+use tunnel::{Action, Classified, PublicKey, Responder, Session, TunnelError, TIMER_TICK};
+
+use crate::counters::{Counters, Drop};
+use crate::pool::AddressPool;
+
+/// A relay-local session number. Never sent anywhere; it names a session to the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+/// Least time between two `Refused(NotAdmitted)` replies to one session.
+const REFUSAL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the table asks of its role and edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableEvent {
+    /// Send a datagram to the session's peer.
+    Transmit {
+        /// The peer's current address.
+        to: SocketAddr,
+        /// The WireGuard message.
+        datagram: Vec<u8>,
+    },
+    /// A session was admitted with this tunnel address.
+    Admitted {
+        /// The session.
+        id: SessionId,
+        /// Its tunnel address.
+        addr: Ipv4Addr,
+    },
+    /// A user packet from an admitted session, source address checked.
+    Packet {
+        /// The session.
+        id: SessionId,
+        /// The IP packet.
+        ip: Vec<u8>,
+    },
+    /// A session is gone; release what the edge holds for it.
+    Closed {
+        /// The session.
+        id: SessionId,
+    },
+}
+
+struct Entry {
+    session: Session,
+    peer_addr: SocketAddr,
+    admitted: Option<Admitted>,
+    last_refusal: Option<Instant>,
+}
+
+#[derive(Clone, Copy)]
+struct Admitted {
+    addr: Ipv4Addr,
+    until: Instant,
+}
+
+/// All sessions of one relay.
+pub struct SessionTable {
+    responder: Responder,
+    entries: HashMap<SessionId, Entry>,
+    by_index: HashMap<u32, SessionId>,
+    by_peer: HashMap<PublicKey, SessionId>,
+    pool: AddressPool,
+    admit: AdmitPolicy,
+    max_sessions: usize,
+    next_id: u64,
+    next_sweep: Instant,
+    /// Totals for the whole relay; roles add their own drops here.
+    pub counters: Counters,
+}
+
+impl SessionTable {
+    /// A table answering handshakes with `responder`'s key.
+    pub fn new(
+        now: Instant,
+        responder: Responder,
+        admit: AdmitPolicy,
+        max_sessions: usize,
+    ) -> Self {
+        Self {
+            responder,
+            entries: HashMap::new(),
+            by_index: HashMap::new(),
+            by_peer: HashMap::new(),
+            pool: AddressPool::new(),
+            admit,
+            max_sessions,
+            next_id: 1,
+            next_sweep: now + TIMER_TICK,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The relay's WireGuard public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.responder.public_key()
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no sessions.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The peer's current address (for the demo's observer only; never logged).
+    pub fn peer_addr(&self, id: SessionId) -> Option<SocketAddr> {
+        Some(self.entries.get(&id)?.peer_addr)
+    }
+
+    /// The tunnel address of an admitted session.
+    pub fn admitted_addr(&self, id: SessionId) -> Option<Ipv4Addr> {
+        self.entries.get(&id)?.admitted.map(|a| a.addr)
+    }
+
+    /// Handles one datagram from the network.
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        datagram: &[u8],
+        out: &mut Vec<TableEvent>,
+    ) {
+        self.counters.rx_datagrams += 1;
+        let classified = match self.responder.classify(now, from, datagram) {
+            Ok(c) => c,
+            Err(e) => return self.count_error(&e),
+        };
+        let (id, msg) = match classified {
+            Classified::CookieReply(c) => {
+                return self.transmit(from, c, out);
+            }
+            Classified::Handshake { peer, msg } => match self.by_peer.get(&peer) {
+                Some(id) => (*id, msg),
+                None => {
+                    if self.entries.len() >= self.max_sessions {
+                        return self.counters.drop(Drop::Capacity);
+                    }
+                    let id = SessionId(self.next_id);
+                    self.next_id += 1;
+                    let entry = Entry {
+                        session: self.responder.session(now, peer),
+                        peer_addr: from,
+                        admitted: None,
+                        last_refusal: None,
+                    };
+                    self.entries.insert(id, entry);
+                    self.by_peer.insert(peer, id);
+                    self.counters.sessions_created += 1;
+                    (id, msg)
+                }
+            },
+            Classified::Index { index, msg } => match self.by_index.get(&index) {
+                Some(id) => (*id, msg),
+                None => return self.counters.drop(Drop::NoSession),
+            },
+        };
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return self.counters.drop(Drop::NoSession);
+        };
+        let mut actions = Vec::new();
+        let res = entry.session.receive(now, msg, &mut actions);
+        if let Err(e) = res {
+            // A failed message from a brand-new key leaves an empty session behind; it
+            // expires with the timers.
+            return self.count_error(&e);
+        }
+        // WireGuard authenticated the datagram: the peer may have roamed.
+        entry.peer_addr = from;
+        self.apply(now, id, actions, out);
+    }
+
+    /// Encrypts a packet for an admitted session (the role's replies to the client).
+    pub fn send(&mut self, now: Instant, id: SessionId, ip: &[u8], out: &mut Vec<TableEvent>) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return self.counters.drop(Drop::NoSession);
+        };
+        if entry.admitted.is_none() {
+            return self.counters.drop(Drop::Unadmitted);
+        }
+        self.counters.forwarded += 1;
+        self.counters.forwarded_bytes += ip.len() as u64;
+        let mut actions = Vec::new();
+        entry.session.encapsulate(now, ip, &mut actions);
+        self.apply(now, id, actions, out);
+    }
+
+    /// Runs session timers and removes expired sessions.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<TableEvent>) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + TIMER_TICK;
+        let ids: Vec<SessionId> = self.entries.keys().copied().collect();
+        for id in ids {
+            let Some(entry) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            let lifetime_over = entry.admitted.is_some_and(|a| now >= a.until);
+            let mut actions = Vec::new();
+            let res = entry.session.handle_timeout(now, &mut actions);
+            if lifetime_over || res.is_err() {
+                self.remove(id, out);
+                continue;
+            }
+            self.apply(now, id, actions, out);
+        }
+    }
+
+    /// When [`SessionTable::handle_timeout`] wants to run.
+    pub fn poll_timeout(&self) -> Instant {
+        self.next_sweep
+    }
+
+    fn remove(&mut self, id: SessionId, out: &mut Vec<TableEvent>) {
+        let Some(entry) = self.entries.remove(&id) else {
+            return;
+        };
+        for index in entry.session.indices() {
+            self.by_index.remove(index);
+        }
+        self.by_peer.remove(&entry.session.peer());
+        if let Some(a) = entry.admitted {
+            self.pool.release(a.addr);
+        }
+        self.counters.sessions_closed += 1;
+        out.push(TableEvent::Closed { id });
+    }
+
+    fn apply(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        actions: Vec<Action>,
+        out: &mut Vec<TableEvent>,
+    ) {
+        for action in actions {
+            match action {
+                Action::NewIndex(index) => {
+                    self.by_index.insert(index, id);
+                    self.counters.handshakes += 1;
+                }
+                Action::Transmit(d) => {
+                    if let Some(e) = self.entries.get(&id) {
+                        let to = e.peer_addr;
+                        self.transmit(to, d, out);
+                    }
+                }
+                Action::Deliver(ip) => self.inbound(now, id, ip, out),
+            }
+        }
+    }
+
+    fn transmit(&mut self, to: SocketAddr, datagram: Vec<u8>, out: &mut Vec<TableEvent>) {
+        self.counters.tx_datagrams += 1;
+        out.push(TableEvent::Transmit { to, datagram });
+    }
+
+    /// A packet that came out of a session's tunnel.
+    fn inbound(&mut self, now: Instant, id: SessionId, ip: Vec<u8>, out: &mut Vec<TableEvent>) {
+        let control = control::control_endpoint();
+        match parse_udp(&ip) {
+            Ok(d) if d.dst == SocketAddr::V4(control) => {
+                let reply_to = d.src;
+                match Message::decode(d.payload) {
+                    Ok(msg) => {
+                        self.counters.control += 1;
+                        self.control(now, id, reply_to, &msg, out);
+                    }
+                    Err(_) => self.counters.drop(Drop::BadControl),
+                }
+                return;
+            }
+            _ => {}
+        }
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        let Some(admitted) = entry.admitted else {
+            self.counters.drop(Drop::Unadmitted);
+            let due = entry
+                .last_refusal
+                .is_none_or(|t| now >= t + REFUSAL_INTERVAL);
+            if due {
+                entry.last_refusal = Some(now);
+                if let Some((src, _)) = tunnel::wire::ip_addrs(&ip) {
+                    let refused = Message::Refused {
+                        reason: RefuseReason::NotAdmitted,
+                        detail: Detail::truncate("this session is not admitted; send Hello first"),
+                    };
+                    self.reply_control(now, id, src, control::CONTROL_PORT, &refused, out);
+                }
+            }
+            return;
+        };
+        match tunnel::wire::ip_addrs(&ip) {
+            Some((IpAddr::V4(src), _)) if src == admitted.addr => {
+                self.counters.forwarded += 1;
+                self.counters.forwarded_bytes += ip.len() as u64;
+                out.push(TableEvent::Packet { id, ip });
+            }
+            Some(_) => self.counters.drop(Drop::Spoofed),
+            None => self.counters.drop(Drop::NotIp),
+        }
+    }
+
+    fn control(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        reply_to: SocketAddr,
+        msg: &Message,
+        out: &mut Vec<TableEvent>,
+    ) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        let reply = match (msg, entry.admitted) {
+            // A repeated Hello (the Admitted reply was lost) gets the same address again.
+            (Message::Hello { .. }, Some(a)) => self.admit.respond(msg, a.addr),
+            (Message::Hello { .. }, None) => {
+                let Some(addr) = self.pool.allocate() else {
+                    self.counters.drop(Drop::Capacity);
+                    return;
+                };
+                let reply = self.admit.respond(msg, addr);
+                if matches!(reply, Message::Admitted { .. }) {
+                    entry.admitted = Some(Admitted {
+                        addr,
+                        until: now + self.admit.lifetime,
+                    });
+                    self.counters.sessions_admitted += 1;
+                    out.push(TableEvent::Admitted { id, addr });
+                } else {
+                    self.pool.release(addr);
+                }
+                reply
+            }
+            _ => Message::Refused {
+                reason: RefuseReason::Unsupported,
+                detail: Detail::truncate("relays accept only Hello on the control address"),
+            },
+        };
+        let (ip, port) = match reply_to {
+            SocketAddr::V4(a) => (IpAddr::V4(*a.ip()), a.port()),
+            SocketAddr::V6(a) => (IpAddr::V6(*a.ip()), a.port()),
+        };
+        self.reply_control(now, id, ip, port, &reply, out);
+    }
+
+    fn reply_control(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        to: IpAddr,
+        port: u16,
+        msg: &Message,
+        out: &mut Vec<TableEvent>,
+    ) {
+        let IpAddr::V4(to) = to else {
+            return;
+        };
+        let src = SocketAddr::V4(control::control_endpoint());
+        let Ok(ip) = build_udp(src, SocketAddr::from((to, port)), &msg.encode()) else {
+            return;
+        };
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        let mut actions = Vec::new();
+        entry.session.encapsulate(now, &ip, &mut actions);
+        self.apply(now, id, actions, out);
+    }
+
+    fn count_error(&mut self, e: &TunnelError) {
+        self.counters.drop(match e {
+            TunnelError::NotWireGuard { .. } | TunnelError::NotIp | TunnelError::Protocol(_) => {
+                Drop::Malformed
+            }
+            TunnelError::Replay => Drop::Replay,
+            TunnelError::Authentication(_) => Drop::Auth,
+            TunnelError::NoSession(_) | TunnelError::Expired => Drop::NoSession,
+        });
+    }
+}
