@@ -159,6 +159,8 @@ impl Ingress {
         };
         fwd.client_port = d.src.port();
         self.table.counters.tx_datagrams += 1;
+        self.table.counters.forwarded += 1;
+        self.table.counters.forwarded_bytes += d.payload.len() as u64;
         out.push(IngressOutput::Forward {
             id,
             to: d.dst,

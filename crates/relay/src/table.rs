@@ -308,8 +308,7 @@ impl SessionTable {
         };
         match tunnel::wire::ip_addrs(&ip) {
             Some((IpAddr::V4(src), _)) if src == admitted.addr => {
-                self.counters.forwarded += 1;
-                self.counters.forwarded_bytes += ip.len() as u64;
+                // The role counts it as forwarded once it really goes on.
                 out.push(TableEvent::Packet { id, ip });
             }
             Some(_) => self.counters.drop(Drop::Spoofed),

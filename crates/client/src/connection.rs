@@ -1,0 +1,319 @@
+//! One two-hop connection, sans-IO.
+//!
+//! Setup, in order: outer handshake and `Hello` → `Admitted` with the ingress (over the
+//! outer tunnel); then inner handshake and `Hello` → `Admitted` with the egress (over the
+//! inner tunnel, through the ingress). Only then does user traffic flow. Each step is a
+//! state that consumes itself (see `control::setup`).
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use control::{
+    Admission, ClientSetup, ExpectAdmitted, Message, RefuseReason, SetupError, CLIENT_VERSION,
+};
+use tunnel::wire::{build_udp, parse_udp};
+use tunnel::{Nested, NestedEvent, PublicKey, Session, SessionConfig, StaticSecret, TunnelError};
+
+/// How long each setup step may take before the connection counts as failed.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Client port for control messages inside each tunnel.
+const CONTROL_CLIENT_PORT: u16 = 51822;
+
+/// Which relay a problem is with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    /// The first hop.
+    Ingress,
+    /// The second hop.
+    Egress,
+}
+
+impl std::fmt::Display for Hop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Hop::Ingress => "ingress",
+            Hop::Egress => "egress",
+        })
+    }
+}
+
+/// Why a connection ended or could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// A relay refused the session.
+    #[error("the {hop} refused the session: {source}")]
+    Setup {
+        /// Which relay.
+        hop: Hop,
+        /// What it said.
+        source: SetupError,
+    },
+    /// A relay did not complete a step in time.
+    #[error(
+        "the {hop} did not answer within {:?}; it may be down or unreachable",
+        SETUP_TIMEOUT
+    )]
+    Timeout {
+        /// Which relay.
+        hop: Hop,
+    },
+    /// The relay no longer knows the session (it restarted).
+    #[error("the {hop} no longer knows this session (it probably restarted); reconnecting")]
+    Forgotten {
+        /// Which relay.
+        hop: Hop,
+    },
+    /// The WireGuard session expired.
+    #[error("the tunnel expired: {0}")]
+    Tunnel(#[from] TunnelError),
+}
+
+impl ConnectionError {
+    /// The relay the error is about, where one is to blame.
+    pub fn hop(&self) -> Option<Hop> {
+        match self {
+            Self::Setup { hop, .. } | Self::Timeout { hop } | Self::Forgotten { hop } => Some(*hop),
+            Self::Tunnel(_) => None,
+        }
+    }
+}
+
+/// What the connection asks its edge to do.
+#[derive(Debug)]
+pub enum ConnEvent {
+    /// Send this datagram to the ingress.
+    ToIngress(Vec<u8>),
+    /// An IP packet for the local TCP/IP stack.
+    Packet(Vec<u8>),
+    /// Both hops admitted the session: user traffic may flow from `addr`.
+    Ready {
+        /// The ingress's admission.
+        outer: Admission,
+        /// The egress's admission: the address the local stack uses.
+        inner: Admission,
+    },
+    /// The connection is over; set up a new one (fresh keys) if wanted.
+    Lost(ConnectionError),
+}
+
+enum Phase {
+    Outer(ExpectAdmitted),
+    Inner(ExpectAdmitted),
+    Ready,
+    Done,
+}
+
+/// What a connection needs to know about its route.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteKeys {
+    /// The ingress's WireGuard key.
+    pub ingress_key: PublicKey,
+    /// The egress's WireGuard key.
+    pub egress_key: PublicKey,
+    /// The egress endpoint, as the ingress reaches it.
+    pub egress_endpoint: SocketAddr,
+}
+
+/// A two-hop connection.
+pub struct Connection {
+    nested: Nested,
+    phase: Phase,
+    step_deadline: Instant,
+    inner_addr: Option<Ipv4Addr>,
+    outer_admission: Option<Admission>,
+    /// User packets dropped because the connection was not ready.
+    pub dropped_not_ready: u64,
+}
+
+impl Connection {
+    /// A connection with fresh keys for both sessions, so that no two connections of one
+    /// user share a key.
+    pub fn new(now: Instant, route: RouteKeys) -> Self {
+        let cfg = SessionConfig::default();
+        let outer = Session::initiator(now, &StaticSecret::generate(), route.ingress_key, cfg);
+        let inner = Session::initiator(now, &StaticSecret::generate(), route.egress_key, cfg);
+        let (expect, _) = ClientSetup::new(CLIENT_VERSION).start();
+        Self {
+            nested: Nested::new(outer, inner, route.egress_endpoint),
+            phase: Phase::Outer(expect),
+            step_deadline: now + SETUP_TIMEOUT,
+            inner_addr: None,
+            outer_admission: None,
+            dropped_not_ready: 0,
+        }
+    }
+
+    /// Starts the setup: the outer handshake, carrying `Hello` to the ingress.
+    pub fn start(&mut self, now: Instant, out: &mut Vec<ConnEvent>) {
+        let (_, hello) = ClientSetup::new(CLIENT_VERSION).start();
+        let ip = control_packet(Ipv4Addr::UNSPECIFIED, &hello);
+        let mut ev = Vec::new();
+        self.nested.send_outer(now, &ip, &mut ev);
+        self.step_deadline = now + SETUP_TIMEOUT;
+        self.map(now, ev, out);
+    }
+
+    /// Whether user traffic can flow.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.phase, Phase::Ready)
+    }
+
+    /// The nested tunnel (for handshake times and keys in status output).
+    pub fn tunnel(&self) -> &Nested {
+        &self.nested
+    }
+
+    /// One datagram from the ingress.
+    pub fn receive(&mut self, now: Instant, datagram: &[u8], out: &mut Vec<ConnEvent>) {
+        let mut ev = Vec::new();
+        // Undecryptable datagrams (stale, forged) are ignored: WireGuard's own timers
+        // notice a dead session.
+        let _ = self.nested.receive(now, datagram, &mut ev);
+        self.map(now, ev, out);
+    }
+
+    /// A user IP packet from the local stack.
+    pub fn send(&mut self, now: Instant, ip: &[u8], out: &mut Vec<ConnEvent>) {
+        if !self.is_ready() {
+            self.dropped_not_ready += 1;
+            return;
+        }
+        let mut ev = Vec::new();
+        self.nested.send_inner(now, ip, &mut ev);
+        self.map(now, ev, out);
+    }
+
+    /// Sends a raw IP packet inside the outer tunnel only, to the ingress itself.
+    ///
+    /// Not used by the client; it lets tests check that the ingress refuses to forward
+    /// anything but inner datagrams to listed egresses.
+    pub fn send_outer_raw(&mut self, now: Instant, ip: &[u8], out: &mut Vec<ConnEvent>) {
+        let mut ev = Vec::new();
+        self.nested.send_outer(now, ip, &mut ev);
+        self.map(now, ev, out);
+    }
+
+    /// Runs timers: WireGuard's, and the setup deadline.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<ConnEvent>) {
+        if matches!(self.phase, Phase::Done) {
+            return;
+        }
+        let mut ev = Vec::new();
+        let res = self.nested.handle_timeout(now, &mut ev);
+        self.map(now, ev, out);
+        if let Err(e) = res {
+            return self.fail(ConnectionError::Tunnel(e), out);
+        }
+        if now >= self.step_deadline {
+            match self.phase {
+                Phase::Outer(_) => self.fail(ConnectionError::Timeout { hop: Hop::Ingress }, out),
+                Phase::Inner(_) => self.fail(ConnectionError::Timeout { hop: Hop::Egress }, out),
+                Phase::Ready | Phase::Done => {}
+            }
+        }
+    }
+
+    /// When [`Connection::handle_timeout`] should run.
+    pub fn poll_timeout(&self) -> Instant {
+        match self.phase {
+            Phase::Outer(_) | Phase::Inner(_) => self.nested.poll_timeout().min(self.step_deadline),
+            _ => self.nested.poll_timeout(),
+        }
+    }
+
+    fn fail(&mut self, e: ConnectionError, out: &mut Vec<ConnEvent>) {
+        if !matches!(self.phase, Phase::Done) {
+            self.phase = Phase::Done;
+            out.push(ConnEvent::Lost(e));
+        }
+    }
+
+    fn map(&mut self, now: Instant, events: Vec<NestedEvent>, out: &mut Vec<ConnEvent>) {
+        for e in events {
+            match e {
+                NestedEvent::ToIngress(d) => out.push(ConnEvent::ToIngress(d)),
+                NestedEvent::Outer(ip) => {
+                    if let Some(msg) = control_message(&ip) {
+                        self.on_control(now, Hop::Ingress, msg, out);
+                    }
+                }
+                NestedEvent::Inner(ip) => match control_message(&ip) {
+                    Some(msg) => self.on_control(now, Hop::Egress, msg, out),
+                    None if self.is_ready() => {
+                        if self.is_for_us(&ip) {
+                            out.push(ConnEvent::Packet(ip));
+                        }
+                    }
+                    None => {}
+                },
+            }
+        }
+    }
+
+    fn is_for_us(&self, ip: &[u8]) -> bool {
+        matches!(tunnel::wire::ip_addrs(ip), Some((_, std::net::IpAddr::V4(dst))) if Some(dst) == self.inner_addr)
+    }
+
+    fn on_control(&mut self, now: Instant, hop: Hop, msg: Message, out: &mut Vec<ConnEvent>) {
+        let phase = std::mem::replace(&mut self.phase, Phase::Done);
+        self.phase = match (phase, hop) {
+            (Phase::Outer(expect), Hop::Ingress) => match expect.handle(msg) {
+                Ok(outer) => {
+                    self.nested.set_outer_addr(outer.tunnel_addr);
+                    self.outer_admission = Some(outer);
+                    let (expect, hello) = ClientSetup::new(CLIENT_VERSION).start();
+                    let ip = control_packet(Ipv4Addr::UNSPECIFIED, &hello);
+                    let mut ev = Vec::new();
+                    self.nested.send_inner(now, &ip, &mut ev);
+                    self.step_deadline = now + SETUP_TIMEOUT;
+                    self.phase = Phase::Inner(expect);
+                    self.map(now, ev, out);
+                    return;
+                }
+                Err(source) => return self.fail(ConnectionError::Setup { hop, source }, out),
+            },
+            (Phase::Inner(expect), Hop::Egress) => match expect.handle(msg) {
+                Ok(inner) => {
+                    self.inner_addr = Some(inner.tunnel_addr);
+                    let outer = self.outer_admission.unwrap_or(inner);
+                    out.push(ConnEvent::Ready { outer, inner });
+                    Phase::Ready
+                }
+                Err(source) => return self.fail(ConnectionError::Setup { hop, source }, out),
+            },
+            (Phase::Ready, hop) => match msg {
+                Message::Refused {
+                    reason: RefuseReason::NotAdmitted,
+                    ..
+                } => {
+                    self.phase = Phase::Ready;
+                    return self.fail(ConnectionError::Forgotten { hop }, out);
+                }
+                _ => Phase::Ready,
+            },
+            (other, _) => other,
+        };
+    }
+}
+
+/// A control message as an IP packet to the relay's control address.
+fn control_packet(src: Ipv4Addr, msg: &Message) -> Vec<u8> {
+    let src = SocketAddr::V4(SocketAddrV4::new(src, CONTROL_CLIENT_PORT));
+    // A control message is at most 1200 bytes, so it always fits one packet.
+    build_udp(
+        src,
+        SocketAddr::V4(control::control_endpoint()),
+        &msg.encode(),
+    )
+    .unwrap_or_default()
+}
+
+/// The control message in a packet from a relay's control address, if it is one.
+fn control_message(ip: &[u8]) -> Option<Message> {
+    let d = parse_udp(ip).ok()?;
+    if d.src != SocketAddr::V4(control::control_endpoint()) {
+        return None;
+    }
+    Message::decode(d.payload).ok()
+}

@@ -1,0 +1,8 @@
+//! OpenRelay's client.
+//!
+//! [`connection::Connection`] is the sans-IO two-hop connection: outer session to the
+//! ingress, inner session to the egress, and the control exchange at each hop. The
+//! userspace edge ([`run`]) puts a SOCKS5 proxy on 127.0.0.1 in front of it, with a
+//! userspace TCP/IP stack, and reconnects when a relay restarts.
+
+pub mod connection;
