@@ -64,6 +64,9 @@ pub enum ConnectionError {
         /// Which relay.
         hop: Hop,
     },
+    /// The UDP socket towards the ingress failed.
+    #[error("cannot reach the ingress: {0}")]
+    Socket(#[from] std::io::Error),
     /// The WireGuard session expired.
     #[error("the tunnel expired: {0}")]
     Tunnel(#[from] TunnelError),
@@ -74,6 +77,7 @@ impl ConnectionError {
     pub fn hop(&self) -> Option<Hop> {
         match self {
             Self::Setup { hop, .. } | Self::Timeout { hop } | Self::Forgotten { hop } => Some(*hop),
+            Self::Socket(_) => Some(Hop::Ingress),
             Self::Tunnel(_) => None,
         }
     }

@@ -6,3 +6,4 @@
 //! userspace TCP/IP stack, and reconnects when a relay restarts.
 
 pub mod connection;
+pub mod run;

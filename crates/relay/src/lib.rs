@@ -6,6 +6,7 @@
 //! relays flows allowed by its [`policy`]. The cores are sans-IO; [`run`] holds the tokio
 //! edges. Relays keep everything in RAM and report only [`counters`].
 
+pub mod cli;
 pub mod config;
 pub mod counters;
 pub mod ingress;

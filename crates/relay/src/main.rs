@@ -1,1 +1,23 @@
-fn main() {}
+//! `openrelay-relay`: the relay alone, as measured and attested.
+//!
+//! It holds only what a relay needs (no client, no demo), so the image that validators
+//! rebuild and clients approve stays small. `openrelay relay` runs the same code.
+
+use clap::Parser;
+
+/// OpenRelay relay (ingress or egress). Keeps everything in RAM, writes nothing to disk,
+/// and logs only aggregate counters, never an address.
+#[derive(Debug, Parser)]
+#[command(name = "openrelay-relay", version)]
+struct Cli {
+    #[command(subcommand)]
+    role: relay::cli::RelayCommand,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    relay::cli::init_logging();
+    relay::cli::run_until_signal(&cli.role).await?;
+    Ok(())
+}

@@ -47,6 +47,13 @@ impl DestinationPolicy {
         Self { allow, own }
     }
 
+    /// Adds an address of the relay itself (its listening address, once bound).
+    pub fn add_own(&mut self, ip: IpAddr) {
+        if !ip.is_unspecified() && !self.own.contains(&ip) {
+            self.own.push(ip);
+        }
+    }
+
     /// Whether the egress may open a flow to `dst`.
     pub fn check(&self, dst: SocketAddr) -> Result<(), Refusal> {
         let ip = canonical(dst.ip());

@@ -1,5 +1,6 @@
 //! The relays' tokio edges: sockets, tasks and the clock around the sans-IO cores.
 
+mod egress;
 mod ingress;
 
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use control::AdmitPolicy;
 use tokio::sync::mpsc;
 use tunnel::StaticSecret;
 
+pub use egress::run_egress;
 pub use ingress::run_ingress;
 
 use crate::counters::Counters;

@@ -1,0 +1,335 @@
+//! The client's tokio edge: a UDP socket to the ingress, a userspace TCP/IP stack, a
+//! SOCKS5 proxy on loopback, and a supervisor that reconnects.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use directory::{Directory, PublicKey32, Relay};
+use netstack::driver::{StackHandle, TcpFlow};
+use netstack::{Mode, Stack, StackConfig};
+use rand::SeedableRng;
+use socks::{DatagramSocket, Dialer, Target};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::{mpsc, oneshot, watch};
+use tunnel::PublicKey;
+
+use crate::connection::{ConnEvent, Connection, ConnectionError, Hop, RouteKeys};
+
+/// How long a SOCKS5 request waits for the tunnel to be up.
+const WAIT_FOR_TUNNEL: Duration = Duration::from_secs(15);
+/// How long a TCP connect through the tunnel may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Failures in a row after which a relay is avoided and another is picked.
+const FAILURES_BEFORE_SWITCH: u32 = 2;
+/// Packets queued between the tunnel and the stack.
+const STACK_QUEUE: usize = 1024;
+
+/// What the client needs to run.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// The verified directory.
+    pub directory: Directory,
+    /// Where the SOCKS5 proxy listens (keep it on loopback).
+    pub socks: SocketAddr,
+    /// Seed for route selection (tests); random when `None`.
+    pub seed: Option<u64>,
+}
+
+/// The client's state, for status output and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    /// Setting up a connection through these relays (names from the directory).
+    Connecting {
+        /// The ingress's name.
+        ingress: String,
+        /// The egress's name.
+        egress: String,
+    },
+    /// Both hops admitted the session.
+    Connected {
+        /// The ingress's name.
+        ingress: String,
+        /// The egress's name.
+        egress: String,
+        /// Connections set up before this one (0 for the first).
+        reconnects: u32,
+    },
+    /// The connection was lost or refused; the client will try again.
+    Retrying {
+        /// What happened, for the user.
+        reason: String,
+    },
+    /// No usable route in the directory.
+    NoRoute {
+        /// What is missing.
+        reason: String,
+    },
+}
+
+/// A running client.
+pub struct ClientHandle {
+    /// The SOCKS5 proxy's address.
+    pub socks: SocketAddr,
+    /// The latest status.
+    pub status: watch::Receiver<Status>,
+    /// Stops the client.
+    pub shutdown: oneshot::Sender<()>,
+    /// Completes when the client has stopped.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the client: SOCKS5 proxy plus the connection supervisor.
+pub async fn run_client(settings: ClientSettings) -> io::Result<ClientHandle> {
+    let listener = TcpListener::bind(settings.socks).await?;
+    let socks_addr = listener.local_addr()?;
+    let (stack_tx, stack_rx) = watch::channel(None);
+    let dialer = Arc::new(TunnelDialer { stack: stack_rx });
+    let (status_tx, status) = watch::channel(Status::Retrying {
+        reason: "starting".into(),
+    });
+    let (shutdown, shutdown_rx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let proxy = tokio::spawn(socks::serve(listener, dialer));
+        supervise(settings, stack_tx, status_tx, shutdown_rx).await;
+        proxy.abort();
+    });
+    Ok(ClientHandle {
+        socks: socks_addr,
+        status,
+        shutdown,
+        task,
+    })
+}
+
+/// Picks routes and keeps a connection up until shutdown.
+async fn supervise(
+    settings: ClientSettings,
+    stack_tx: watch::Sender<Option<StackHandle>>,
+    status: watch::Sender<Status>,
+    mut shutdown: oneshot::Receiver<()>,
+) {
+    let mut rng = match settings.seed {
+        Some(s) => rand::rngs::StdRng::seed_from_u64(s),
+        None => rand::rngs::StdRng::from_os_rng(),
+    };
+    let mut failures: HashMap<PublicKey32, u32> = HashMap::new();
+    let mut excluded: Vec<PublicKey32> = Vec::new();
+    let mut reconnects = 0u32;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let route = match directory::pick_route(&settings.directory, &mut rng, &excluded) {
+            Ok(r) => r,
+            Err(e) if !excluded.is_empty() => {
+                tracing::warn!("{e}; trying the relays that failed before again");
+                excluded.clear();
+                continue;
+            }
+            Err(e) => {
+                status.send_replace(Status::NoRoute {
+                    reason: e.to_string(),
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                    _ = &mut shutdown => return,
+                }
+            }
+        };
+        status.send_replace(Status::Connecting {
+            ingress: route.ingress.name.clone(),
+            egress: route.egress.name.clone(),
+        });
+        let outcome = tokio::select! {
+            o = connect_once(&route.ingress, &route.egress, &stack_tx, &status, reconnects) => o,
+            _ = &mut shutdown => {
+                stack_tx.send_replace(None);
+                return;
+            }
+        };
+        stack_tx.send_replace(None);
+        let (was_ready, err) = match outcome {
+            Ok(o) => o,
+            Err(e) => (false, ConnectionError::Socket(e)),
+        };
+        tracing::warn!("{err}");
+        status.send_replace(Status::Retrying {
+            reason: err.to_string(),
+        });
+        let blamed = match err.hop() {
+            Some(Hop::Ingress) => Some(&route.ingress),
+            Some(Hop::Egress) => Some(&route.egress),
+            None => None,
+        };
+        if let Some(relay) = blamed {
+            let n = failures.entry(relay.wg_public_key).or_default();
+            *n += 1;
+            if *n >= FAILURES_BEFORE_SWITCH {
+                tracing::warn!(
+                    "{} failed {n} times in a row; picking another relay",
+                    relay.name
+                );
+                excluded.push(relay.wg_public_key);
+                failures.remove(&relay.wg_public_key);
+            }
+        }
+        if was_ready {
+            reconnects += 1;
+            backoff = Duration::from_millis(100);
+        } else {
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = &mut shutdown => return,
+        }
+    }
+}
+
+/// One connection, from the first handshake until it is lost. Returns whether it was ever
+/// ready, and why it ended.
+async fn connect_once(
+    ingress: &Relay,
+    egress: &Relay,
+    stack_tx: &watch::Sender<Option<StackHandle>>,
+    status: &watch::Sender<Status>,
+    reconnects: u32,
+) -> io::Result<(bool, ConnectionError)> {
+    let bind: SocketAddr = match ingress.endpoint.ip() {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(bind).await?;
+    socket.connect(ingress.endpoint).await?;
+    let now = Instant::now();
+    let mut conn = Connection::new(
+        now,
+        RouteKeys {
+            ingress_key: PublicKey::from_bytes(ingress.wg_public_key.0),
+            egress_key: PublicKey::from_bytes(egress.wg_public_key.0),
+            egress_endpoint: egress.endpoint,
+        },
+    );
+    let mut events = Vec::new();
+    conn.start(now, &mut events);
+    let mut buf = vec![0u8; 65_535];
+    let mut stack_in: Option<mpsc::Sender<Vec<u8>>> = None;
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(STACK_QUEUE);
+    let mut ready = false;
+    loop {
+        for ev in events.drain(..) {
+            match ev {
+                ConnEvent::ToIngress(d) => {
+                    // A send error (no route, refused) is transient; WireGuard retries.
+                    let _ = socket.send(&d).await;
+                }
+                ConnEvent::Packet(ip) => {
+                    if let Some(tx) = &stack_in {
+                        let _ = tx.try_send(ip);
+                    }
+                }
+                ConnEvent::Ready { inner, .. } => {
+                    let mut config =
+                        StackConfig::new(Mode::Client, vec![IpAddr::V4(inner.tunnel_addr)]);
+                    config.mtu = usize::from(inner.mtu);
+                    let stack = Stack::new(config, Instant::now()).map_err(io::Error::other)?;
+                    let (tx, rx) = mpsc::channel(STACK_QUEUE);
+                    let handle = netstack::driver::spawn(stack, rx, out_tx.clone());
+                    stack_in = Some(tx);
+                    stack_tx.send_replace(Some(handle));
+                    ready = true;
+                    tracing::info!("connected through {} and {}", ingress.name, egress.name);
+                    status.send_replace(Status::Connected {
+                        ingress: ingress.name.clone(),
+                        egress: egress.name.clone(),
+                        reconnects,
+                    });
+                }
+                ConnEvent::Lost(e) => return Ok((ready, e)),
+            }
+        }
+        let deadline = tokio::time::Instant::from_std(conn.poll_timeout());
+        tokio::select! {
+            r = socket.recv(&mut buf) => {
+                // ICMP errors (ingress down) surface here; the timers decide when to give up.
+                if let Ok(n) = r {
+                    conn.receive(Instant::now(), buf.get(..n).unwrap_or_default(), &mut events);
+                }
+            }
+            Some(ip) = out_rx.recv() => conn.send(Instant::now(), &ip, &mut events),
+            _ = tokio::time::sleep_until(deadline) => conn.handle_timeout(Instant::now(), &mut events),
+        }
+    }
+}
+
+/// Makes SOCKS5 connections through the tunnel's userspace stack.
+struct TunnelDialer {
+    stack: watch::Receiver<Option<StackHandle>>,
+}
+
+impl TunnelDialer {
+    async fn stack(&self) -> io::Result<StackHandle> {
+        let mut rx = self.stack.clone();
+        let found = match tokio::time::timeout(WAIT_FOR_TUNNEL, rx.wait_for(Option::is_some)).await
+        {
+            Ok(Ok(s)) => s.clone(),
+            _ => None,
+        };
+        found.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the tunnel is not up; check the client's output for the reason",
+            )
+        })
+    }
+}
+
+fn target_addr(target: Target) -> io::Result<SocketAddr> {
+    match target {
+        Target::Ip(a) => Ok(a),
+        Target::Domain(name, _) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("cannot resolve {name}: name resolution through the tunnel is not available yet, use an IP address"),
+        )),
+    }
+}
+
+impl Dialer for TunnelDialer {
+    type Stream = TcpFlow;
+    type Datagram = TunnelUdp;
+
+    async fn connect(&self, target: Target) -> io::Result<TcpFlow> {
+        let addr = target_addr(target)?;
+        let stack = self.stack().await?;
+        tokio::time::timeout(CONNECT_TIMEOUT, stack.connect(addr))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+    }
+
+    async fn udp(&self) -> io::Result<TunnelUdp> {
+        let stack = self.stack().await?;
+        Ok(TunnelUdp(stack.udp_socket()?))
+    }
+}
+
+/// A UDP socket on the tunnel address, for SOCKS5 UDP ASSOCIATE.
+struct TunnelUdp(netstack::driver::UdpSocket);
+
+impl DatagramSocket for TunnelUdp {
+    async fn send_to(&self, payload: &[u8], target: Target) -> io::Result<()> {
+        self.0
+            .send_to(payload, target_addr(target)?)
+            .await
+            .map(|_| ())
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let (bytes, from) = self.0.recv_from().await?;
+        let n = bytes.len().min(buf.len());
+        buf.get_mut(..n)
+            .unwrap_or_default()
+            .copy_from_slice(bytes.get(..n).unwrap_or_default());
+        Ok((n, from))
+    }
+}

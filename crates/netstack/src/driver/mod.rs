@@ -1,0 +1,333 @@
+//! The tokio edge: runs a [`Stack`] in a task over packet channels, and offers async handles
+//! ([`TcpFlow`], [`UdpSocket`], incoming flows and datagrams) to the rest of the program.
+//!
+//! The stack sits behind one mutex shared by the task and the handles; handles read and write
+//! the stack's socket buffers directly (no second copy) and wake the task, which runs the
+//! protocol at its deadlines. Memory is bounded by the per-flow TCP buffers and the bounded
+//! channels: a slow reader closes its TCP window, a slow tunnel stops TCP sending.
+
+mod tcp;
+mod udp;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, Notify};
+
+use crate::{Event, FlowId, Mode, Stack, StackError, Stats, UdpDatagram, Unreachable};
+
+pub use tcp::{IncomingTcp, TcpFlow};
+pub use udp::UdpSocket;
+
+/// Depth of the channels of incoming flows, incoming datagrams and per-socket datagrams;
+/// beyond it flows are refused and datagrams dropped, as a full kernel queue would.
+const CHANNEL_DEPTH: usize = 256;
+/// Packets taken from the tunnel before the stack is polled again.
+const RECEIVE_BATCH: usize = 64;
+
+/// Start a task that runs `stack`: packets from the tunnel arrive on `ip_in`, packets for the
+/// tunnel leave on `ip_out`. The task ends when either channel closes; handles then fail with
+/// [`io::ErrorKind::BrokenPipe`]. Must be called within a tokio runtime.
+pub fn spawn(
+    stack: Stack,
+    ip_in: mpsc::Receiver<Vec<u8>>,
+    ip_out: mpsc::Sender<Vec<u8>>,
+) -> StackHandle {
+    let mode = stack.mode();
+    let (tcp_tx, tcp_rx) = mpsc::channel(CHANNEL_DEPTH);
+    let (udp_tx, udp_rx) = mpsc::channel(CHANNEL_DEPTH);
+    let terminate = mode == Mode::Terminate;
+    let inner = Arc::new(Inner {
+        shared: Mutex::new(Shared {
+            stack,
+            wakers: HashMap::new(),
+            udp_sockets: HashMap::new(),
+            incoming_tcp: terminate.then_some(tcp_tx),
+            incoming_udp: terminate.then_some(udp_tx),
+            stopped: false,
+        }),
+        notify: Notify::new(),
+        incoming_tcp: Mutex::new(terminate.then_some(tcp_rx)),
+        incoming_udp: Mutex::new(terminate.then_some(udp_rx)),
+        mode,
+    });
+    tokio::spawn(run(Arc::clone(&inner), ip_in, ip_out));
+    StackHandle { inner }
+}
+
+/// Async access to a stack run by [`spawn`]. Cheap to clone.
+#[derive(Clone)]
+pub struct StackHandle {
+    inner: Arc<Inner>,
+}
+
+impl StackHandle {
+    /// Client mode: open a TCP connection to `dst` through the tunnel. Fails with
+    /// [`io::ErrorKind::ConnectionRefused`] when the far side answers RST, and
+    /// [`io::ErrorKind::TimedOut`] when it never answers.
+    pub async fn connect(&self, dst: SocketAddr) -> io::Result<TcpFlow> {
+        let flow = {
+            let mut shared = self.inner.lock();
+            shared.check_running()?;
+            let flow = shared.stack.connect(dst)?;
+            shared.wakers.insert(flow, FlowWakers::default());
+            flow
+        };
+        self.inner.notify.notify_one();
+        let flow = TcpFlow::new(Arc::clone(&self.inner), flow);
+        flow.established().await?;
+        Ok(flow)
+    }
+
+    /// Terminate mode: the stream of new TCP flows, each to be accepted or refused. Returns
+    /// `None` in client mode or after the first call. Flows that arrive while the receiver is
+    /// full or dropped are refused.
+    pub fn incoming(&self) -> Option<mpsc::Receiver<IncomingTcp>> {
+        lock(&self.inner.incoming_tcp).take()
+    }
+
+    /// Terminate mode: the stream of UDP datagrams to any destination. Returns `None` in
+    /// client mode or after the first call. Datagrams beyond the channel depth are dropped.
+    pub fn incoming_udp(&self) -> Option<mpsc::Receiver<UdpDatagram>> {
+        lock(&self.inner.incoming_udp).take()
+    }
+
+    /// Client mode: a UDP socket on an ephemeral port of the tunnel address.
+    pub fn udp_socket(&self) -> io::Result<UdpSocket> {
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let port = {
+            let mut shared = self.inner.lock();
+            shared.check_running()?;
+            let port = shared.stack.udp_bind(0)?;
+            shared.udp_sockets.insert(port, tx);
+            port
+        };
+        Ok(UdpSocket::new(Arc::clone(&self.inner), port, rx))
+    }
+
+    /// Terminate mode: answer a datagram; `from` is normally the datagram's destination.
+    /// A datagram the tunnel has no room for is dropped, as UDP may be.
+    pub fn udp_reply(&self, from: SocketAddr, to: SocketAddr, payload: &[u8]) -> io::Result<()> {
+        self.inner.send_udp(from, to, payload)
+    }
+
+    /// Terminate mode: refuse a datagram with ICMP destination unreachable.
+    pub fn refuse_udp(&self, datagram: &UdpDatagram, reason: Unreachable) {
+        self.inner.lock().stack.refuse_udp(datagram, reason);
+        self.inner.notify.notify_one();
+    }
+
+    /// The stack's counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.lock().stack.stats()
+    }
+
+    /// The stack's mode.
+    pub fn mode(&self) -> Mode {
+        self.inner.mode
+    }
+}
+
+/// State shared by the task and the handles.
+pub(crate) struct Inner {
+    shared: Mutex<Shared>,
+    /// Wakes the task after a handle changed the stack (data queued or read, flow closed).
+    notify: Notify,
+    incoming_tcp: Mutex<Option<mpsc::Receiver<IncomingTcp>>>,
+    incoming_udp: Mutex<Option<mpsc::Receiver<UdpDatagram>>>,
+    mode: Mode,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        lock(&self.shared)
+    }
+
+    /// Queue a datagram and wake the task.
+    fn send_udp(&self, from: SocketAddr, to: SocketAddr, payload: &[u8]) -> io::Result<()> {
+        {
+            let mut shared = self.lock();
+            shared.check_running()?;
+            match shared.stack.udp_send(from, to, payload) {
+                Ok(()) | Err(StackError::TxQueueFull) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.notify.notify_one();
+        Ok(())
+    }
+}
+
+/// The stack and what the task needs to route its events.
+pub(crate) struct Shared {
+    stack: Stack,
+    wakers: HashMap<FlowId, FlowWakers>,
+    udp_sockets: HashMap<u16, mpsc::Sender<(SocketAddr, Bytes)>>,
+    incoming_tcp: Option<mpsc::Sender<IncomingTcp>>,
+    incoming_udp: Option<mpsc::Sender<UdpDatagram>>,
+    /// The task has ended; nothing will make progress any more.
+    stopped: bool,
+}
+
+/// Tasks waiting on one flow.
+#[derive(Default)]
+struct FlowWakers {
+    read: Option<Waker>,
+    write: Option<Waker>,
+}
+
+impl Shared {
+    fn check_running(&self) -> io::Result<()> {
+        if self.stopped {
+            Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the tunnel's packet channels are closed; the stack has stopped",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Route the stack's events to waiting tasks and channels.
+    fn dispatch_events(&mut self, inner: &Arc<Inner>) {
+        while let Some(event) = self.stack.poll_event() {
+            match event {
+                Event::TcpIncoming { flow, src, dst } => {
+                    let delivered = self.incoming_tcp.as_ref().is_some_and(|tx| {
+                        match tx.try_send(IncomingTcp::new(Arc::clone(inner), flow, src, dst)) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                // Dropping it must not try to refuse under our lock.
+                                e.into_inner().disarm();
+                                false
+                            }
+                        }
+                    });
+                    if delivered {
+                        self.wakers.insert(flow, FlowWakers::default());
+                    } else {
+                        let _ = self.stack.refuse(flow);
+                    }
+                }
+                Event::TcpConnected { flow }
+                | Event::TcpReadable { flow }
+                | Event::TcpWritable { flow }
+                | Event::TcpClosed { flow, .. } => {
+                    if let Some(w) = self.wakers.get_mut(&flow) {
+                        if let Some(r) = w.read.take() {
+                            r.wake();
+                        }
+                        if let Some(w) = w.write.take() {
+                            w.wake();
+                        }
+                    }
+                }
+                Event::Udp(datagram) => match self.stack.mode() {
+                    Mode::Client => {
+                        if let Some(tx) = self.udp_sockets.get(&datagram.dst.port()) {
+                            let _ = tx.try_send((datagram.src, datagram.payload));
+                        }
+                    }
+                    Mode::Terminate => {
+                        if let Some(tx) = &self.incoming_udp {
+                            let _ = tx.try_send(datagram);
+                        }
+                    }
+                },
+                // A client UDP socket is unconnected; like the kernel's, it does not report
+                // ICMP errors.
+                Event::UdpUnreachable { .. } => {}
+            }
+        }
+    }
+
+    /// Wake everything: the task has stopped.
+    fn stop(&mut self) {
+        self.stopped = true;
+        for (_, w) in self.wakers.drain() {
+            for waker in [w.read, w.write].into_iter().flatten() {
+                waker.wake();
+            }
+        }
+        self.incoming_tcp = None;
+        self.incoming_udp = None;
+        self.udp_sockets.clear();
+    }
+}
+
+/// Lock a mutex; a panic elsewhere does not make the stack's state unusable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The task: poll the stack, move packets, sleep until input, a handle's wake-up, room in
+/// the tunnel or the stack's next deadline.
+async fn run(inner: Arc<Inner>, mut ip_in: mpsc::Receiver<Vec<u8>>, ip_out: mpsc::Sender<Vec<u8>>) {
+    loop {
+        let (deadline, has_tx, tx_room) = {
+            let mut shared = inner.lock();
+            let now = Instant::now();
+            shared.stack.poll(now);
+            shared.dispatch_events(&inner);
+            // Hand over as much as the tunnel takes without waiting.
+            while let Ok(permit) = ip_out.try_reserve() {
+                match shared.stack.pop_transmit() {
+                    Some(packet) => permit.send(packet),
+                    None => break,
+                }
+            }
+            // Sending may have made room for smoltcp: let it fill the queue again.
+            if shared.stack.transmit_queue_len() == 0 {
+                shared.stack.poll(now);
+                shared.dispatch_events(&inner);
+                while let Ok(permit) = ip_out.try_reserve() {
+                    match shared.stack.pop_transmit() {
+                        Some(packet) => permit.send(packet),
+                        None => break,
+                    }
+                }
+            }
+            (
+                shared.stack.poll_at(Instant::now()),
+                shared.stack.transmit_queue_len() > 0,
+                shared.stack.transmit_has_room(),
+            )
+        };
+        // While the tunnel is full, smoltcp's deadline may be "now" for data it cannot send;
+        // wait for room instead of spinning.
+        let deadline = deadline.filter(|_| tx_room || !has_tx);
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            packet = ip_in.recv() => {
+                let Some(packet) = packet else { break };
+                let mut shared = inner.lock();
+                shared.stack.receive(&packet);
+                for _ in 0..RECEIVE_BATCH {
+                    match ip_in.try_recv() {
+                        Ok(packet) => shared.stack.receive(&packet),
+                        Err(_) => break,
+                    }
+                }
+            }
+            permit = ip_out.reserve(), if has_tx => {
+                let Ok(permit) = permit else { break };
+                if let Some(packet) = inner.lock().stack.pop_transmit() {
+                    permit.send(packet);
+                }
+            }
+            () = inner.notify.notified() => {}
+            () = sleep => {}
+        }
+    }
+    inner.lock().stop();
+}

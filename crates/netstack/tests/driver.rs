@@ -1,0 +1,206 @@
+//! The tokio driver: a client stack and a terminate stack joined by channels, the terminate
+//! side bridged to real loopback sockets.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use netstack::driver::{self, StackHandle};
+use netstack::{Mode, Stack, StackConfig};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 64, 0, 2));
+const EGRESS: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1));
+const MIB: usize = 1024 * 1024;
+
+/// Start both stacks, wired back to back.
+fn pair() -> (StackHandle, StackHandle) {
+    let now = std::time::Instant::now();
+    let client = Stack::new(StackConfig::new(Mode::Client, vec![CLIENT]), now).expect("config");
+    let server = Stack::new(StackConfig::new(Mode::Terminate, vec![EGRESS]), now).expect("config");
+    let (c2s_tx, c2s_rx) = mpsc::channel(512);
+    let (s2c_tx, s2c_rx) = mpsc::channel(512);
+    (
+        driver::spawn(client, s2c_rx, c2s_tx),
+        driver::spawn(server, c2s_rx, s2c_tx),
+    )
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i % 251) as u8).wrapping_mul(7).wrapping_add(seed))
+        .collect()
+}
+
+fn sha(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// Read everything until EOF and hash it.
+async fn read_hash(mut r: impl tokio::io::AsyncRead + Unpin) -> ([u8; 32], usize) {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0; 64 * 1024];
+    let mut total = 0;
+    loop {
+        let n = r.read(&mut buf).await.expect("read");
+        if n == 0 {
+            return (hasher.finalize().into(), total);
+        }
+        total += n;
+        hasher.update(&buf[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_mib_each_way_through_a_real_socket() {
+    let (client, relay) = pair();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let origin = listener.local_addr().expect("addr");
+    let virtual_dst: SocketAddr = "198.51.100.7:443".parse().expect("literal");
+    let down = pattern(8 * MIB, 9);
+    let up = pattern(8 * MIB, 3);
+
+    // The destination: sends `down`, hashes what it receives.
+    let server_down = down.clone();
+    let server = tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.expect("accept");
+        let (r, mut w) = sock.into_split();
+        let writer = tokio::spawn(async move {
+            w.write_all(&server_down).await.expect("write");
+            w.shutdown().await.expect("shutdown");
+        });
+        let got = read_hash(r).await;
+        writer.await.expect("writer");
+        got
+    });
+
+    // The egress relay: accept the flow for the virtual destination, bridge to the origin.
+    let mut incoming = relay.incoming().expect("terminate mode");
+    let bridge = tokio::spawn(async move {
+        let request = incoming.recv().await.expect("a flow");
+        assert_eq!(request.dst(), virtual_dst);
+        assert_eq!(request.src().ip(), CLIENT);
+        let mut upstream = TcpStream::connect(origin).await.expect("connect origin");
+        let mut flow = request.accept().await.expect("accept");
+        tokio::io::copy_bidirectional(&mut flow, &mut upstream)
+            .await
+            .expect("bridge")
+    });
+
+    let flow = client.connect(virtual_dst).await.expect("connect");
+    assert_eq!(flow.peer_addr(), virtual_dst);
+    let (r, mut w) = tokio::io::split(flow);
+    let up_clone = up.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&up_clone).await.expect("write");
+        w.shutdown().await.expect("shutdown");
+        w
+    });
+    let (client_got, client_len) = tokio::time::timeout(Duration::from_secs(120), read_hash(r))
+        .await
+        .expect("download in time");
+    let _w = writer.await.expect("writer");
+    let (server_got, server_len) = tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .expect("upload in time")
+        .expect("server");
+    assert_eq!(client_len, down.len());
+    assert_eq!(client_got, sha(&down));
+    assert_eq!(server_len, up.len());
+    assert_eq!(server_got, sha(&up));
+    let (a, b) = bridge.await.expect("bridge");
+    assert_eq!((a as usize, b as usize), (up.len(), down.len()));
+}
+
+#[tokio::test]
+async fn refused_connect_is_connection_refused_promptly() {
+    let (client, relay) = pair();
+    let mut incoming = relay.incoming().expect("terminate mode");
+    tokio::spawn(async move {
+        while let Some(request) = incoming.recv().await {
+            request.refuse();
+        }
+    });
+    let started = std::time::Instant::now();
+    let err = client
+        .connect("203.0.113.9:25".parse().expect("literal"))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(relay.stats().flows_refused, 1);
+}
+
+#[tokio::test]
+async fn unheard_incoming_flows_are_refused() {
+    let (client, relay) = pair();
+    drop(relay.incoming());
+    let err = client
+        .connect("203.0.113.9:80".parse().expect("literal"))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+#[tokio::test]
+async fn udp_round_trip() {
+    let (client, relay) = pair();
+    let mut datagrams = relay.incoming_udp().expect("terminate mode");
+    let responder = relay.clone();
+    tokio::spawn(async move {
+        while let Some(d) = datagrams.recv().await {
+            let mut reply = b"re:".to_vec();
+            reply.extend_from_slice(&d.payload);
+            responder.udp_reply(d.dst, d.src, &reply).expect("reply");
+        }
+    });
+    let socket = client.udp_socket().expect("socket");
+    let dst: SocketAddr = "198.51.100.53:53".parse().expect("literal");
+    socket.send_to(b"ping", dst).await.expect("send");
+    let (payload, from) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from())
+        .await
+        .expect("in time")
+        .expect("reply");
+    assert_eq!(&payload[..], b"re:ping");
+    assert_eq!(from, dst);
+}
+
+#[tokio::test]
+async fn fin_gives_eof_and_dropped_flows_are_freed() {
+    let (client, relay) = pair();
+    let mut incoming = relay.incoming().expect("terminate mode");
+    let relay_side = tokio::spawn(async move {
+        let mut flow = incoming
+            .recv()
+            .await
+            .expect("flow")
+            .accept()
+            .await
+            .expect("accept");
+        let mut got = Vec::new();
+        flow.read_to_end(&mut got).await.expect("read");
+        flow.write_all(b"bye").await.expect("write");
+        flow.shutdown().await.expect("shutdown");
+        got
+    });
+    let mut flow = client
+        .connect("198.51.100.1:7".parse().expect("literal"))
+        .await
+        .expect("connect");
+    flow.write_all(b"hello").await.expect("write");
+    flow.shutdown().await.expect("shutdown");
+    let mut back = Vec::new();
+    flow.read_to_end(&mut back).await.expect("read");
+    assert_eq!(back, b"bye");
+    assert_eq!(relay_side.await.expect("relay"), b"hello");
+    drop(flow);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while client.stats().flows_released < 1 || relay.stats().flows_released < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("both sides free the flow");
+}

@@ -1,0 +1,578 @@
+//! Two sans-IO stacks back to back (client ↔ terminate) on a fake clock.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use netstack::{
+    CloseReason, ConfigError, Event, FlowError, FlowId, Mode, Stack, StackConfig, StackError,
+    TcpState, Unreachable,
+};
+
+const CLIENT_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 64, 0, 2));
+const CLIENT_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2));
+const EGRESS_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1));
+const EGRESS_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1));
+
+fn dst() -> SocketAddr {
+    "93.184.216.34:443".parse().expect("literal")
+}
+
+/// A client stack and a terminate stack wired together, on a clock that only moves when told.
+struct Pair {
+    client: Stack,
+    server: Stack,
+    now: Instant,
+    client_events: Vec<Event>,
+    server_events: Vec<Event>,
+    /// Packets that crossed, both ways.
+    crossed: usize,
+}
+
+impl Pair {
+    fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    fn with(tweak: impl Fn(&mut StackConfig)) -> Self {
+        let now = Instant::now();
+        let mut c = StackConfig::new(Mode::Client, vec![CLIENT_V4, CLIENT_V6]);
+        c.seed = 1;
+        tweak(&mut c);
+        let mut s = StackConfig::new(Mode::Terminate, vec![EGRESS_V4, EGRESS_V6]);
+        s.seed = 2;
+        tweak(&mut s);
+        Self {
+            client: Stack::new(c, now).expect("client config"),
+            server: Stack::new(s, now).expect("server config"),
+            now,
+            client_events: Vec::new(),
+            server_events: Vec::new(),
+            crossed: 0,
+        }
+    }
+
+    /// Poll both sides and move packets until nothing moves.
+    fn pump(&mut self) {
+        for _ in 0..100_000 {
+            self.client.poll(self.now);
+            self.server.poll(self.now);
+            let mut moved = false;
+            while let Some(p) = self.client.pop_transmit() {
+                self.server.receive(&p);
+                moved = true;
+                self.crossed += 1;
+            }
+            while let Some(p) = self.server.pop_transmit() {
+                self.client.receive(&p);
+                moved = true;
+                self.crossed += 1;
+            }
+            while let Some(e) = self.client.poll_event() {
+                self.client_events.push(e);
+            }
+            while let Some(e) = self.server.poll_event() {
+                self.server_events.push(e);
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("stacks never went idle");
+    }
+
+    /// Move the clock forward in steps (so timers fire in order), pumping at each.
+    fn advance(&mut self, by: Duration) {
+        let end = self.now + by;
+        while self.now < end {
+            let next = [self.client.poll_at(self.now), self.server.poll_at(self.now)]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(end)
+                .clamp(self.now + Duration::from_millis(1), end);
+            self.now = next;
+            self.pump();
+        }
+    }
+
+    fn incoming(&mut self) -> Vec<(FlowId, SocketAddr, SocketAddr)> {
+        let mut out = Vec::new();
+        self.server_events.retain(|e| match e {
+            Event::TcpIncoming { flow, src, dst } => {
+                out.push((*flow, *src, *dst));
+                false
+            }
+            _ => true,
+        });
+        out
+    }
+
+    /// Connect and accept one flow; returns (client flow, server flow).
+    fn open(&mut self, to: SocketAddr) -> (FlowId, FlowId) {
+        let c = self.client.connect(to).expect("connect");
+        self.pump();
+        let incoming = self.incoming();
+        assert_eq!(incoming.len(), 1, "one SYN reported");
+        let (s, src, d) = incoming[0];
+        assert_eq!(d, to);
+        assert_eq!(Some((src, to)), self.client.endpoints(c));
+        self.server.accept(s).expect("accept");
+        self.pump();
+        assert_eq!(self.client.state(c), Some(TcpState::Established));
+        assert_eq!(self.server.state(s), Some(TcpState::Established));
+        (c, s)
+    }
+}
+
+/// Write all of `data` from one side and read it on the other, pumping between.
+fn transfer(pair: &mut Pair, from_client: bool, from: FlowId, to: FlowId, data: &[u8]) -> Vec<u8> {
+    let mut sent = 0;
+    let mut got = Vec::new();
+    let mut buf = vec![0; 64 * 1024];
+    for _ in 0..100_000 {
+        let (tx, rx) = if from_client {
+            (&mut pair.client, &mut pair.server)
+        } else {
+            (&mut pair.server, &mut pair.client)
+        };
+        if sent < data.len() {
+            match tx.send(from, &data[sent..]) {
+                Ok(n) => sent += n,
+                Err(FlowError::WouldBlock) => {}
+                Err(e) => panic!("send: {e}"),
+            }
+        }
+        loop {
+            match rx.recv(to, &mut buf) {
+                Ok(0) => panic!("unexpected EOF"),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(FlowError::WouldBlock) => break,
+                Err(e) => panic!("recv: {e}"),
+            }
+        }
+        if got.len() == data.len() {
+            return got;
+        }
+        pair.pump();
+    }
+    panic!("transfer stalled at {} of {} bytes", got.len(), data.len());
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn handshake_data_both_ways_and_fin() {
+    let mut pair = Pair::new();
+    let (c, s) = pair.open(dst());
+    assert!(pair
+        .client_events
+        .contains(&Event::TcpConnected { flow: c }));
+    assert!(pair
+        .server_events
+        .contains(&Event::TcpConnected { flow: s }));
+
+    let up = pattern(1_000_000, 1);
+    assert_eq!(transfer(&mut pair, true, c, s, &up), up);
+    let down = pattern(1_500_000, 2);
+    assert_eq!(transfer(&mut pair, false, s, c, &down), down);
+
+    // Client half-closes: the server reads EOF but can still send.
+    pair.client.close(c).expect("close");
+    pair.pump();
+    let mut buf = [0; 16];
+    assert_eq!(pair.server.recv(s, &mut buf), Ok(0));
+    assert_eq!(pair.server.state(s), Some(TcpState::RemoteClosed));
+    assert_eq!(pair.server.send(s, b"late"), Ok(4));
+    pair.pump();
+    assert_eq!(pair.client.recv(c, &mut buf), Ok(4));
+    assert_eq!(&buf[..4], b"late");
+    assert_eq!(pair.client.send(c, b"x"), Err(FlowError::Closed));
+
+    pair.server.close(s).expect("close");
+    // The client's ACK of the FIN is delayed (delayed ACK): let the clock run.
+    pair.advance(Duration::from_millis(50));
+    assert_eq!(pair.client.recv(c, &mut buf), Ok(0));
+    assert_eq!(
+        pair.server.state(s),
+        Some(TcpState::Closed(CloseReason::Graceful))
+    );
+    assert!(pair.server_events.contains(&Event::TcpClosed {
+        flow: s,
+        reason: CloseReason::Graceful
+    }));
+    pair.client.release(c);
+    pair.server.release(s);
+    pair.pump();
+    assert_eq!(
+        (pair.client.flow_count(), pair.client.socket_count()),
+        (0, 0)
+    );
+    assert_eq!(
+        (pair.server.flow_count(), pair.server.socket_count()),
+        (0, 0)
+    );
+    assert_eq!(pair.client.state(c), None);
+    assert_eq!(pair.server.stats().flows_opened, 1);
+}
+
+#[test]
+fn refused_syn_gets_rst_and_client_sees_refused() {
+    let mut pair = Pair::new();
+    let c = pair.client.connect(dst()).expect("connect");
+    pair.pump();
+    let (s, _, _) = pair.incoming()[0];
+    assert_eq!(pair.server.state(s), Some(TcpState::Pending));
+    pair.server.refuse(s).expect("refuse");
+    pair.pump();
+    assert_eq!(
+        pair.client.state(c),
+        Some(TcpState::Closed(CloseReason::Refused))
+    );
+    assert!(pair.client_events.contains(&Event::TcpClosed {
+        flow: c,
+        reason: CloseReason::Refused
+    }));
+    assert_eq!(pair.client.recv(c, &mut [0; 4]), Err(FlowError::Refused));
+    assert_eq!(pair.server.flow_count(), 0);
+    assert_eq!(pair.server.socket_count(), 0);
+    assert_eq!(pair.server.stats().flows_refused, 1);
+    assert_eq!(pair.server.refuse(s), Err(StackError::UnknownFlow(s)));
+}
+
+#[test]
+fn retransmitted_syn_while_pending_is_reported_once() {
+    let mut pair = Pair::new();
+    let c = pair.client.connect(dst()).expect("connect");
+    pair.pump();
+    // The client retransmits its SYN while the relay decides.
+    pair.advance(Duration::from_secs(4));
+    let incoming = pair.incoming();
+    assert_eq!(incoming.len(), 1);
+    pair.server.accept(incoming[0].0).expect("accept");
+    pair.pump();
+    assert_eq!(pair.client.state(c), Some(TcpState::Established));
+    assert_eq!(pair.server.socket_count(), 1);
+}
+
+#[test]
+fn undecided_syn_times_out_with_rst() {
+    let mut pair = Pair::with(|c| c.pending_timeout = Duration::from_secs(2));
+    let c = pair.client.connect(dst()).expect("connect");
+    pair.pump();
+    let (s, _, _) = pair.incoming()[0];
+    pair.advance(Duration::from_secs(3));
+    assert!(pair.server_events.contains(&Event::TcpClosed {
+        flow: s,
+        reason: CloseReason::TimedOut
+    }));
+    assert_eq!(
+        pair.client.state(c),
+        Some(TcpState::Closed(CloseReason::Refused))
+    );
+    assert_eq!(pair.server.accept(s), Err(StackError::UnknownFlow(s)));
+}
+
+#[test]
+fn abort_resets_the_peer() {
+    let mut pair = Pair::new();
+    let (c, s) = pair.open(dst());
+    pair.server.abort(s).expect("abort");
+    pair.pump();
+    assert_eq!(
+        pair.client.state(c),
+        Some(TcpState::Closed(CloseReason::Reset))
+    );
+    assert_eq!(pair.client.send(c, b"x"), Err(FlowError::Reset));
+    pair.server.release(s);
+    pair.client.release(c);
+    pair.pump();
+    assert_eq!(pair.server.socket_count() + pair.client.socket_count(), 0);
+}
+
+#[test]
+fn releasing_with_unread_data_resets() {
+    let mut pair = Pair::new();
+    let (c, s) = pair.open(dst());
+    pair.client.send(c, b"unread").expect("send");
+    pair.pump();
+    pair.server.release(s);
+    pair.pump();
+    assert_eq!(
+        pair.client.state(c),
+        Some(TcpState::Closed(CloseReason::Reset))
+    );
+    assert_eq!(pair.server.socket_count(), 0);
+}
+
+#[test]
+fn concurrent_flows_to_one_destination_do_not_cross() {
+    let mut pair = Pair::new();
+    let a = pair.client.connect(dst()).expect("connect");
+    let b = pair.client.connect(dst()).expect("connect");
+    pair.pump();
+    let incoming = pair.incoming();
+    assert_eq!(incoming.len(), 2);
+    // Accept both before smoltcp sees either SYN.
+    for (flow, _, _) in &incoming {
+        pair.server.accept(*flow).expect("accept");
+    }
+    pair.pump();
+    let server_of = |src: SocketAddr| {
+        incoming
+            .iter()
+            .find(|(_, s, _)| *s == src)
+            .map(|(f, _, _)| *f)
+            .expect("flow")
+    };
+    let sa = server_of(pair.client.endpoints(a).expect("a").0);
+    let sb = server_of(pair.client.endpoints(b).expect("b").0);
+    let da = pattern(50_000, 3);
+    let db = pattern(50_000, 4);
+    assert_eq!(transfer(&mut pair, true, a, sa, &da), da);
+    assert_eq!(transfer(&mut pair, true, b, sb, &db), db);
+}
+
+#[test]
+fn five_hundred_flows_open_and_close_without_leaking() {
+    let mut pair = Pair::with(|c| {
+        c.tcp_rx_buffer = 16 * 1024;
+        c.tcp_tx_buffer = 16 * 1024;
+    });
+    for round in 0..50 {
+        let mut flows = Vec::new();
+        for _ in 0..10 {
+            flows.push(pair.client.connect(dst()).expect("connect"));
+        }
+        pair.pump();
+        let incoming = pair.incoming();
+        assert_eq!(incoming.len(), 10, "round {round}");
+        for (flow, _, _) in &incoming {
+            pair.server.accept(*flow).expect("accept");
+        }
+        pair.pump();
+        for (c, (s, _, _)) in flows.iter().zip(&incoming) {
+            pair.client.send(*c, b"hello").expect("send");
+            pair.server.send(*s, b"world").expect("send");
+        }
+        pair.pump();
+        for (c, (s, _, _)) in flows.iter().zip(&incoming) {
+            let mut buf = [0; 5];
+            assert_eq!(pair.client.recv(*c, &mut buf), Ok(5));
+            assert_eq!(pair.server.recv(*s, &mut buf), Ok(5));
+            pair.client.release(*c);
+            pair.server.release(*s);
+        }
+        pair.advance(Duration::from_millis(50));
+        eprintln!(
+            "round {round}: client {} server {}",
+            pair.client.socket_count(),
+            pair.server.socket_count()
+        );
+        assert!(pair.client.socket_count() <= 10 && pair.server.socket_count() <= 10);
+    }
+    pair.advance(Duration::from_secs(15));
+    assert_eq!(pair.client.socket_count(), 0);
+    assert_eq!(pair.server.socket_count(), 0);
+    assert_eq!(pair.client.flow_count(), 0);
+    assert_eq!(pair.server.flow_count(), 0);
+    assert_eq!(pair.server.stats().flows_opened, 500);
+    assert_eq!(pair.server.stats().flows_released, 500);
+}
+
+#[test]
+fn ipv6_flow_works() {
+    let mut pair = Pair::new();
+    let to: SocketAddr = "[2001:db8::80]:80".parse().expect("literal");
+    let (c, s) = pair.open(to);
+    let data = pattern(300_000, 5);
+    assert_eq!(transfer(&mut pair, true, c, s, &data), data);
+    assert_eq!(pair.client.endpoints(c).map(|e| e.0.ip()), Some(CLIENT_V6));
+}
+
+#[test]
+fn udp_round_trip_and_refusal() {
+    let mut pair = Pair::new();
+    let port = pair.client.udp_bind(0).expect("bind");
+    let to: SocketAddr = "9.9.9.9:53".parse().expect("literal");
+    let from = SocketAddr::new(CLIENT_V4, port);
+    pair.client
+        .udp_send(
+            SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
+            to,
+            b"query",
+        )
+        .expect("send");
+    pair.pump();
+    let datagram = pair
+        .server_events
+        .iter()
+        .find_map(|e| match e {
+            Event::Udp(d) => Some(d.clone()),
+            _ => None,
+        })
+        .expect("datagram reported");
+    assert_eq!((datagram.src, datagram.dst), (from, to));
+    assert_eq!(&datagram.payload[..], b"query");
+
+    pair.server.udp_send(to, from, b"answer").expect("reply");
+    pair.pump();
+    assert!(pair.client_events.iter().any(|e| matches!(e,
+        Event::Udp(d) if d.src == to && d.dst == from && &d.payload[..] == b"answer")));
+
+    pair.server.refuse_udp(&datagram, Unreachable::Port);
+    pair.pump();
+    assert!(pair.client_events.contains(&Event::UdpUnreachable {
+        local: from,
+        remote: to
+    }));
+
+    // A datagram to a port the client did not bind is answered with ICMP, not reported.
+    let before = pair.client_events.len();
+    pair.server
+        .udp_send(
+            to,
+            SocketAddr::new(CLIENT_V4, port.wrapping_add(1).max(1)),
+            b"x",
+        )
+        .expect("send");
+    pair.pump();
+    assert_eq!(pair.client_events.len(), before);
+    assert!(pair.client.stats().udp_dropped >= 1);
+
+    let too_big = vec![0; 2000];
+    assert!(matches!(
+        pair.client.udp_send(from, to, &too_big),
+        Err(StackError::DatagramTooLarge { .. })
+    ));
+}
+
+#[test]
+fn udp_over_ipv6_round_trip() {
+    let mut pair = Pair::new();
+    let port = pair.client.udp_bind(5353).expect("bind");
+    let from = SocketAddr::new(CLIENT_V6, port);
+    let to: SocketAddr = "[2001:db8::53]:53".parse().expect("literal");
+    pair.client.udp_send(from, to, b"q6").expect("send");
+    pair.pump();
+    assert!(pair.server_events.iter().any(|e| matches!(e,
+        Event::Udp(d) if d.src == from && d.dst == to)));
+    let datagram = netstack::UdpDatagram {
+        src: from,
+        dst: to,
+        payload: bytes::Bytes::from_static(b"q6"),
+    };
+    pair.server.refuse_udp(&datagram, Unreachable::Prohibited);
+    pair.pump();
+    assert!(pair.client_events.contains(&Event::UdpUnreachable {
+        local: from,
+        remote: to
+    }));
+}
+
+#[test]
+fn unsolicited_syn_to_client_gets_rst() {
+    let mut pair = Pair::new();
+    // Make a client-mode SYN aimed at the *client* by connecting from a second client stack.
+    let mut other =
+        Stack::new(StackConfig::new(Mode::Client, vec![EGRESS_V4]), pair.now).expect("config");
+    let f = other
+        .connect(SocketAddr::new(CLIENT_V4, 8080))
+        .expect("connect");
+    other.poll(pair.now);
+    while let Some(p) = other.pop_transmit() {
+        pair.client.receive(&p);
+    }
+    pair.client.poll(pair.now);
+    while let Some(p) = pair.client.pop_transmit() {
+        other.receive(&p);
+    }
+    other.poll(pair.now);
+    assert_eq!(other.state(f), Some(TcpState::Closed(CloseReason::Refused)));
+}
+
+#[test]
+fn malformed_packets_are_counted_not_fatal() {
+    let mut pair = Pair::new();
+    for bad in [
+        &[][..],
+        &[0x45][..],
+        &[0x60, 0, 0][..],
+        &[0xff; 40][..],
+        &[
+            0x45, 0, 0, 20, 0, 0, 0, 0, 64, 6, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8,
+        ][..],
+    ] {
+        pair.server.receive(bad);
+        pair.client.receive(bad);
+    }
+    pair.pump();
+    assert_eq!(pair.server.stats().malformed_dropped, 5);
+    assert_eq!(pair.client.stats().malformed_dropped, 5);
+    assert_eq!(pair.server.stats().packets_in, 5);
+    // A SYN with a corrupted checksum is not reported.
+    let c = pair.client.connect(dst()).expect("connect");
+    pair.client.poll(pair.now);
+    let mut syn = pair.client.pop_transmit().expect("SYN");
+    let last = syn.len() - 1;
+    syn[last] ^= 0xff;
+    pair.server.receive(&syn);
+    pair.server.poll(pair.now);
+    while pair.server.pop_transmit().is_some() {}
+    assert_eq!(pair.server.stats().malformed_dropped, 6);
+    assert!(
+        pair.server.poll_event().is_none(),
+        "a corrupt SYN is not reported"
+    );
+    assert_eq!(pair.client.state(c), Some(TcpState::Connecting));
+}
+
+#[test]
+fn connect_errors_are_typed() {
+    let mut pair = Pair::new();
+    assert!(matches!(
+        pair.server.connect(dst()),
+        Err(StackError::WrongMode { .. })
+    ));
+    assert_eq!(
+        pair.client.connect("0.0.0.0:80".parse().expect("literal")),
+        Err(StackError::InvalidDestination(
+            "0.0.0.0:80".parse().expect("literal")
+        ))
+    );
+    let mut v4only =
+        Stack::new(StackConfig::new(Mode::Client, vec![CLIENT_V4]), pair.now).expect("config");
+    let v6: SocketAddr = "[2001:db8::1]:443".parse().expect("literal");
+    assert_eq!(v4only.connect(v6), Err(StackError::NoSourceAddress(v6)));
+    let mut limited = Pair::with(|c| c.max_flows = 1);
+    limited.client.connect(dst()).expect("first");
+    assert_eq!(
+        limited.client.connect(dst()),
+        Err(StackError::TooManyFlows { max: 1 })
+    );
+}
+
+#[test]
+fn config_errors_are_typed() {
+    let now = Instant::now();
+    assert!(matches!(
+        Stack::new(StackConfig::new(Mode::Client, vec![]), now),
+        Err(ConfigError::NoAddress)
+    ));
+    let mut c = StackConfig::new(Mode::Client, vec![CLIENT_V4]);
+    c.mtu = 100;
+    assert!(matches!(
+        Stack::new(c, now),
+        Err(ConfigError::InvalidMtu { .. })
+    ));
+    assert!(matches!(
+        Stack::new(
+            StackConfig::new(Mode::Terminate, vec![Ipv4Addr::UNSPECIFIED.into()]),
+            now
+        ),
+        Err(ConfigError::InvalidAddress(_))
+    ));
+}

@@ -1,0 +1,237 @@
+//! A whole OpenRelay network in one process on loopback: what `openrelay demo` runs and
+//! what the integration tests drive.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::Context;
+use control::AdmitPolicy;
+use directory::{Directory, PublicKey32, Relay, Role};
+use relay::policy::DestinationPolicy;
+use relay::run::{
+    run_egress, run_ingress, Common, EgressSettings, IngressSettings, Observation, RelayHandle,
+};
+use tokio::sync::mpsc;
+use tunnel::StaticSecret;
+
+use super::http;
+
+/// One egress of the demo: its operator, key and running relay.
+pub struct DemoEgress {
+    /// Name in the directory.
+    pub name: String,
+    /// Operator in the directory.
+    pub operator: String,
+    /// The relay's key (kept so the relay can be restarted with it).
+    pub key: StaticSecret,
+    /// The running relay.
+    pub handle: Option<RelayHandle>,
+    /// Its UDP endpoint.
+    pub endpoint: SocketAddr,
+}
+
+/// The running demo network.
+pub struct DemoNetwork {
+    /// The web server standing in for the internet.
+    pub web: SocketAddr,
+    /// The ingress.
+    pub ingress: RelayHandle,
+    /// The egresses, of two operators.
+    pub egresses: Vec<DemoEgress>,
+    /// The signed directory's text and the key that verifies it.
+    pub signed_directory: String,
+    /// The directory signer's public key (base64).
+    pub directory_key: String,
+    /// The verified directory, as the client reads it.
+    pub directory: Directory,
+    /// The client.
+    pub client: client::run::ClientHandle,
+    /// What the relays saw.
+    pub observations: mpsc::UnboundedReceiver<Observation>,
+    observer: mpsc::UnboundedSender<Observation>,
+    web_task: tokio::task::JoinHandle<()>,
+}
+
+/// Demo settings.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Seed for the client's route choice; random when `None`.
+    pub seed: Option<u64>,
+    /// Extra networks the egresses may reach besides the web server (tests add their own
+    /// servers on loopback).
+    pub extra_allowed: Vec<ipnet::IpNet>,
+}
+
+fn admit() -> AdmitPolicy {
+    AdmitPolicy {
+        mtu: 1420,
+        lifetime: Duration::from_secs(24 * 3600),
+    }
+}
+
+fn common(
+    key: StaticSecret,
+    listen: SocketAddr,
+    observer: &mpsc::UnboundedSender<Observation>,
+) -> Common {
+    Common {
+        key,
+        listen,
+        admit: admit(),
+        max_sessions: 1024,
+        report_interval: Duration::from_secs(3600),
+        observer: Some(observer.clone()),
+    }
+}
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+impl DemoNetwork {
+    /// Starts the web server, two egresses, the ingress and the client.
+    pub async fn start(opts: DemoOptions) -> anyhow::Result<Self> {
+        let (listener, web) = http::bind()
+            .await
+            .context("cannot start the demo web server")?;
+        let web_task = tokio::spawn(http::serve(listener));
+        let (observer, observations) = mpsc::unbounded_channel();
+
+        let mut allowed = vec![ipnet::IpNet::from(web.ip())];
+        allowed.extend(opts.extra_allowed.iter().copied());
+        let mut egresses = Vec::new();
+        for (name, operator) in [("egress-east", "east-net"), ("egress-west", "west-net")] {
+            let key = StaticSecret::generate();
+            let handle = run_egress(EgressSettings {
+                common: common(key.clone(), SocketAddr::new(LOOPBACK, 0), &observer),
+                policy: DestinationPolicy::new(allowed.clone(), vec![]),
+            })
+            .await
+            .with_context(|| format!("cannot start {name}"))?;
+            egresses.push(DemoEgress {
+                name: name.into(),
+                operator: operator.into(),
+                endpoint: handle.local_addr,
+                key,
+                handle: Some(handle),
+            });
+        }
+        let ingress_key = StaticSecret::generate();
+        let ingress = run_ingress(IngressSettings {
+            common: common(ingress_key.clone(), SocketAddr::new(LOOPBACK, 0), &observer),
+            egresses: egresses.iter().map(|e| e.endpoint).collect(),
+        })
+        .await
+        .context("cannot start the ingress")?;
+
+        let mut dir = Directory::new(1);
+        dir.relays.push(Relay {
+            name: "ingress-north".into(),
+            role: Role::Ingress,
+            wg_public_key: PublicKey32(*ingress_key.public_key().as_bytes()),
+            endpoint: ingress.local_addr,
+            operator: "north-net".into(),
+            bandwidth_mbps: 1000,
+        });
+        for (e, bw) in egresses.iter().zip([600, 400]) {
+            dir.relays.push(Relay {
+                name: e.name.clone(),
+                role: Role::Egress,
+                wg_public_key: PublicKey32(*e.key.public_key().as_bytes()),
+                endpoint: e.endpoint,
+                operator: e.operator.clone(),
+                bandwidth_mbps: bw,
+            });
+        }
+        let signer = directory::generate_signing_key();
+        let signed_directory = directory::sign(&dir.to_body_toml()?, &signer)?;
+        let directory = directory::verify(&signed_directory, &[signer.verifying_key()])?;
+
+        let client = client::run::run_client(client::run::ClientSettings {
+            directory: directory.clone(),
+            socks: SocketAddr::new(LOOPBACK, 0),
+            seed: opts.seed,
+        })
+        .await
+        .context("cannot start the client")?;
+        Ok(Self {
+            web,
+            ingress,
+            egresses,
+            signed_directory,
+            directory_key: directory::encode_verifying_key(&signer.verifying_key()),
+            directory,
+            client,
+            observations,
+            observer,
+            web_task,
+        })
+    }
+
+    /// Waits until the client reports a connection through both hops.
+    pub async fn wait_connected(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<client::run::Status> {
+        let mut status = self.client.status.clone();
+        let found = match tokio::time::timeout(
+            timeout,
+            status.wait_for(|s| matches!(s, client::run::Status::Connected { .. })),
+        )
+        .await
+        {
+            Ok(Ok(s)) => Some(s.clone()),
+            _ => None,
+        };
+        match found {
+            Some(s) => Ok(s),
+            None => anyhow::bail!(
+                "the client did not connect within {timeout:?}; last status: {:?}",
+                *status.borrow()
+            ),
+        }
+    }
+
+    /// Stops an egress (it forgets every session, as a restart does).
+    pub async fn stop_egress(&mut self, i: usize) -> anyhow::Result<()> {
+        let e = self.egresses.get_mut(i).context("no such egress")?;
+        if let Some(h) = e.handle.take() {
+            let _ = h.shutdown.send(());
+            let _ = h.task.await;
+        }
+        Ok(())
+    }
+
+    /// Starts a stopped egress again on the same endpoint with the same key.
+    pub async fn start_egress(
+        &mut self,
+        i: usize,
+        allowed: Vec<ipnet::IpNet>,
+    ) -> anyhow::Result<()> {
+        let observer = self.observer.clone();
+        let e = self.egresses.get_mut(i).context("no such egress")?;
+        let handle = run_egress(EgressSettings {
+            common: common(e.key.clone(), e.endpoint, &observer),
+            policy: DestinationPolicy::new(allowed, vec![]),
+        })
+        .await
+        .with_context(|| format!("cannot restart {}", e.name))?;
+        e.handle = Some(handle);
+        Ok(())
+    }
+
+    /// The egress the client is using, from its status.
+    pub fn egress_index(&self, name: &str) -> Option<usize> {
+        self.egresses.iter().position(|e| e.name == name)
+    }
+
+    /// Stops everything.
+    pub async fn shutdown(mut self) {
+        for i in 0..self.egresses.len() {
+            let _ = self.stop_egress(i).await;
+        }
+        let _ = self.client.shutdown.send(());
+        let _ = self.client.task.await;
+        let _ = self.ingress.shutdown.send(());
+        let _ = self.ingress.task.await;
+        self.web_task.abort();
+    }
+}

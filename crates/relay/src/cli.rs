@@ -1,0 +1,93 @@
+//! The relay's command line, shared by `openrelay relay` and the standalone
+//! `openrelay-relay` executable (the measured image).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::config::{ConfigError, RelayConfig};
+use crate::run::{run_egress, run_ingress, RelayHandle};
+
+/// Which relay to run.
+#[derive(Debug, Subcommand)]
+pub enum RelayCommand {
+    /// Run an ingress (first hop): accepts clients, forwards their inner datagrams to the
+    /// egresses listed in the directory, and nowhere else.
+    ///
+    /// The ingress sees a client's address and which egress it uses, never the
+    /// destination or the payload.
+    Ingress(RelayArgs),
+    /// Run an egress (second hop): terminates clients' TCP and UDP flows with a userspace
+    /// TCP/IP stack and relays them over ordinary sockets (no root needed).
+    ///
+    /// The egress sees the destination and the ingress's address, never the client's.
+    /// Loopback, private, link-local, multicast and the relay's own addresses are refused
+    /// unless listed in `allow_destinations`.
+    Egress(RelayArgs),
+}
+
+/// Options common to both relay roles.
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Relay config file (TOML). Fields: private_key or private_key_file, listen, mtu,
+    /// lifetime_secs, max_sessions, report_interval_secs; ingress: directory and
+    /// directory_keys (or egresses); egress: allow_destinations, own_addresses. See
+    /// README.md for an example.
+    #[arg(long, short, value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// Why a relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listening socket could not be bound.
+    #[error(
+        "cannot listen on the configured address: {0} (is another relay running on that port?)"
+    )]
+    Bind(#[from] std::io::Error),
+}
+
+/// Starts the relay `cmd` names; it runs until its handle's shutdown is sent.
+pub async fn start(cmd: &RelayCommand) -> Result<RelayHandle, StartError> {
+    match cmd {
+        RelayCommand::Ingress(a) => {
+            let settings = RelayConfig::load(&a.config)?.ingress()?;
+            Ok(run_ingress(settings).await?)
+        }
+        RelayCommand::Egress(a) => {
+            let settings = RelayConfig::load(&a.config)?.egress()?;
+            Ok(run_egress(settings).await?)
+        }
+    }
+}
+
+/// Runs the relay until SIGINT or SIGTERM, then logs its final counters.
+pub async fn run_until_signal(cmd: &RelayCommand) -> Result<(), StartError> {
+    let handle = start(cmd).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    let _ = handle.shutdown.send(());
+    let _ = handle.task.await;
+    Ok(())
+}
+
+/// Logging for relays: counters at info, nothing from dependencies below warn, and never
+/// the userspace stack's packet traces (they contain addresses).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OPENRELAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// The default log filter: OpenRelay at info, dependencies at warn, smoltcp silent.
+pub const DEFAULT_LOG_FILTER: &str = "warn,openrelay=info,relay=info,client=info,smoltcp=off";
