@@ -1,0 +1,213 @@
+//! The whole network over real UDP sockets on loopback, driven by real curl.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::Output;
+use std::time::Duration;
+
+use openrelay::demo::{http, DemoNetwork, DemoOptions};
+use sha2::{Digest, Sha256};
+use tokio::net::UdpSocket;
+use tokio::process::Command;
+
+async fn start() -> DemoNetwork {
+    let mut net = DemoNetwork::start(DemoOptions {
+        seed: None,
+        extra_allowed: vec![],
+    })
+    .await
+    .unwrap();
+    net.wait_connected(Duration::from_secs(20)).await.unwrap();
+    net
+}
+
+async fn curl(args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "120"])
+        .args(args)
+        .output()
+        .await
+        .expect("curl is installed (apt-get install curl)")
+}
+
+fn proxy(net: &DemoNetwork) -> String {
+    net.client.socks.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_fetches_a_page_through_two_hops() {
+    let net = start().await;
+    let url = format!("http://{}/", net.web);
+    let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(http::PAGE_MARKER));
+    // The traffic really crossed both relays.
+    let ingress = *net.ingress.counters.borrow();
+    assert!(ingress.forwarded > 0, "{ingress}");
+    let egress_forwarded: u64 = net
+        .egresses
+        .iter()
+        .filter_map(|e| e.handle.as_ref())
+        .map(|h| h.counters.borrow().forwarded)
+        .sum();
+    assert!(egress_forwarded > 0);
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_download_arrives_intact() {
+    let net = start().await;
+    let size = 50 * 1024 * 1024;
+    let url = format!("http://{}/bytes/{size}", net.web);
+    let direct = curl(&["--noproxy", "*", &url]).await;
+    assert!(direct.status.success());
+    assert_eq!(direct.stdout.len(), size);
+    let tunneled = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
+    assert!(
+        tunneled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tunneled.stderr)
+    );
+    assert_eq!(tunneled.stdout.len(), size);
+    assert_eq!(
+        Sha256::digest(&tunneled.stdout),
+        Sha256::digest(&direct.stdout),
+        "the download through two hops differs from the original"
+    );
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_associate_round_trips() {
+    let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+            let mut reply = b"echo:".to_vec();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = echo.send_to(&reply, from).await;
+        }
+    });
+    let net = start().await;
+
+    // SOCKS5 UDP ASSOCIATE by hand.
+    let mut ctl = tokio::net::TcpStream::connect(net.client.socks)
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ctl.write_all(&[5, 1, 0]).await.unwrap();
+    let mut sel = [0u8; 2];
+    ctl.read_exact(&mut sel).await.unwrap();
+    assert_eq!(sel, [5, 0]);
+    ctl.write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0])
+        .await
+        .unwrap();
+    let mut reply = [0u8; 10];
+    ctl.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply[1], 0, "UDP ASSOCIATE refused");
+    let relay = SocketAddr::from((
+        [reply[4], reply[5], reply[6], reply[7]],
+        u16::from_be_bytes([reply[8], reply[9]]),
+    ));
+
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut msg = Vec::new();
+    socks::wire::encode_udp_datagram(
+        &socks::Target::Ip(echo_addr),
+        b"ping through two hops",
+        &mut msg,
+    )
+    .unwrap();
+    let mut buf = [0u8; 2048];
+    let mut got = None;
+    for _ in 0..10 {
+        sock.send_to(&msg, relay).await.unwrap();
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_secs(1), sock.recv_from(&mut buf)).await
+        {
+            got = Some(buf[..n].to_vec());
+            break;
+        }
+    }
+    let got = got.expect("no UDP reply through the tunnel");
+    let d = socks::wire::parse_udp_datagram(&got).unwrap();
+    assert_eq!(d.target, socks::Target::Ip(echo_addr));
+    assert_eq!(d.payload, b"echo:ping through two hops");
+    drop(ctl);
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_refuses_destinations_outside_its_allowlist() {
+    let net = start().await;
+    // Loopback addresses other than the allowlisted web server's, and private networks.
+    let target = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let url = format!("http://{}/", target.local_addr().unwrap());
+    let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
+    assert!(
+        !out.status.success(),
+        "a loopback destination that is not allowlisted was reached"
+    );
+    let out = curl(&[
+        "--socks5-hostname",
+        &proxy(&net),
+        "--connect-timeout",
+        "20",
+        "http://10.255.255.1:80/",
+    ])
+    .await;
+    assert!(!out.status.success());
+    let refused: u64 = net
+        .egresses
+        .iter()
+        .filter_map(|e| e.handle.as_ref())
+        .map(|h| h.counters.borrow().dropped_policy)
+        .sum();
+    assert_eq!(refused, 2, "each refused flow is counted once");
+    // The allowlisted destination still works.
+    let ok = curl(&[
+        "--socks5-hostname",
+        &proxy(&net),
+        &format!("http://{}/", net.web),
+    ])
+    .await;
+    assert!(ok.status.success());
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reconnects_after_the_egress_restarts() {
+    let mut net = start().await;
+    let egress_name = match &*net.client.status.borrow() {
+        client::run::Status::Connected { egress, .. } => egress.clone(),
+        other => panic!("{other:?}"),
+    };
+    let i = net.egress_index(&egress_name).unwrap();
+    net.stop_egress(i).await.unwrap();
+    let allowed = vec![ipnet::IpNet::from(net.web.ip())];
+    net.start_egress(i, allowed).await.unwrap();
+
+    // The restarted egress has forgotten the session; the client notices, sets up a new
+    // one with fresh keys, and a retried fetch succeeds.
+    let url = format!("http://{}/", net.web);
+    let mut ok = false;
+    for _ in 0..12 {
+        let out = curl(&["--socks5-hostname", &proxy(&net), "--max-time", "5", &url]).await;
+        if out.status.success() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "no successful fetch after the egress restarted");
+    let status = net.client.status.borrow().clone();
+    assert!(
+        matches!(status, client::run::Status::Connected { reconnects, .. } if reconnects >= 1),
+        "{status:?}"
+    );
+    net.shutdown().await;
+}
