@@ -1,0 +1,487 @@
+//! The `openrelay` command as a user and an operator run it: keys, a signed directory,
+//! relay processes from TOML configs, the client process, and curl. Also checks what the
+//! relays leave behind: their logs hold no address, and they write nothing to disk.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_openrelay");
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("openrelay-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "openrelay {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process whose stderr is collected in the background.
+struct Proc {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+    stdout: Option<mpsc::Receiver<String>>,
+}
+
+impl Proc {
+    fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("OPENRELAY_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, stderr) = mpsc::channel();
+        let mut err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            let _ = tx.send(s);
+        });
+        let (tx, stdout) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            stderr,
+            stdout: Some(stdout),
+        }
+    }
+
+    fn wait_stdout(&mut self, needle: &str, timeout: Duration) -> String {
+        let rx = self.stdout.as_ref().unwrap();
+        let end = Instant::now() + timeout;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("no line with {needle:?} within {timeout:?}");
+    }
+
+    /// SIGTERM, then the whole stderr.
+    fn stop(mut self) -> String {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_default()
+    }
+
+    /// Bytes this process has caused to be written to storage, from /proc.
+    fn storage_writes(&self) -> u64 {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", self.child.id())).unwrap();
+        io.lines()
+            .find_map(|l| l.strip_prefix("write_bytes: "))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Regular files the process holds open (relays should hold none).
+    fn open_files(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|p| {
+                p.is_absolute()
+                    && p.starts_with("/")
+                    && !p.starts_with("/dev")
+                    && Path::new(p).is_file()
+            })
+            .collect()
+    }
+}
+
+fn counter(log: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("counters:"))
+        .expect("a counters line");
+    let key = format!("{name}=");
+    let at = line.find(&key).unwrap() + key.len();
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn curl(proxy: &str, url: &str) -> std::process::Output {
+    Command::new("curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "--max-time",
+            "30",
+            "--socks5-hostname",
+            proxy,
+            url,
+        ])
+        .output()
+        .expect("curl is installed")
+}
+
+#[test]
+fn operator_and_user_workflow_with_separate_processes() {
+    let dir = tempdir("workflow");
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+
+    // Keys and the signed directory, as an operator makes them.
+    let ingress_pub = ok(&["keygen", "--output", &p("ingress.key")])
+        .trim()
+        .to_string();
+    let egress_pub = ok(&["keygen", "--output", &p("egress.key")])
+        .trim()
+        .to_string();
+    let signer = ok(&["directory", "keygen", "--output", &p("signing.key")])
+        .trim()
+        .to_string();
+    let (ingress_port, egress_port) = (free_udp_port(), free_udp_port());
+    std::fs::write(
+        p("relays.toml"),
+        format!(
+            "version = 1\nserial = 1\n\n[[relay]]\nname = \"in\"\nrole = \"ingress\"\nwg_public_key = \"{ingress_pub}\"\nendpoint = \"127.0.0.1:{ingress_port}\"\noperator = \"a\"\nbandwidth_mbps = 100\n\n[[relay]]\nname = \"out\"\nrole = \"egress\"\nwg_public_key = \"{egress_pub}\"\nendpoint = \"127.0.0.1:{egress_port}\"\noperator = \"b\"\nbandwidth_mbps = 100\n"
+        ),
+    )
+    .unwrap();
+    ok(&[
+        "directory",
+        "sign",
+        "--key",
+        &p("signing.key"),
+        "--input",
+        &p("relays.toml"),
+        "--output",
+        &p("directory.toml"),
+    ]);
+    let shown = ok(&[
+        "directory",
+        "show",
+        "--trust",
+        &signer,
+        &p("directory.toml"),
+    ]);
+    assert!(
+        shown.contains("signature ok") && shown.contains("ingress") && shown.contains(&egress_pub),
+        "{shown}"
+    );
+
+    // The destination.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let web: SocketAddr = rt.block_on(async {
+        let (l, a) = openrelay::demo::http::bind().await.unwrap();
+        tokio::spawn(openrelay::demo::http::serve(l));
+        a
+    });
+
+    std::fs::write(
+        p("egress.toml"),
+        format!("private_key_file = \"{}\"\nlisten = \"127.0.0.1:{egress_port}\"\nreport_interval_secs = 3600\nallow_destinations = [\"127.0.0.1/32\"]\n", p("egress.key")),
+    )
+    .unwrap();
+    std::fs::write(
+        p("ingress.toml"),
+        format!(
+            "private_key_file = \"{}\"\nlisten = \"127.0.0.1:{ingress_port}\"\nreport_interval_secs = 3600\ndirectory = \"{}\"\ndirectory_keys = [\"{signer}\"]\n",
+            p("ingress.key"),
+            p("directory.toml")
+        ),
+    )
+    .unwrap();
+    let egress = Proc::spawn(&["relay", "egress", "--config", &p("egress.toml")]);
+    let ingress = Proc::spawn(&["relay", "ingress", "--config", &p("ingress.toml")]);
+    let socks_port = free_udp_port();
+    let socks = format!("127.0.0.1:{socks_port}");
+    let mut client = Proc::spawn(&[
+        "client",
+        "--directory",
+        &p("directory.toml"),
+        "--trust",
+        &signer,
+        "--socks",
+        &socks,
+    ]);
+    client.wait_stdout("connected through in → out", Duration::from_secs(20));
+
+    let page = curl(&socks, &format!("http://{web}/"));
+    assert!(
+        page.status.success(),
+        "{}",
+        String::from_utf8_lossy(&page.stderr)
+    );
+    assert!(String::from_utf8_lossy(&page.stdout).contains(openrelay::demo::http::PAGE_MARKER));
+
+    // Bad input to every relay port: random bytes, truncated and oversized datagrams, and a
+    // replayed handshake initiation.
+    let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut garbage: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![1],
+        vec![4; 3],
+        vec![0xff; 2000],
+        vec![1; 148],
+        vec![4; 32],
+        vec![0; 60_000],
+    ];
+    let mut x: u32 = 12345;
+    for len in [17, 64, 200, 1500] {
+        garbage.push(
+            (0..len)
+                .map(|_| {
+                    x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    (x >> 16) as u8
+                })
+                .collect(),
+        );
+    }
+    let init = {
+        let mut s = tunnel::Session::initiator(
+            Instant::now(),
+            &tunnel::StaticSecret::generate(),
+            tunnel::PublicKey::from_base64(&ingress_pub).unwrap(),
+            tunnel::SessionConfig::default(),
+        );
+        let mut out = Vec::new();
+        s.connect(Instant::now(), &mut out);
+        out.into_iter()
+            .find_map(|a| match a {
+                tunnel::Action::Transmit(d) => Some(d),
+                _ => None,
+            })
+            .unwrap()
+    };
+    for port in [ingress_port, egress_port] {
+        for g in &garbage {
+            junk.send_to(g, ("127.0.0.1", port)).unwrap();
+        }
+    }
+    junk.send_to(&init, ("127.0.0.1", ingress_port)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    junk.send_to(&init, ("127.0.0.1", ingress_port)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Still serving.
+    let again = curl(&socks, &format!("http://{web}/"));
+    assert!(
+        again.status.success(),
+        "a relay stopped serving after bad input"
+    );
+
+    // Nothing written to disk, no file held open.
+    for relay in [&ingress, &egress] {
+        assert_eq!(relay.storage_writes(), 0, "a relay wrote to storage");
+        assert!(
+            relay.open_files().is_empty(),
+            "a relay holds files open: {:?}",
+            relay.open_files()
+        );
+    }
+
+    let client_log = client.stop();
+    let ingress_log = ingress.stop();
+    let egress_log = egress.stop();
+    let n = garbage.len() as u64;
+    assert!(counter(&ingress_log, "dropped") >= n + 1, "{ingress_log}");
+    assert_eq!(counter(&ingress_log, "replay"), 1, "{ingress_log}");
+    assert!(counter(&egress_log, "dropped") >= n, "{egress_log}");
+    assert!(counter(&ingress_log, "forwarded") > 0);
+
+    // The relays' logs name no address or port of the client, the relays or the destination.
+    let web_port = web.port().to_string();
+    for log in [&ingress_log, &egress_log] {
+        assert!(log.contains("counters:"), "{log}");
+        for forbidden in [
+            "127.0.0.1",
+            "::1",
+            &format!(":{web_port}"),
+            &format!(":{ingress_port}"),
+            &format!(":{egress_port}"),
+            &format!(":{socks_port}"),
+        ] {
+            assert!(
+                !log.contains(forbidden),
+                "relay log contains {forbidden:?}:\n{log}"
+            );
+        }
+    }
+    let _ = client_log;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tampered_directory_is_refused_with_a_clear_error() {
+    let dir = tempdir("tamper");
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let signer = ok(&["directory", "keygen", "--output", &p("signing.key")])
+        .trim()
+        .to_string();
+    let key = ok(&["keygen", "--output", &p("relay.key")])
+        .trim()
+        .to_string();
+    let key2 = ok(&["keygen", "--output", &p("relay2.key")])
+        .trim()
+        .to_string();
+    std::fs::write(
+        p("relays.toml"),
+        format!("version = 1\nserial = 3\n\n[[relay]]\nname = \"in\"\nrole = \"ingress\"\nwg_public_key = \"{key}\"\nendpoint = \"127.0.0.1:5000\"\noperator = \"a\"\nbandwidth_mbps = 100\n\n[[relay]]\nname = \"out\"\nrole = \"egress\"\nwg_public_key = \"{key2}\"\nendpoint = \"127.0.0.1:5001\"\noperator = \"b\"\nbandwidth_mbps = 100\n"),
+    )
+    .unwrap();
+    ok(&[
+        "directory",
+        "sign",
+        "--key",
+        &p("signing.key"),
+        "--input",
+        &p("relays.toml"),
+        "--output",
+        &p("dir.toml"),
+    ]);
+    let text = std::fs::read_to_string(p("dir.toml")).unwrap();
+    std::fs::write(
+        p("bad.toml"),
+        text.replace("127.0.0.1:5001", "127.0.0.1:6001"),
+    )
+    .unwrap();
+
+    let out = run(&["directory", "show", "--trust", &signer, &p("bad.toml")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refused") && err.to_lowercase().contains("signature"),
+        "{err}"
+    );
+
+    let out = run(&[
+        "client",
+        "--directory",
+        &p("bad.toml"),
+        "--trust",
+        &signer,
+        "--socks",
+        "127.0.0.1:0",
+    ]);
+    assert!(
+        !out.status.success(),
+        "the client accepted a tampered directory"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused"));
+
+    let other = ok(&["directory", "keygen", "--output", &p("other.key")])
+        .trim()
+        .to_string();
+    let out = run(&["directory", "show", "--trust", &other, &p("dir.toml")]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--trust"),
+        "the error says how to trust a signer"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_relay_config_names_the_problem() {
+    let dir = tempdir("badconfig");
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    std::fs::write(
+        p("c.toml"),
+        "listen = \"127.0.0.1:0\"\nprivate_key = \"short\"\n",
+    )
+    .unwrap();
+    let out = run(&["relay", "egress", "--config", &p("c.toml")]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("wg genkey"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(p("c.toml"), "listen = \"127.0.0.1:0\"\nlisten_port = 4\n").unwrap();
+    let out = run(&["relay", "egress", "--config", &p("c.toml")]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("listen_port"),
+        "unknown fields are named"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn demo_ends_with_the_success_line() {
+    let out = Command::new(BIN).arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().last(), Some("demo: two-hop fetch ok"));
+    assert!(stdout.contains("ingress saw: client"));
+    assert!(stdout.contains("egress saw:  ingress"));
+}
+
+#[test]
+fn help_explains_every_command() {
+    let top = ok(&["--help"]);
+    for cmd in ["demo", "client", "relay", "directory", "keygen"] {
+        assert!(top.contains(cmd), "{top}");
+    }
+    for sub in [
+        &["relay", "ingress", "--help"][..],
+        &["relay", "egress", "--help"],
+        &["client", "--help"],
+        &["directory", "sign", "--help"],
+        &["demo", "--help"],
+    ] {
+        let h = ok(sub);
+        assert!(h.len() > 200, "help for {sub:?} is too thin: {h}");
+    }
+}
