@@ -244,10 +244,8 @@ impl Connection {
                 }
                 NestedEvent::Inner(ip) => match control_message(&ip) {
                     Some(msg) => self.on_control(now, Hop::Egress, msg, out),
-                    None if self.is_ready() => {
-                        if self.is_for_us(&ip) {
-                            out.push(ConnEvent::Packet(ip));
-                        }
+                    None if self.is_ready() && self.is_for_us(&ip) => {
+                        out.push(ConnEvent::Packet(ip))
                     }
                     None => {}
                 },

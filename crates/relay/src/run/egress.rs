@@ -1,3 +1,4 @@
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -244,28 +245,30 @@ async fn relay_udp(
         }
         sockets.retain(|_, (_, reader)| !reader.is_finished());
         let key = (d.src, d.dst.is_ipv4());
-        if !sockets.contains_key(&key) {
-            let bind: SocketAddr = if d.dst.is_ipv4() {
-                (Ipv4Addr::UNSPECIFIED, 0).into()
-            } else {
-                (Ipv6Addr::UNSPECIFIED, 0).into()
-            };
-            let Ok(s) = UdpSocket::bind(bind).await else {
-                continue;
-            };
-            let s = Arc::new(s);
-            let reader = tokio::spawn(udp_replies(handle.clone(), s.clone(), d.src));
-            if let Some((obs, peer)) = &ctx.observer {
-                let _ = obs.send(Observation::Egress {
-                    peer: *peer,
-                    destination: d.dst,
-                });
+        let socket = match sockets.entry(key) {
+            Entry::Occupied(e) => e.get().0.clone(),
+            Entry::Vacant(v) => {
+                let bind: SocketAddr = if d.dst.is_ipv4() {
+                    (Ipv4Addr::UNSPECIFIED, 0).into()
+                } else {
+                    (Ipv6Addr::UNSPECIFIED, 0).into()
+                };
+                let Ok(s) = UdpSocket::bind(bind).await else {
+                    continue;
+                };
+                let s = Arc::new(s);
+                let reader = tokio::spawn(udp_replies(handle.clone(), s.clone(), d.src));
+                if let Some((obs, peer)) = &ctx.observer {
+                    let _ = obs.send(Observation::Egress {
+                        peer: *peer,
+                        destination: d.dst,
+                    });
+                }
+                v.insert((s.clone(), reader));
+                s
             }
-            sockets.insert(key, (s, reader));
-        }
-        if let Some((s, _)) = sockets.get(&key) {
-            let _ = s.send_to(&d.payload, d.dst).await;
-        }
+        };
+        let _ = socket.send_to(&d.payload, d.dst).await;
     }
     for (_, (_, reader)) in sockets {
         reader.abort();
