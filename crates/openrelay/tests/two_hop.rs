@@ -194,6 +194,25 @@ async fn client_reconnects_after_the_egress_restarts() {
 
     // The restarted egress has forgotten the session; the client notices, sets up a new
     // one with fresh keys, and a retried fetch succeeds.
+    assert_reconnects(&net).await;
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_reconnects_after_the_ingress_restarts() {
+    let mut net = start().await;
+    net.restart_ingress().await.unwrap();
+    assert_eq!(
+        net.ingress.counters.borrow().sessions_created,
+        0,
+        "a restarted ingress starts empty"
+    );
+    assert_reconnects(&net).await;
+    assert!(net.ingress.counters.borrow().sessions_admitted >= 1);
+    net.shutdown().await;
+}
+
+async fn assert_reconnects(net: &DemoNetwork) {
     let url = format!("http://{}/", net.web);
     let mut ok = false;
     for _ in 0..12 {
@@ -209,5 +228,4 @@ async fn client_reconnects_after_the_egress_restarts() {
         matches!(status, client::run::Status::Connected { reconnects, .. } if reconnects >= 1),
         "{status:?}"
     );
-    net.shutdown().await;
 }

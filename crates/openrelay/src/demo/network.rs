@@ -36,6 +36,7 @@ pub struct DemoNetwork {
     pub web: SocketAddr,
     /// The ingress.
     pub ingress: RelayHandle,
+    ingress_key: StaticSecret,
     /// The egresses, of two operators.
     pub egresses: Vec<DemoEgress>,
     /// The signed directory's text and the key that verifies it.
@@ -155,6 +156,7 @@ impl DemoNetwork {
         Ok(Self {
             web,
             ingress,
+            ingress_key,
             egresses,
             signed_directory,
             directory_key: directory::encode_verifying_key(&signer.verifying_key()),
@@ -215,6 +217,23 @@ impl DemoNetwork {
         .await
         .with_context(|| format!("cannot restart {}", e.name))?;
         e.handle = Some(handle);
+        Ok(())
+    }
+
+    /// Restarts the ingress on the same endpoint with the same key; it forgets every
+    /// session, as a real restart does.
+    pub async fn restart_ingress(&mut self) -> anyhow::Result<()> {
+        let endpoint = self.ingress.local_addr;
+        let (tx, _) = tokio::sync::oneshot::channel();
+        let old = std::mem::replace(&mut self.ingress.shutdown, tx);
+        let _ = old.send(());
+        (&mut self.ingress.task).await.ok();
+        self.ingress = run_ingress(IngressSettings {
+            common: common(self.ingress_key.clone(), endpoint, &self.observer),
+            egresses: self.egresses.iter().map(|e| e.endpoint).collect(),
+        })
+        .await
+        .context("cannot restart the ingress")?;
         Ok(())
     }
 
