@@ -141,6 +141,38 @@ impl Proc {
     }
 }
 
+/// Writes a directory body with one ingress (operator a) and one egress (operator b) on
+/// loopback, and signs it with `signing.key` in `dir` into `output`.
+fn sign_directory(
+    dir: &Path,
+    ingress_key: &str,
+    ingress_port: u16,
+    egress_key: &str,
+    egress_port: u16,
+    output: &str,
+) {
+    let relay = |name: &str, role: &str, key: &str, port: u16, op: &str| {
+        format!("\n[[relay]]\nname = \"{name}\"\nrole = \"{role}\"\nwg_public_key = \"{key}\"\nendpoint = \"127.0.0.1:{port}\"\noperator = \"{op}\"\nbandwidth_mbps = 100\n")
+    };
+    let body = format!(
+        "version = 1\nserial = 1\n{}{}",
+        relay("in", "ingress", ingress_key, ingress_port, "a"),
+        relay("out", "egress", egress_key, egress_port, "b")
+    );
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    std::fs::write(p("relays.toml"), body).unwrap();
+    ok(&[
+        "directory",
+        "sign",
+        "--key",
+        &p("signing.key"),
+        "--input",
+        &p("relays.toml"),
+        "--output",
+        &p(output),
+    ]);
+}
+
 fn counter(log: &str, name: &str) -> u64 {
     let line = log
         .lines()
@@ -188,23 +220,14 @@ fn operator_and_user_workflow_with_separate_processes() {
         .trim()
         .to_string();
     let (ingress_port, egress_port) = (free_udp_port(), free_udp_port());
-    std::fs::write(
-        p("relays.toml"),
-        format!(
-            "version = 1\nserial = 1\n\n[[relay]]\nname = \"in\"\nrole = \"ingress\"\nwg_public_key = \"{ingress_pub}\"\nendpoint = \"127.0.0.1:{ingress_port}\"\noperator = \"a\"\nbandwidth_mbps = 100\n\n[[relay]]\nname = \"out\"\nrole = \"egress\"\nwg_public_key = \"{egress_pub}\"\nendpoint = \"127.0.0.1:{egress_port}\"\noperator = \"b\"\nbandwidth_mbps = 100\n"
-        ),
-    )
-    .unwrap();
-    ok(&[
-        "directory",
-        "sign",
-        "--key",
-        &p("signing.key"),
-        "--input",
-        &p("relays.toml"),
-        "--output",
-        &p("directory.toml"),
-    ]);
+    sign_directory(
+        &dir,
+        &ingress_pub,
+        ingress_port,
+        &egress_pub,
+        egress_port,
+        "directory.toml",
+    );
     let shown = ok(&[
         "directory",
         "show",
@@ -372,21 +395,7 @@ fn tampered_directory_is_refused_with_a_clear_error() {
     let key2 = ok(&["keygen", "--output", &p("relay2.key")])
         .trim()
         .to_string();
-    std::fs::write(
-        p("relays.toml"),
-        format!("version = 1\nserial = 3\n\n[[relay]]\nname = \"in\"\nrole = \"ingress\"\nwg_public_key = \"{key}\"\nendpoint = \"127.0.0.1:5000\"\noperator = \"a\"\nbandwidth_mbps = 100\n\n[[relay]]\nname = \"out\"\nrole = \"egress\"\nwg_public_key = \"{key2}\"\nendpoint = \"127.0.0.1:5001\"\noperator = \"b\"\nbandwidth_mbps = 100\n"),
-    )
-    .unwrap();
-    ok(&[
-        "directory",
-        "sign",
-        "--key",
-        &p("signing.key"),
-        "--input",
-        &p("relays.toml"),
-        "--output",
-        &p("dir.toml"),
-    ]);
+    sign_directory(&dir, &key, 5000, &key2, 5001, "dir.toml");
     let text = std::fs::read_to_string(p("dir.toml")).unwrap();
     std::fs::write(
         p("bad.toml"),

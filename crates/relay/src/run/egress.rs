@@ -11,7 +11,6 @@ use netstack::{Mode, Stack, StackConfig, UdpDatagram, Unreachable};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tunnel::{Responder, SessionConfig};
 
 use super::{report, EgressSettings, Observation, Observer, RelayHandle};
 use crate::counters::Counters;
@@ -50,19 +49,8 @@ impl Drop for SessionStack {
 /// Starts an egress on the current tokio runtime.
 pub async fn run_egress(settings: EgressSettings) -> io::Result<RelayHandle> {
     let c = &settings.common;
-    let socket = Arc::new(UdpSocket::bind(c.listen).await?);
+    let (socket, table) = c.bind().await?;
     let local_addr = socket.local_addr()?;
-    let now = Instant::now();
-    let cfg = SessionConfig {
-        persistent_keepalive: None,
-        mtu: c.admit.mtu,
-    };
-    let table = SessionTable::new(
-        now,
-        Responder::new(now, c.key.clone(), cfg),
-        c.admit,
-        c.max_sessions,
-    );
     let (counters_tx, counters) = watch::channel(table.counters);
     let (shutdown, shutdown_rx) = oneshot::channel();
     let mut policy = settings.policy.clone();

@@ -6,30 +6,18 @@ use std::time::Instant;
 
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
-use tunnel::{Responder, SessionConfig};
 
 use super::{report, IngressSettings, Observation, RelayHandle};
 use crate::ingress::{Ingress, IngressOutput};
-use crate::table::{SessionId, SessionTable};
+use crate::table::SessionId;
 
 const MAX_DATAGRAM: usize = 65_535;
 
 /// Starts an ingress on the current tokio runtime.
 pub async fn run_ingress(settings: IngressSettings) -> io::Result<RelayHandle> {
     let c = &settings.common;
-    let socket = Arc::new(UdpSocket::bind(c.listen).await?);
+    let (socket, table) = c.bind().await?;
     let local_addr = socket.local_addr()?;
-    let now = Instant::now();
-    let cfg = SessionConfig {
-        persistent_keepalive: None,
-        mtu: c.admit.mtu,
-    };
-    let table = SessionTable::new(
-        now,
-        Responder::new(now, c.key.clone(), cfg),
-        c.admit,
-        c.max_sessions,
-    );
     let ingress = Ingress::new(table, settings.egresses.clone());
     let (counters_tx, counters) = watch::channel(*ingress.counters());
     let (shutdown, shutdown_rx) = oneshot::channel();

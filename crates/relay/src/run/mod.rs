@@ -15,6 +15,7 @@ pub use ingress::run_ingress;
 
 use crate::counters::Counters;
 use crate::policy::DestinationPolicy;
+use crate::table::SessionTable;
 
 /// What one hop saw, for `openrelay demo` only.
 ///
@@ -87,6 +88,21 @@ pub struct RelayHandle {
     pub shutdown: tokio::sync::oneshot::Sender<()>,
     /// Completes when the relay has stopped.
     pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Common {
+    /// Binds the relay's socket and makes its empty session table.
+    async fn bind(&self) -> std::io::Result<(std::sync::Arc<tokio::net::UdpSocket>, SessionTable)> {
+        let socket = tokio::net::UdpSocket::bind(self.listen).await?;
+        let now = std::time::Instant::now();
+        let cfg = tunnel::SessionConfig {
+            persistent_keepalive: None,
+            mtu: self.admit.mtu,
+        };
+        let responder = tunnel::Responder::new(now, self.key.clone(), cfg);
+        let table = SessionTable::new(now, responder, self.admit, self.max_sessions);
+        Ok((std::sync::Arc::new(socket), table))
+    }
 }
 
 fn report(role: &str, counters: &Counters) {
