@@ -216,7 +216,7 @@ async fn assert_reconnects(net: &DemoNetwork) {
     let url = format!("http://{}/", net.web);
     let mut ok = false;
     for _ in 0..12 {
-        let out = curl(&["--socks5-hostname", &proxy(&net), "--max-time", "5", &url]).await;
+        let out = curl(&["--socks5-hostname", &proxy(net), "--max-time", "5", &url]).await;
         if out.status.success() {
             ok = true;
             break;
