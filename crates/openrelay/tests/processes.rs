@@ -494,3 +494,24 @@ fn help_explains_every_command() {
         assert!(h.len() > 200, "help for {sub:?} is too thin: {h}");
     }
 }
+
+#[test]
+fn demo_keep_serves_the_users_own_curl() {
+    let mut demo = Proc::spawn(&["demo", "--keep"]);
+    let socks = demo
+        .wait_stdout("socks5: ", Duration::from_secs(30))
+        .trim_start_matches("socks5: ")
+        .to_string();
+    let web = demo
+        .wait_stdout("web: ", Duration::from_secs(5))
+        .trim_start_matches("web: ")
+        .to_string();
+    let page = curl(&socks, &web);
+    assert!(
+        page.status.success(),
+        "{}",
+        String::from_utf8_lossy(&page.stderr)
+    );
+    assert!(String::from_utf8_lossy(&page.stdout).contains(openrelay::demo::http::PAGE_MARKER));
+    demo.stop();
+}
