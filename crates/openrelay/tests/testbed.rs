@@ -1,0 +1,269 @@
+//! Four hosts in network namespaces (client, ingress, egress, destination) joined by a
+//! router: captures on each host prove what each hop sees. Needs root (CI runs as root).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use testbed::{any_contains, Host, Packet, Testbed};
+
+const BIN: &str = env!("CARGO_BIN_EXE_openrelay");
+const MARKER: &str = "openrelay-capture-marker-5d1e";
+
+fn require_root() -> bool {
+    if testbed::available() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("OPENRELAY_SKIP_ROOT_TESTS").is_some(),
+        "these tests need root and iproute2 (CI has both); set OPENRELAY_SKIP_ROOT_TESTS=1 to skip them"
+    );
+    false
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Keys, signed directory and relay configs for the testbed's addresses.
+struct Setup {
+    dir: PathBuf,
+    signer: String,
+}
+
+impl Setup {
+    fn new(bed: &Testbed, name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("openrelay-bed-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+        let ingress_pub = ok(&["keygen", "--output", &p("ingress.key")]);
+        let egress_pub = ok(&["keygen", "--output", &p("egress.key")]);
+        let signer = ok(&["directory", "keygen", "--output", &p("signing.key")]);
+        let relay = |name: &str, role: &str, key: &str, host: &Host, op: &str| {
+            format!("\n[[relay]]\nname = \"{name}\"\nrole = \"{role}\"\nwg_public_key = \"{key}\"\nendpoint = \"{}:51820\"\noperator = \"{op}\"\nbandwidth_mbps = 100\n", host.addr)
+        };
+        let body = format!(
+            "version = 1\nserial = 1\n{}{}",
+            relay("in", "ingress", &ingress_pub, &bed.ingress, "a"),
+            relay("out", "egress", &egress_pub, &bed.egress, "b")
+        );
+        std::fs::write(p("relays.toml"), body).unwrap();
+        ok(&[
+            "directory",
+            "sign",
+            "--key",
+            &p("signing.key"),
+            "--input",
+            &p("relays.toml"),
+            "--output",
+            &p("directory.toml"),
+        ]);
+        std::fs::write(
+            p("ingress.toml"),
+            format!(
+                "private_key_file = \"{}\"\nlisten = \"{}:51820\"\ndirectory = \"{}\"\ndirectory_keys = [\"{signer}\"]\n",
+                p("ingress.key"),
+                bed.ingress.addr,
+                p("directory.toml")
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            p("egress.toml"),
+            format!(
+                "private_key_file = \"{}\"\nlisten = \"{}:51820\"\n",
+                p("egress.key"),
+                bed.egress.addr
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("www")).unwrap();
+        std::fs::write(dir.join("www/page.html"), format!("<p>{MARKER}</p>\n")).unwrap();
+        Self { dir, signer }
+    }
+
+    fn path(&self, f: &str) -> String {
+        self.dir.join(f).to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn start_network(bed: &Testbed, s: &Setup) {
+    bed.spawn(
+        &bed.dest,
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            &bed.dest.addr.to_string(),
+            "80",
+            "--directory",
+            &s.path("www"),
+        ],
+        Stdio::null(),
+        Stdio::null(),
+    )
+    .unwrap();
+    bed.spawn(
+        &bed.egress,
+        &[BIN, "relay", "egress", "--config", &s.path("egress.toml")],
+        Stdio::null(),
+        Stdio::inherit(),
+    )
+    .unwrap();
+    bed.spawn(
+        &bed.ingress,
+        &[BIN, "relay", "ingress", "--config", &s.path("ingress.toml")],
+        Stdio::null(),
+        Stdio::inherit(),
+    )
+    .unwrap();
+    bed.spawn(
+        &bed.client,
+        &[
+            BIN,
+            "client",
+            "--directory",
+            &s.path("directory.toml"),
+            "--trust",
+            &s.signer,
+            "--socks",
+            "127.0.0.1:1080",
+        ],
+        Stdio::null(),
+        Stdio::inherit(),
+    )
+    .unwrap();
+    let url = format!("http://{}/page.html", bed.dest.addr);
+    wait_for(
+        "the web server and the tunnel",
+        Duration::from_secs(30),
+        || curl(bed, &url).status.success(),
+    );
+}
+
+fn curl(bed: &Testbed, url: &str) -> std::process::Output {
+    bed.command(&bed.client, "curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "--max-time",
+            "10",
+            "--socks5-hostname",
+            "127.0.0.1:1080",
+            url,
+        ])
+        .output()
+        .unwrap()
+}
+
+fn touches(packets: &[Packet], ip: IpAddr) -> bool {
+    packets.iter().any(|p| p.src == ip || p.dst == ip)
+}
+
+fn octets(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+#[test]
+fn captures_show_each_hop_sees_only_its_half() {
+    if !require_root() {
+        return;
+    }
+    let bed = Testbed::new().unwrap();
+    let s = Setup::new(&bed, "captures");
+    start_network(&bed, &s);
+
+    let at_ingress = bed.capture(&bed.ingress).unwrap();
+    let at_egress = bed.capture(&bed.egress).unwrap();
+    let at_dest = bed.capture(&bed.dest).unwrap();
+    let url = format!("http://{}/page.html", bed.dest.addr);
+    let out = curl(&bed, &url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(MARKER));
+    let ingress = at_ingress.stop().unwrap();
+    let egress = at_egress.stop().unwrap();
+    let dest = at_dest.stop().unwrap();
+
+    let client = IpAddr::V4(bed.client.addr);
+    let destination = IpAddr::V4(bed.dest.addr);
+    let egress_addr = IpAddr::V4(bed.egress.addr);
+    assert!(
+        touches(&ingress, client),
+        "the capture on the ingress host saw the client's traffic"
+    );
+    assert!(
+        !touches(&ingress, destination),
+        "the ingress host saw the destination address in a header"
+    );
+    assert!(
+        !any_contains(&ingress, &octets(destination)),
+        "the destination address appears in the ingress capture"
+    );
+    assert!(
+        !any_contains(&ingress, MARKER.as_bytes()),
+        "the page's content appears in the ingress capture"
+    );
+    assert!(
+        !any_contains(&ingress, b"page.html"),
+        "the request appears in the ingress capture"
+    );
+
+    assert!(
+        touches(&egress, destination),
+        "the capture on the egress host saw the flow to the destination"
+    );
+    assert!(
+        !touches(&egress, client),
+        "the egress host saw the client's address in a header"
+    );
+    assert!(
+        !any_contains(&egress, &octets(client)),
+        "the client's address appears in the egress capture"
+    );
+
+    // Every packet to or from the destination's address (neighbour discovery aside).
+    let tcp_peers: Vec<IpAddr> = dest
+        .iter()
+        .filter(|p| p.src == destination || p.dst == destination)
+        .map(|p| if p.dst == destination { p.src } else { p.dst })
+        .collect();
+    assert!(!tcp_peers.is_empty());
+    assert!(
+        tcp_peers.iter().all(|ip| *ip == egress_addr),
+        "the destination saw a peer other than the egress: {tcp_peers:?}"
+    );
+}
