@@ -36,6 +36,8 @@ pub struct ClientSettings {
     pub socks: SocketAddr,
     /// Seed for route selection (tests); random when `None`.
     pub seed: Option<u64>,
+    /// Firewall mark for the socket to the ingress (TUN mode's policy routing).
+    pub fwmark: Option<u32>,
 }
 
 /// The client's state, for status output and tests.
@@ -93,7 +95,20 @@ pub async fn run_client(settings: ClientSettings) -> io::Result<ClientHandle> {
     let (shutdown, shutdown_rx) = oneshot::channel();
     let task = tokio::spawn(async move {
         let proxy = tokio::spawn(socks::serve(listener, dialer));
-        supervise(settings, stack_tx, status_tx, shutdown_rx).await;
+        let (out_tx, mut from_local) = mpsc::channel(STACK_QUEUE);
+        let mut local = SocksLocal {
+            stack_tx,
+            out_tx,
+            stack_in: None,
+        };
+        supervise(
+            &settings,
+            &mut local,
+            &mut from_local,
+            status_tx,
+            shutdown_rx,
+        )
+        .await;
         proxy.abort();
     });
     Ok(ClientHandle {
@@ -104,10 +119,53 @@ pub async fn run_client(settings: ClientSettings) -> io::Result<ClientHandle> {
     })
 }
 
-/// Picks routes and keeps a connection up until shutdown.
-async fn supervise(
-    settings: ClientSettings,
+/// The user's side of the tunnel: a userspace stack (SOCKS5 mode) or a TUN device.
+pub(crate) trait Local: Send {
+    /// Both hops admitted the session: set up for this tunnel address and MTU.
+    fn ready(&mut self, inner: &control::Admission) -> io::Result<()>;
+    /// An IP packet from the tunnel.
+    fn deliver(&mut self, ip: Vec<u8>);
+    /// The connection is gone.
+    fn lost(&mut self);
+}
+
+/// SOCKS5 mode: a fresh userspace stack for every connection.
+struct SocksLocal {
     stack_tx: watch::Sender<Option<StackHandle>>,
+    out_tx: mpsc::Sender<Vec<u8>>,
+    stack_in: Option<mpsc::Sender<Vec<u8>>>,
+}
+
+impl Local for SocksLocal {
+    fn ready(&mut self, inner: &control::Admission) -> io::Result<()> {
+        let mut config = StackConfig::new(Mode::Client, vec![IpAddr::V4(inner.tunnel_addr)]);
+        config.mtu = usize::from(inner.mtu);
+        let stack = Stack::new(config, Instant::now()).map_err(io::Error::other)?;
+        let (tx, rx) = mpsc::channel(STACK_QUEUE);
+        let handle = netstack::driver::spawn(stack, rx, self.out_tx.clone());
+        self.stack_in = Some(tx);
+        self.stack_tx.send_replace(Some(handle));
+        Ok(())
+    }
+
+    fn deliver(&mut self, ip: Vec<u8>) {
+        if let Some(tx) = &self.stack_in {
+            let _ = tx.try_send(ip);
+        }
+    }
+
+    fn lost(&mut self) {
+        // Dropping the sender ends the stack's task; its flows fail with BrokenPipe.
+        self.stack_in = None;
+        self.stack_tx.send_replace(None);
+    }
+}
+
+/// Picks routes and keeps a connection up until shutdown.
+pub(crate) async fn supervise(
+    settings: &ClientSettings,
+    local: &mut impl Local,
+    from_local: &mut mpsc::Receiver<Vec<u8>>,
     status: watch::Sender<Status>,
     mut shutdown: oneshot::Receiver<()>,
 ) {
@@ -142,13 +200,13 @@ async fn supervise(
             egress: route.egress.name.clone(),
         });
         let outcome = tokio::select! {
-            o = connect_once(&route.ingress, &route.egress, &stack_tx, &status, reconnects) => o,
+            o = connect_once(&route.ingress, &route.egress, local, from_local, &status, reconnects, settings.fwmark) => o,
             _ = &mut shutdown => {
-                stack_tx.send_replace(None);
+                local.lost();
                 return;
             }
         };
-        stack_tx.send_replace(None);
+        local.lost();
         let (was_ready, err) = match outcome {
             Ok(o) => o,
             Err(e) => (false, ConnectionError::Socket(e)),
@@ -192,16 +250,13 @@ async fn supervise(
 async fn connect_once(
     ingress: &Relay,
     egress: &Relay,
-    stack_tx: &watch::Sender<Option<StackHandle>>,
+    local: &mut impl Local,
+    from_local: &mut mpsc::Receiver<Vec<u8>>,
     status: &watch::Sender<Status>,
     reconnects: u32,
+    fwmark: Option<u32>,
 ) -> io::Result<(bool, ConnectionError)> {
-    let bind: SocketAddr = match ingress.endpoint.ip() {
-        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = UdpSocket::bind(bind).await?;
-    socket.connect(ingress.endpoint).await?;
+    let socket = ingress_socket(ingress.endpoint, fwmark).await?;
     let now = Instant::now();
     let mut conn = Connection::new(
         now,
@@ -214,8 +269,6 @@ async fn connect_once(
     let mut events = Vec::new();
     conn.start(now, &mut events);
     let mut buf = vec![0u8; 65_535];
-    let mut stack_in: Option<mpsc::Sender<Vec<u8>>> = None;
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(STACK_QUEUE);
     let mut ready = false;
     loop {
         for ev in events.drain(..) {
@@ -224,20 +277,9 @@ async fn connect_once(
                     // A send error (no route, refused) is transient; WireGuard retries.
                     let _ = socket.send(&d).await;
                 }
-                ConnEvent::Packet(ip) => {
-                    if let Some(tx) = &stack_in {
-                        let _ = tx.try_send(ip);
-                    }
-                }
+                ConnEvent::Packet(ip) => local.deliver(ip),
                 ConnEvent::Ready { inner, .. } => {
-                    let mut config =
-                        StackConfig::new(Mode::Client, vec![IpAddr::V4(inner.tunnel_addr)]);
-                    config.mtu = usize::from(inner.mtu);
-                    let stack = Stack::new(config, Instant::now()).map_err(io::Error::other)?;
-                    let (tx, rx) = mpsc::channel(STACK_QUEUE);
-                    let handle = netstack::driver::spawn(stack, rx, out_tx.clone());
-                    stack_in = Some(tx);
-                    stack_tx.send_replace(Some(handle));
+                    local.ready(&inner)?;
                     ready = true;
                     tracing::info!("connected through {} and {}", ingress.name, egress.name);
                     status.send_replace(Status::Connected {
@@ -257,10 +299,32 @@ async fn connect_once(
                     conn.receive(Instant::now(), buf.get(..n).unwrap_or_default(), &mut events);
                 }
             }
-            Some(ip) = out_rx.recv() => conn.send(Instant::now(), &ip, &mut events),
+            Some(ip) = from_local.recv() => conn.send(Instant::now(), &ip, &mut events),
             _ = tokio::time::sleep_until(deadline) => conn.handle_timeout(Instant::now(), &mut events),
         }
     }
+}
+
+/// The UDP socket towards the ingress. In TUN mode it carries `fwmark`, so policy routing
+/// sends it out of the physical interface instead of back into the tunnel.
+async fn ingress_socket(endpoint: SocketAddr, fwmark: Option<u32>) -> io::Result<UdpSocket> {
+    let bind: SocketAddr = match endpoint.ip() {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(bind),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if let Some(mark) = fwmark {
+        socket.set_mark(mark)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&bind.into())?;
+    let socket = UdpSocket::from_std(socket.into())?;
+    socket.connect(endpoint).await?;
+    Ok(socket)
 }
 
 /// Makes SOCKS5 connections through the tunnel's userspace stack.

@@ -37,6 +37,7 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
         directory: dir,
         socks: args.socks,
         seed: None,
+        fwmark: None,
     })
     .await
     .with_context(|| format!("cannot listen on {} for SOCKS5", args.socks))?;

@@ -150,6 +150,7 @@ impl DemoNetwork {
             directory: directory.clone(),
             socks: SocketAddr::new(LOOPBACK, 0),
             seed: opts.seed,
+            fwmark: None,
         })
         .await
         .context("cannot start the client")?;
