@@ -267,3 +267,177 @@ fn captures_show_each_hop_sees_only_its_half() {
         "the destination saw a peer other than the egress: {tcp_peers:?}"
     );
 }
+
+/// A Hello from the standard WireGuard peer's tunnel address, and the relay's answer,
+/// sent with python3 inside the client's namespace.
+const HELLO_SCRIPT: &str = r#"
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 51822))
+s.settimeout(1.0)
+hello = b"OR" + bytes([1, 1]) + struct.pack(">H", 2) + struct.pack(">H", 1)
+for _ in range(10):
+    s.sendto(hello, ("100.64.0.1", 51821))
+    try:
+        data, _ = s.recvfrom(2048)
+    except socket.timeout:
+        continue
+    assert data[:2] == b"OR" and data[3] == 2, data
+    print(socket.inet_ntoa(data[6:10]))
+    sys.exit(0)
+sys.exit("no Admitted from the relay")
+"#;
+
+#[test]
+fn stock_wireguard_go_peer_handshakes_and_passes_traffic_once_admitted() {
+    if !require_root() {
+        return;
+    }
+    let bed = Testbed::new().unwrap();
+    let s = Setup::new(&bed, "interop");
+    bed.spawn(
+        &bed.dest,
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            &bed.dest.addr.to_string(),
+            "80",
+            "--directory",
+            &s.path("www"),
+        ],
+        Stdio::null(),
+        Stdio::null(),
+    )
+    .unwrap();
+    bed.spawn(
+        &bed.egress,
+        &[BIN, "relay", "egress", "--config", &s.path("egress.toml")],
+        Stdio::null(),
+        Stdio::inherit(),
+    )
+    .unwrap();
+
+    // A standard WireGuard peer: Debian's wireguard-go and wg, configured with the
+    // egress's key and endpoint.
+    let mut wg_go = bed.command(&bed.client, "wireguard-go");
+    wg_go
+        .arg("orwg0")
+        .env("WG_PROCESS_FOREGROUND", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut wg_go = wg_go
+        .spawn()
+        .expect("wireguard-go is installed (apt-get install wireguard-go)");
+    wait_for("wireguard-go's interface", Duration::from_secs(10), || {
+        bed.exec(&bed.client.ns, &["ip", "link", "show", "orwg0"])
+            .is_ok()
+    });
+    let key_path = s.path("wg.key");
+    std::fs::write(&key_path, tunnel::StaticSecret::generate().to_base64()).unwrap();
+    let egress_pub = std::fs::read_to_string(s.path("relays.toml")).unwrap();
+    let egress_pub = egress_pub
+        .split("wg_public_key = \"")
+        .nth(2)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let endpoint = format!("{}:51820", bed.egress.addr);
+    bed.exec(
+        &bed.client.ns,
+        &[
+            "wg",
+            "set",
+            "orwg0",
+            "private-key",
+            &key_path,
+            "peer",
+            &egress_pub,
+            "endpoint",
+            &endpoint,
+            "allowed-ips",
+            "0.0.0.0/0",
+        ],
+    )
+    .unwrap();
+    bed.exec(
+        &bed.client.ns,
+        &["ip", "addr", "add", "100.64.0.2/32", "dev", "orwg0"],
+    )
+    .unwrap();
+    bed.exec(&bed.client.ns, &["ip", "link", "set", "orwg0", "up"])
+        .unwrap();
+    bed.exec(
+        &bed.client.ns,
+        &["ip", "route", "add", "100.64.0.1/32", "dev", "orwg0"],
+    )
+    .unwrap();
+    bed.exec(
+        &bed.client.ns,
+        &[
+            "ip",
+            "route",
+            "add",
+            &format!("{}/32", bed.dest.addr),
+            "dev",
+            "orwg0",
+        ],
+    )
+    .unwrap();
+
+    let url = format!("http://{}/page.html", bed.dest.addr);
+    let direct = |url: &str| {
+        bed.command(&bed.client, "curl")
+            .args(["--silent", "--max-time", "3", url])
+            .output()
+            .unwrap()
+    };
+    // Handshake completes, but user traffic does not pass before admission.
+    assert!(
+        !direct(&url).status.success(),
+        "user traffic passed before the session was admitted"
+    );
+    let handshakes = bed
+        .exec(
+            &bed.client.ns,
+            &["wg", "show", "orwg0", "latest-handshakes"],
+        )
+        .unwrap();
+    let when: u64 = handshakes
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        when > 0,
+        "wireguard-go completed no handshake with the egress: {handshakes}"
+    );
+
+    let admitted = bed
+        .command(&bed.client, "python3")
+        .args(["-c", HELLO_SCRIPT, "100.64.0.2"])
+        .output()
+        .unwrap();
+    assert!(
+        admitted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&admitted.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&admitted.stdout).trim(),
+        "100.64.0.2"
+    );
+
+    let out = direct(&url);
+    assert!(
+        out.status.success(),
+        "no traffic through the egress after admission"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(MARKER));
+    let _ = wg_go.kill();
+    let _ = wg_go.wait();
+}
