@@ -78,44 +78,43 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Networks never relayed to, and why. One list serves the userspace check and the
+/// kernel (nftables) rules of TUN mode, so both refuse the same destinations.
+pub const REFUSED: &[(&str, Refusal)] = &[
+    ("0.0.0.0/8", Refusal::Reserved),
+    ("10.0.0.0/8", Refusal::Private),
+    ("100.64.0.0/10", Refusal::Private),
+    ("127.0.0.0/8", Refusal::Loopback),
+    ("169.254.0.0/16", Refusal::LinkLocal),
+    ("172.16.0.0/12", Refusal::Private),
+    ("192.0.0.0/24", Refusal::Reserved),
+    ("192.0.2.0/24", Refusal::Reserved),
+    ("192.168.0.0/16", Refusal::Private),
+    ("198.51.100.0/24", Refusal::Reserved),
+    ("203.0.113.0/24", Refusal::Reserved),
+    ("224.0.0.0/4", Refusal::Multicast),
+    // Broadcast comes before 240.0.0.0/4, which contains it: the first match decides.
+    ("255.255.255.255/32", Refusal::Multicast),
+    ("240.0.0.0/4", Refusal::Reserved),
+    ("::/128", Refusal::Unspecified),
+    ("::1/128", Refusal::Loopback),
+    ("fc00::/7", Refusal::Private),
+    ("fe80::/10", Refusal::LinkLocal),
+    ("ff00::/8", Refusal::Multicast),
+    ("2001:db8::/32", Refusal::Reserved),
+];
+
+/// The refused networks, parsed.
+pub fn refused_networks() -> impl Iterator<Item = (IpNet, Refusal)> {
+    REFUSED
+        .iter()
+        .filter_map(|(net, why)| net.parse().ok().map(|n| (n, *why)))
+}
+
 fn classify(ip: IpAddr) -> Result<(), Refusal> {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            if v4.is_loopback() {
-                Err(Refusal::Loopback)
-            } else if v4.is_private() || (o[0] == 100 && (o[1] & 0xc0) == 64) {
-                Err(Refusal::Private)
-            } else if v4.is_link_local() {
-                Err(Refusal::LinkLocal)
-            } else if v4.is_multicast() || v4.is_broadcast() {
-                Err(Refusal::Multicast)
-            } else if o[0] == 0
-                || o[0] >= 240
-                || v4.is_documentation()
-                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
-            {
-                Err(Refusal::Reserved)
-            } else {
-                Ok(())
-            }
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            if v6.is_loopback() {
-                Err(Refusal::Loopback)
-            } else if (s[0] & 0xfe00) == 0xfc00 {
-                Err(Refusal::Private)
-            } else if (s[0] & 0xffc0) == 0xfe80 {
-                Err(Refusal::LinkLocal)
-            } else if v6.is_multicast() {
-                Err(Refusal::Multicast)
-            } else if s[0] == 0x2001 && s[1] == 0x0db8 {
-                Err(Refusal::Reserved)
-            } else {
-                Ok(())
-            }
-        }
+    match refused_networks().find(|(net, _)| net.contains(&ip)) {
+        Some((_, why)) => Err(why),
+        None => Ok(()),
     }
 }
 
@@ -147,6 +146,11 @@ mod tests {
         assert_eq!(check(&p, "203.0.113.5:80"), Err(Refusal::OwnAddress));
         assert_eq!(check(&p, "1.1.1.1:443"), Ok(()));
         assert_eq!(check(&p, "[2606:4700::1111]:443"), Ok(()));
+    }
+
+    #[test]
+    fn every_refused_network_parses() {
+        assert_eq!(refused_networks().count(), REFUSED.len());
     }
 
     #[test]
