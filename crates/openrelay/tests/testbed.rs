@@ -77,15 +77,13 @@ impl Setup {
             ),
         )
         .unwrap();
-        std::fs::write(
-            p("egress.toml"),
-            format!(
-                "private_key_file = \"{}\"\nlisten = \"{}:51820\"\n",
-                p("egress.key"),
-                bed.egress.addr
-            ),
-        )
-        .unwrap();
+        let egress = format!(
+            "private_key_file = \"{}\"\nlisten = \"{}:51820\"\n",
+            p("egress.key"),
+            bed.egress.addr
+        );
+        std::fs::write(p("egress.toml"), &egress).unwrap();
+        std::fs::write(p("egress-tun.toml"), format!("{egress}tun = \"orexit0\"\n")).unwrap();
         std::fs::create_dir_all(dir.join("www")).unwrap();
         std::fs::write(dir.join("www/page.html"), format!("<p>{MARKER}</p>\n")).unwrap();
         Self { dir, signer }
@@ -114,6 +112,10 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn start_network(bed: &Testbed, s: &Setup) {
+    start_network_with(bed, s, "egress.toml");
+}
+
+fn start_network_with(bed: &Testbed, s: &Setup, egress_config: &str) {
     bed.spawn(
         &bed.dest,
         &[
@@ -132,7 +134,7 @@ fn start_network(bed: &Testbed, s: &Setup) {
     .unwrap();
     bed.spawn(
         &bed.egress,
-        &[BIN, "relay", "egress", "--config", &s.path("egress.toml")],
+        &[BIN, "relay", "egress", "--config", &s.path(egress_config)],
         Stdio::null(),
         Stdio::inherit(),
     )
@@ -181,6 +183,11 @@ fn curl(bed: &Testbed, url: &str) -> std::process::Output {
         ])
         .output()
         .unwrap()
+}
+
+/// The routers' addresses (198.18.N.1) answer with ICMP; they are not peers.
+fn is_router(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(a) if a.octets()[..2] == [198, 18] && a.octets()[3] == 1)
 }
 
 fn touches(packets: &[Packet], ip: IpAddr) -> bool {
@@ -255,10 +262,11 @@ fn captures_show_each_hop_sees_only_its_half() {
         "the client's address appears in the egress capture"
     );
 
-    // Every packet to or from the destination's address (neighbour discovery aside).
+    // Every packet sent to the destination's address (neighbour discovery and the router's
+    // ICMP aside).
     let tcp_peers: Vec<IpAddr> = dest
         .iter()
-        .filter(|p| p.src == destination || p.dst == destination)
+        .filter(|p| p.dst == destination && !is_router(p.src))
         .map(|p| if p.dst == destination { p.src } else { p.dst })
         .collect();
     assert!(!tcp_peers.is_empty());
@@ -440,4 +448,62 @@ fn stock_wireguard_go_peer_handshakes_and_passes_traffic_once_admitted() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(MARKER));
     let _ = wg_go.kill();
     let _ = wg_go.wait();
+}
+
+#[test]
+fn tun_mode_egress_forwards_with_nat_and_refuses_the_same_destinations() {
+    if !require_root() {
+        return;
+    }
+    let bed = Testbed::new().unwrap();
+    let s = Setup::new(&bed, "exit");
+    let at_dest = bed.capture(&bed.dest).unwrap();
+    start_network_with(&bed, &s, "egress-tun.toml");
+    let out = curl(&bed, &format!("http://{}/page.html", bed.dest.addr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(MARKER));
+    let rules = bed
+        .exec(
+            &bed.egress.ns,
+            &["nft", "list", "table", "ip", "openrelay-exit"],
+        )
+        .unwrap();
+    assert!(rules.contains("masquerade"), "{rules}");
+
+    // The destination sees the egress's address (NAT), never a tunnel address.
+    let dest = at_dest.stop().unwrap();
+    let destination = IpAddr::V4(bed.dest.addr);
+    let peers: Vec<IpAddr> = dest
+        .iter()
+        .filter(|p| p.dst == destination && !is_router(p.src))
+        .map(|p| if p.dst == destination { p.src } else { p.dst })
+        .collect();
+    assert!(
+        !peers.is_empty() && peers.iter().all(|ip| *ip == IpAddr::V4(bed.egress.addr)),
+        "{peers:?}"
+    );
+
+    // The relay's own address and private networks are refused at once (TCP reset).
+    for url in [
+        format!("http://{}:22/", bed.egress.addr),
+        "http://10.1.2.3/".to_string(),
+        "http://169.254.169.254/".to_string(),
+    ] {
+        let started = Instant::now();
+        let out = curl(&bed, &url);
+        assert!(
+            !out.status.success(),
+            "{url} was reachable through the egress"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{url} was not refused promptly"
+        );
+    }
+    drop(bed);
+    // The egress removes its table when it stops (the testbed killed it with the namespace).
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 
 use crate::config::{ConfigError, RelayConfig};
-use crate::run::{run_egress, run_ingress, RelayHandle};
+use crate::run::{run_egress, run_egress_tun, run_ingress, ExitSettings, RelayHandle};
 
 /// Which relay to run.
 #[derive(Debug, Subcommand)]
@@ -22,7 +22,8 @@ pub enum RelayCommand {
     ///
     /// The egress sees the destination and the ingress's address, never the client's.
     /// Loopback, private, link-local, multicast and the relay's own addresses are refused
-    /// unless listed in `allow_destinations`.
+    /// unless listed in `allow_destinations`. With `tun = "NAME"` in the config it forwards
+    /// in the kernel with NAT instead (root and nftables needed), with the same refusals.
     Egress(RelayArgs),
 }
 
@@ -58,8 +59,12 @@ pub async fn start(cmd: &RelayCommand) -> Result<RelayHandle, StartError> {
             Ok(run_ingress(settings).await?)
         }
         RelayCommand::Egress(a) => {
-            let settings = RelayConfig::load(&a.config)?.egress()?;
-            Ok(run_egress(settings).await?)
+            let config = RelayConfig::load(&a.config)?;
+            let settings = config.egress()?;
+            match config.tun {
+                Some(tun) => Ok(run_egress_tun(settings, ExitSettings { tun }).await?),
+                None => Ok(run_egress(settings).await?),
+            }
         }
     }
 }

@@ -16,6 +16,8 @@
 //! # Egress: destinations normally refused that this relay may reach (tests, demos).
 //! allow_destinations = ["127.0.0.1/32"]
 //! own_addresses = ["203.0.113.5"]
+//! # Egress: kernel forwarding with NAT through this TUN device (root, nftables).
+//! # tun = "orexit0"
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -125,6 +127,9 @@ pub struct RelayConfig {
     /// Egress: the relay's own public addresses, always refused.
     #[serde(default)]
     pub own_addresses: Vec<IpAddr>,
+    /// Egress: forward in the kernel with NAT through a TUN device of this name (needs
+    /// root and nftables) instead of the userspace TCP/IP stack.
+    pub tun: Option<String>,
 }
 
 impl RelayConfig {

@@ -47,6 +47,16 @@ impl DestinationPolicy {
         Self { allow, own }
     }
 
+    /// Networks reachable although normally refused.
+    pub fn allowed(&self) -> &[IpNet] {
+        &self.allow
+    }
+
+    /// The relay's own addresses.
+    pub fn own(&self) -> &[IpAddr] {
+        &self.own
+    }
+
     /// Adds an address of the relay itself (its listening address, once bound).
     pub fn add_own(&mut self, ip: IpAddr) {
         if !ip.is_unspecified() && !self.own.contains(&ip) {

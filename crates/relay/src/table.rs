@@ -70,6 +70,7 @@ pub struct SessionTable {
     entries: HashMap<SessionId, Entry>,
     by_index: HashMap<u32, SessionId>,
     by_peer: HashMap<PublicKey, SessionId>,
+    by_addr: HashMap<Ipv4Addr, SessionId>,
     pool: AddressPool,
     admit: AdmitPolicy,
     max_sessions: usize,
@@ -92,6 +93,7 @@ impl SessionTable {
             entries: HashMap::new(),
             by_index: HashMap::new(),
             by_peer: HashMap::new(),
+            by_addr: HashMap::new(),
             pool: AddressPool::new(),
             admit,
             max_sessions,
@@ -119,6 +121,11 @@ impl SessionTable {
     /// The peer's current address (for the demo's observer only; never logged).
     pub fn peer_addr(&self, id: SessionId) -> Option<SocketAddr> {
         Some(self.entries.get(&id)?.peer_addr)
+    }
+
+    /// The admitted session that owns a tunnel address (routing replies in TUN mode).
+    pub fn session_for_addr(&self, addr: Ipv4Addr) -> Option<SessionId> {
+        self.by_addr.get(&addr).copied()
     }
 
     /// The tunnel address of an admitted session.
@@ -234,6 +241,7 @@ impl SessionTable {
         }
         self.by_peer.remove(&entry.session.peer());
         if let Some(a) = entry.admitted {
+            self.by_addr.remove(&a.addr);
             self.pool.release(a.addr);
         }
         self.counters.sessions_closed += 1;
@@ -342,6 +350,7 @@ impl SessionTable {
                         until: now + self.admit.lifetime,
                     });
                     self.counters.sessions_admitted += 1;
+                    self.by_addr.insert(addr, id);
                     out.push(TableEvent::Admitted { id, addr });
                 } else {
                     self.pool.release(addr);

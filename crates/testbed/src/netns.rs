@@ -80,10 +80,19 @@ impl Testbed {
             &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"],
         )?;
         bed.exec(&bed.router, &["ip", "link", "set", "lo", "up"])?;
+        let hosts_file = bed.hosts_file();
         for (i, h) in bed.hosts().into_iter().enumerate() {
             let n = i + 1;
             let router_if = format!("{}r", h.iface);
             ip(&["netns", "add", &h.ns])?;
+            // `ip netns exec` bind-mounts these over /etc/resolv.conf and /etc/hosts: each
+            // host gets its own, with no resolver outside the testbed.
+            let etc = Self::etc_dir(&h.ns);
+            std::fs::create_dir_all(&etc).map_err(|e| Error::Capture(e.to_string()))?;
+            std::fs::write(etc.join("resolv.conf"), "nameserver 127.0.0.1\n")
+                .map_err(|e| Error::Capture(e.to_string()))?;
+            std::fs::write(etc.join("hosts"), &hosts_file)
+                .map_err(|e| Error::Capture(e.to_string()))?;
             ip(&[
                 "link",
                 "add",
@@ -176,6 +185,23 @@ impl Testbed {
         Ok(bed)
     }
 
+    /// Where `ip netns exec` finds a namespace's own /etc files.
+    pub fn etc_dir(ns: &str) -> std::path::PathBuf {
+        std::path::Path::new("/etc/netns").join(ns)
+    }
+
+    /// /etc/hosts of every host: each host's name under `openrelay.test`.
+    fn hosts_file(&self) -> String {
+        let mut s = String::from("127.0.0.1 localhost\n::1 localhost\n");
+        for h in self.hosts() {
+            s.push_str(&format!(
+                "{} {}.openrelay.test\n{} {}.openrelay.test\n",
+                h.addr, h.name, h.addr6, h.name
+            ));
+        }
+        s
+    }
+
     /// The four hosts.
     pub fn hosts(&self) -> [&Host; 4] {
         [&self.client, &self.ingress, &self.egress, &self.dest]
@@ -253,6 +279,7 @@ impl Drop for Testbed {
         self.kill_all();
         for h in self.hosts() {
             let _ = ip(&["netns", "del", &h.ns]);
+            let _ = std::fs::remove_dir_all(Self::etc_dir(&h.ns));
         }
         let _ = ip(&["netns", "del", &self.router]);
     }

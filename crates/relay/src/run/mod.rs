@@ -1,6 +1,7 @@
 //! The relays' tokio edges: sockets, tasks and the clock around the sans-IO cores.
 
 mod egress;
+mod exit;
 mod ingress;
 
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use tokio::sync::mpsc;
 use tunnel::StaticSecret;
 
 pub use egress::run_egress;
+pub use exit::{run_egress_tun, ExitSettings};
 pub use ingress::run_ingress;
 
 use crate::counters::Counters;

@@ -1,0 +1,179 @@
+use std::io;
+use std::net::IpAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{oneshot, watch};
+use tun_rs::{AsyncDevice, DeviceBuilder};
+
+use super::{report, EgressSettings, RelayHandle};
+use crate::counters::{Counters, Drop};
+use crate::exit;
+use crate::table::{SessionTable, TableEvent};
+
+const MAX_DATAGRAM: usize = 65_535;
+
+/// The TUN device gets the relay's in-tunnel address, so the kernel routes clients' replies
+/// (100.64.0.0/10) back into it and DNS can be answered there.
+use crate::exit::EXIT_ADDR;
+
+/// TUN mode settings.
+#[derive(Debug, Clone)]
+pub struct ExitSettings {
+    /// Name of the TUN device.
+    pub tun: String,
+}
+
+/// Starts an egress in TUN mode: kernel forwarding with NAT. Needs root (CAP_NET_ADMIN)
+/// and nftables.
+pub async fn run_egress_tun(
+    settings: EgressSettings,
+    exit_settings: ExitSettings,
+) -> io::Result<RelayHandle> {
+    if !exit::valid_interface(&exit_settings.tun) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the TUN name must be 1-15 letters, digits, '-', '_' or '.'",
+        ));
+    }
+    let c = &settings.common;
+    let (socket, table) = c.bind().await?;
+    let local_addr = socket.local_addr()?;
+    let dev = DeviceBuilder::new()
+        .name(&exit_settings.tun)
+        .ipv4(EXIT_ADDR, 10, None)
+        .mtu(c.admit.mtu)
+        .build_async()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot create the TUN device {} (run as root): {e}",
+                    exit_settings.tun
+                ),
+            )
+        })?;
+    dev.enabled(true)?;
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot enable IPv4 forwarding (run as root): {e}"),
+        )
+    })?;
+    let mut own = settings.policy.own().to_vec();
+    own.push(local_addr.ip());
+    nft(&exit::ruleset(
+        &exit_settings.tun,
+        settings.policy.allowed(),
+        &own,
+    ))
+    .await?;
+    let (counters_tx, counters) = watch::channel(table.counters);
+    let (shutdown, shutdown_rx) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        event_loop(
+            settings,
+            socket,
+            Arc::new(dev),
+            table,
+            counters_tx,
+            shutdown_rx,
+        )
+        .await;
+        if let Err(e) = nft(&exit::teardown()).await {
+            tracing::warn!("cannot remove the egress's nftables table: {e}");
+        }
+    });
+    tracing::info!("egress listening (TUN mode)");
+    Ok(RelayHandle {
+        local_addr,
+        counters,
+        shutdown,
+        task,
+    })
+}
+
+/// Applies a ruleset in one transaction.
+async fn nft(ruleset: &str) -> io::Result<()> {
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot run nft (install the Debian package nftables): {e}"),
+            )
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(ruleset.as_bytes()).await?;
+    }
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "nft refused the egress rules: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+async fn event_loop(
+    settings: EgressSettings,
+    socket: Arc<tokio::net::UdpSocket>,
+    dev: Arc<AsyncDevice>,
+    mut table: SessionTable,
+    counters_tx: watch::Sender<Counters>,
+    mut shutdown: oneshot::Receiver<()>,
+) {
+    let c = settings.common;
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut tun_buf = vec![0u8; MAX_DATAGRAM];
+    let mut events = Vec::new();
+    let mut report_tick = tokio::time::interval(c.report_interval);
+    report_tick.tick().await;
+    loop {
+        let deadline = tokio::time::Instant::from_std(table.poll_timeout());
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => table.handle_datagram(Instant::now(), from, buf.get(..n).unwrap_or_default(), &mut events),
+                Err(e) => tracing::debug!("receive error: {}", e.kind()),
+            },
+            r = dev.recv(&mut tun_buf) => match r {
+                Ok(n) => {
+                    let ip = tun_buf.get(..n).unwrap_or_default();
+                    match tunnel::wire::ip_addrs(ip) {
+                        Some((_, IpAddr::V4(dst))) => match table.session_for_addr(dst) {
+                            Some(id) => table.send(Instant::now(), id, ip, &mut events),
+                            None => table.counters.drop(Drop::NoSession),
+                        },
+                        _ => table.counters.drop(Drop::NotIp),
+                    }
+                }
+                Err(e) => tracing::debug!("TUN read error: {}", e.kind()),
+            },
+            _ = tokio::time::sleep_until(deadline) => table.handle_timeout(Instant::now(), &mut events),
+            _ = report_tick.tick() => report("egress", &table.counters),
+            _ = &mut shutdown => break,
+        }
+        for ev in events.drain(..) {
+            match ev {
+                TableEvent::Transmit { to, datagram } => {
+                    let _ = socket.send_to(&datagram, to).await;
+                }
+                TableEvent::Packet { ip, .. } => {
+                    table.counters.forwarded += 1;
+                    table.counters.forwarded_bytes += ip.len() as u64;
+                    let _ = dev.send(&ip).await;
+                }
+                TableEvent::Admitted { .. } | TableEvent::Closed { .. } => {}
+            }
+        }
+        counters_tx.send_replace(table.counters);
+    }
+    report("egress", &table.counters);
+}
