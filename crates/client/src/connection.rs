@@ -17,6 +17,11 @@ use tunnel::{Nested, NestedEvent, PublicKey, Session, SessionConfig, StaticSecre
 /// How long each setup step may take before the connection counts as failed.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// With user traffic sent and nothing heard back for this long, a hop counts as dead.
+/// WireGuard itself retries the handshake after 15 s of silence (keepalive 10 s + rekey
+/// timeout 5 s); a live relay answers that within a second or two.
+pub const DEAD_AFTER: Duration = Duration::from_secs(22);
+
 /// Client port for control messages inside each tunnel.
 const CONTROL_CLIENT_PORT: u16 = 51822;
 
@@ -67,6 +72,15 @@ pub enum ConnectionError {
     /// The UDP socket towards the ingress failed.
     #[error("cannot reach the ingress: {0}")]
     Socket(#[from] std::io::Error),
+    /// A relay stopped answering while user traffic was flowing.
+    #[error(
+        "the {hop} stopped answering (nothing for {:?} while sending); it may be down",
+        DEAD_AFTER
+    )]
+    Silent {
+        /// Which relay.
+        hop: Hop,
+    },
     /// The WireGuard session expired.
     #[error("the tunnel expired: {0}")]
     Tunnel(#[from] TunnelError),
@@ -76,7 +90,10 @@ impl ConnectionError {
     /// The relay the error is about, where one is to blame.
     pub fn hop(&self) -> Option<Hop> {
         match self {
-            Self::Setup { hop, .. } | Self::Timeout { hop } | Self::Forgotten { hop } => Some(*hop),
+            Self::Setup { hop, .. }
+            | Self::Timeout { hop }
+            | Self::Forgotten { hop }
+            | Self::Silent { hop } => Some(*hop),
             Self::Socket(_) => Some(Hop::Ingress),
             Self::Tunnel(_) => None,
         }
@@ -126,6 +143,9 @@ pub struct Connection {
     step_deadline: Instant,
     inner_addr: Option<Ipv4Addr>,
     outer_admission: Option<Admission>,
+    ready_at: Option<Instant>,
+    /// The first user packet sent since the egress was last heard from.
+    unanswered_since: Option<Instant>,
     /// User packets dropped because the connection was not ready.
     pub dropped_not_ready: u64,
 }
@@ -144,6 +164,8 @@ impl Connection {
             step_deadline: now + SETUP_TIMEOUT,
             inner_addr: None,
             outer_admission: None,
+            ready_at: None,
+            unanswered_since: None,
             dropped_not_ready: 0,
         }
     }
@@ -183,6 +205,10 @@ impl Connection {
             self.dropped_not_ready += 1;
             return;
         }
+        let answered = |since: Instant| self.nested.last_inner_rx().is_some_and(|rx| rx > since);
+        if self.unanswered_since.is_none_or(answered) {
+            self.unanswered_since = Some(now);
+        }
         let mut ev = Vec::new();
         self.nested.send_inner(now, ip, &mut ev);
         self.map(now, ev, out);
@@ -209,6 +235,9 @@ impl Connection {
         if let Err(e) = res {
             return self.fail(ConnectionError::Tunnel(e), out);
         }
+        if let Some(hop) = self.silent_hop(now) {
+            return self.fail(ConnectionError::Silent { hop }, out);
+        }
         if now >= self.step_deadline {
             match self.phase {
                 Phase::Outer(_) => self.fail(ConnectionError::Timeout { hop: Hop::Ingress }, out),
@@ -224,6 +253,23 @@ impl Connection {
             Phase::Outer(_) | Phase::Inner(_) => self.nested.poll_timeout().min(self.step_deadline),
             _ => self.nested.poll_timeout(),
         }
+    }
+
+    /// A hop that has been silent for [`DEAD_AFTER`] since user traffic went out to it.
+    fn silent_hop(&self, now: Instant) -> Option<Hop> {
+        self.ready_at?;
+        let since = self.unanswered_since?;
+        let heard_since = |rx: Option<Instant>| rx.is_some_and(|rx| rx > since);
+        if heard_since(self.nested.last_inner_rx())
+            || now.saturating_duration_since(since) < DEAD_AFTER
+        {
+            return None;
+        }
+        Some(if heard_since(self.nested.last_outer_rx()) {
+            Hop::Egress
+        } else {
+            Hop::Ingress
+        })
     }
 
     fn fail(&mut self, e: ConnectionError, out: &mut Vec<ConnEvent>) {
@@ -279,6 +325,7 @@ impl Connection {
                 Ok(inner) => {
                     self.inner_addr = Some(inner.tunnel_addr);
                     let outer = self.outer_admission.unwrap_or(inner);
+                    self.ready_at = Some(now);
                     out.push(ConnEvent::Ready { outer, inner });
                     Phase::Ready
                 }

@@ -223,7 +223,13 @@ pub(crate) async fn supervise(
         if let Some(relay) = blamed {
             let n = failures.entry(relay.wg_public_key).or_default();
             *n += 1;
-            if *n >= FAILURES_BEFORE_SWITCH {
+            // A relay that does not answer at all is avoided at once; one that refused or
+            // restarted gets another chance.
+            let unreachable = matches!(
+                err,
+                ConnectionError::Timeout { .. } | ConnectionError::Silent { .. }
+            );
+            if unreachable || *n >= FAILURES_BEFORE_SWITCH {
                 tracing::warn!(
                     "{} failed {n} times in a row; picking another relay",
                     relay.name

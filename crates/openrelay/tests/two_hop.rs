@@ -229,3 +229,47 @@ async fn assert_reconnects(net: &DemoNetwork) {
         "{status:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_moves_to_another_operators_egress_when_its_egress_stays_down() {
+    let mut net = start().await;
+    let first = match &*net.client.status.borrow() {
+        client::run::Status::Connected { egress, .. } => egress.clone(),
+        other => panic!("{other:?}"),
+    };
+    let i = net.egress_index(&first).unwrap();
+    net.stop_egress(i).await.unwrap();
+
+    let url = format!("http://{}/", net.web);
+    let mut ok = false;
+    for _ in 0..20 {
+        let out = curl(&["--socks5-hostname", &proxy(&net), "--max-time", "5", &url]).await;
+        if out.status.success() {
+            ok = true;
+            break;
+        }
+    }
+    assert!(
+        ok,
+        "no successful fetch after the egress went down for good"
+    );
+    let status = net.client.status.borrow().clone();
+    let client::run::Status::Connected { egress, .. } = status else {
+        panic!("{status:?}");
+    };
+    assert_ne!(egress, first, "still on the dead egress");
+    let operator = |name: &str| {
+        net.egresses
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap()
+            .operator
+            .clone()
+    };
+    assert_ne!(
+        operator(&egress),
+        operator(&first),
+        "the new egress is of the same operator"
+    );
+    net.shutdown().await;
+}

@@ -412,3 +412,36 @@ fn replayed_and_truncated_datagrams_are_counted() {
     assert_eq!(after.dropped_replay - before.dropped_replay, 1, "{after}");
     assert!(out.is_empty());
 }
+
+#[test]
+fn a_silent_egress_is_detected_and_blamed() {
+    let mut net = Net::new();
+    net.start();
+    assert!(net.ready);
+    // The egress vanishes: a table with another key answers nothing the client can use.
+    net.egress = SessionTable::new(
+        net.now,
+        Responder::new(net.now, StaticSecret::generate(), SessionConfig::default()),
+        admit(),
+        100,
+    );
+    net.send(&user_packet(b"hello?"));
+    net.advance(Duration::from_secs(10));
+    assert!(
+        net.lost.is_empty(),
+        "declared dead too early: {:?}",
+        net.lost
+    );
+    for _ in 0..15 {
+        net.send(&user_packet(b"anyone?"));
+        net.advance(Duration::from_secs(1));
+    }
+    assert!(
+        matches!(
+            net.lost.first(),
+            Some(ConnectionError::Silent { hop: Hop::Egress })
+        ),
+        "{:?}",
+        net.lost
+    );
+}

@@ -31,6 +31,8 @@ pub struct Nested {
     egress: SocketAddr,
     outer_addr: Ipv4Addr,
     scratch: Vec<Action>,
+    last_outer_rx: Option<Instant>,
+    last_inner_rx: Option<Instant>,
 }
 
 impl Nested {
@@ -43,6 +45,8 @@ impl Nested {
             egress,
             outer_addr: Ipv4Addr::UNSPECIFIED,
             scratch: Vec::new(),
+            last_outer_rx: None,
+            last_inner_rx: None,
         }
     }
 
@@ -54,6 +58,16 @@ impl Nested {
     /// The egress endpoint that inner datagrams go to.
     pub fn egress(&self) -> SocketAddr {
         self.egress
+    }
+
+    /// When the ingress last sent an authenticated message (keepalives included).
+    pub fn last_outer_rx(&self) -> Option<Instant> {
+        self.last_outer_rx
+    }
+
+    /// When the egress last sent an authenticated message (keepalives included).
+    pub fn last_inner_rx(&self) -> Option<Instant> {
+        self.last_inner_rx
     }
 
     /// The outer session.
@@ -94,6 +108,9 @@ impl Nested {
     ) -> Result<(), TunnelError> {
         let mut outer_out = Vec::new();
         let mut res = self.outer.decapsulate(now, datagram, &mut outer_out);
+        if res.is_ok() {
+            self.last_outer_rx = Some(now);
+        }
         for action in outer_out {
             match action {
                 Action::Transmit(d) => out.push(NestedEvent::ToIngress(d)),
@@ -138,6 +155,9 @@ impl Nested {
         };
         let mut inner_out = Vec::new();
         let res = self.inner.decapsulate(now, payload, &mut inner_out);
+        if res.is_ok() {
+            self.last_inner_rx = Some(now);
+        }
         self.carry_inner(now, inner_out, out);
         res
     }
