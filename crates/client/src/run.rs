@@ -24,6 +24,10 @@ const WAIT_FOR_TUNNEL: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Failures in a row after which a relay is avoided and another is picked.
 const FAILURES_BEFORE_SWITCH: u32 = 2;
+/// DNS queries sent to the egress before a name counts as unresolvable.
+const RESOLVE_ATTEMPTS: u32 = 3;
+/// How long one DNS query waits for the egress's answer.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Packets queued between the tunnel and the stack.
 const STACK_QUEUE: usize = 1024;
 
@@ -355,14 +359,50 @@ impl TunnelDialer {
     }
 }
 
-fn target_addr(target: Target) -> io::Result<SocketAddr> {
-    match target {
-        Target::Ip(a) => Ok(a),
-        Target::Domain(name, _) => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("cannot resolve {name}: name resolution through the tunnel is not available yet, use an IP address"),
-        )),
+/// Resolves a name at the egress (through the tunnel), never on the local network.
+async fn resolve(stack: &StackHandle, target: Target) -> io::Result<SocketAddr> {
+    let (name, port) = match target {
+        Target::Ip(a) => return Ok(a),
+        Target::Domain(name, port) => (name, port),
+    };
+    let socket = stack.udp_socket()?;
+    let id: u16 = rand::random();
+    let query = names::build_query(id, &name, names::Kind::A)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+    for _ in 0..RESOLVE_ATTEMPTS {
+        socket.send_to(&query, names::server()).await?;
+        let Ok(reply) = tokio::time::timeout(RESOLVE_TIMEOUT, socket.recv_from()).await else {
+            continue;
+        };
+        let (bytes, from) = reply?;
+        if from != names::server() {
+            continue;
+        }
+        match names::parse_response(&bytes, id, &name, names::Kind::A) {
+            Ok((addrs, _)) => {
+                return addrs
+                    .first()
+                    .map(|ip| SocketAddr::new(*ip, port))
+                    .ok_or_else(|| {
+                        io::Error::new(
+                            io::ErrorKind::HostUnreachable,
+                            format!("{name} has no IPv4 address"),
+                        )
+                    })
+            }
+            Err(names::DnsError::WrongId { .. }) => continue,
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::HostUnreachable,
+                    e.to_string(),
+                ))
+            }
+        }
     }
+    Err(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the egress did not answer the DNS query for {name}"),
+    ))
 }
 
 impl Dialer for TunnelDialer {
@@ -370,8 +410,8 @@ impl Dialer for TunnelDialer {
     type Datagram = TunnelUdp;
 
     async fn connect(&self, target: Target) -> io::Result<TcpFlow> {
-        let addr = target_addr(target)?;
         let stack = self.stack().await?;
+        let addr = resolve(&stack, target).await?;
         tokio::time::timeout(CONNECT_TIMEOUT, stack.connect(addr))
             .await
             .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
@@ -379,23 +419,27 @@ impl Dialer for TunnelDialer {
 
     async fn udp(&self) -> io::Result<TunnelUdp> {
         let stack = self.stack().await?;
-        Ok(TunnelUdp(stack.udp_socket()?))
+        Ok(TunnelUdp {
+            socket: stack.udp_socket()?,
+            stack,
+        })
     }
 }
 
 /// A UDP socket on the tunnel address, for SOCKS5 UDP ASSOCIATE.
-struct TunnelUdp(netstack::driver::UdpSocket);
+struct TunnelUdp {
+    socket: netstack::driver::UdpSocket,
+    stack: StackHandle,
+}
 
 impl DatagramSocket for TunnelUdp {
     async fn send_to(&self, payload: &[u8], target: Target) -> io::Result<()> {
-        self.0
-            .send_to(payload, target_addr(target)?)
-            .await
-            .map(|_| ())
+        let to = resolve(&self.stack, target).await?;
+        self.socket.send_to(payload, to).await.map(|_| ())
     }
 
     async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        let (bytes, from) = self.0.recv_from().await?;
+        let (bytes, from) = self.socket.recv_from().await?;
         let n = bytes.len().min(buf.len());
         buf.get_mut(..n)
             .unwrap_or_default()

@@ -11,6 +11,8 @@ use testbed::{any_contains, Host, Packet, Testbed};
 
 const BIN: &str = env!("CARGO_BIN_EXE_openrelay");
 const MARKER: &str = "openrelay-capture-marker-5d1e";
+/// The destination's name in the testbed's /etc/hosts files.
+const DEST_NAME: &str = "dest.openrelay.test";
 
 fn require_root() -> bool {
     if testbed::available() {
@@ -210,20 +212,44 @@ fn captures_show_each_hop_sees_only_its_half() {
     let s = Setup::new(&bed, "captures");
     start_network(&bed, &s);
 
+    let at_client = bed.capture(&bed.client).unwrap();
     let at_ingress = bed.capture(&bed.ingress).unwrap();
     let at_egress = bed.capture(&bed.egress).unwrap();
     let at_dest = bed.capture(&bed.dest).unwrap();
-    let url = format!("http://{}/page.html", bed.dest.addr);
-    let out = curl(&bed, &url);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(MARKER));
+    // By address, and by name: the name is resolved at the egress (its /etc/hosts).
+    for url in [
+        format!("http://{}/page.html", bed.dest.addr),
+        format!("http://{DEST_NAME}/page.html"),
+    ] {
+        let out = curl(&bed, &url);
+        assert!(
+            out.status.success(),
+            "{url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(MARKER));
+    }
+    let client_link = at_client.stop().unwrap();
     let ingress = at_ingress.stop().unwrap();
     let egress = at_egress.stop().unwrap();
     let dest = at_dest.stop().unwrap();
+
+    assert!(
+        !any_contains(&ingress, DEST_NAME.as_bytes()),
+        "the destination's name appears in the ingress capture"
+    );
+    assert!(
+        !any_contains(&client_link, DEST_NAME.as_bytes()),
+        "the destination's name left the client host in clear"
+    );
+    let ingress_addr = IpAddr::V4(bed.ingress.addr);
+    assert!(
+        client_link
+            .iter()
+            .filter(|p| p.src == IpAddr::V4(bed.client.addr))
+            .all(|p| p.dst == ingress_addr),
+        "the client host sent something other than tunnel traffic to the ingress"
+    );
 
     let client = IpAddr::V4(bed.client.addr);
     let destination = IpAddr::V4(bed.dest.addr);

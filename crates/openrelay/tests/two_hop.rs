@@ -273,3 +273,32 @@ async fn client_moves_to_another_operators_egress_when_its_egress_stays_down() {
     );
     net.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_are_resolved_at_the_egress() {
+    let net = start().await;
+    // "localhost" resolves at the egress (to its loopback, which the demo allowlists).
+    let url = format!("http://localhost:{}/", net.web.port());
+    let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(http::PAGE_MARKER));
+    // A name that does not exist fails promptly, with the proxy's "host unreachable".
+    let started = std::time::Instant::now();
+    let out = curl(&[
+        "--socks5-hostname",
+        &proxy(&net),
+        "http://no-such-host.invalid/",
+    ])
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "resolution failure took {:?}",
+        started.elapsed()
+    );
+    net.shutdown().await;
+}

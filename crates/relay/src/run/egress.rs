@@ -226,6 +226,15 @@ async fn relay_udp(
 ) {
     let mut sockets: HashMap<(SocketAddr, bool), (Arc<UdpSocket>, JoinHandle<()>)> = HashMap::new();
     while let Some(d) = datagrams.recv().await {
+        if d.dst == names::server() {
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                if let Some(reply) = super::resolve::answer(&d.payload).await {
+                    let _ = handle.udp_reply(d.dst, d.src, &reply);
+                }
+            });
+            continue;
+        }
         if ctx.policy.check(d.dst).is_err() {
             ctx.flows.refused_policy.fetch_add(1, Ordering::Relaxed);
             handle.refuse_udp(&d, Unreachable::Prohibited);

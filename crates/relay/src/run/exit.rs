@@ -70,6 +70,15 @@ pub async fn run_egress_tun(
         &own,
     ))
     .await?;
+    let dns = tokio::net::UdpSocket::bind(names::server())
+        .await
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot answer DNS on {}: {e}", names::server()),
+            )
+        })?;
+    let dns_task = tokio::spawn(serve_dns(Arc::new(dns)));
     let (counters_tx, counters) = watch::channel(table.counters);
     let (shutdown, shutdown_rx) = oneshot::channel();
     let task = tokio::spawn(async move {
@@ -82,6 +91,7 @@ pub async fn run_egress_tun(
             shutdown_rx,
         )
         .await;
+        dns_task.abort();
         if let Err(e) = nft(&exit::teardown()).await {
             tracing::warn!("cannot remove the egress's nftables table: {e}");
         }
@@ -93,6 +103,23 @@ pub async fn run_egress_tun(
         shutdown,
         task,
     })
+}
+
+/// DNS for clients at the relay's in-tunnel address (the kernel delivers it from the TUN).
+async fn serve_dns(socket: Arc<tokio::net::UdpSocket>) {
+    let mut buf = vec![0u8; 1500];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let query = buf.get(..n).unwrap_or_default().to_vec();
+        let socket = socket.clone();
+        tokio::spawn(async move {
+            if let Some(reply) = super::resolve::answer(&query).await {
+                let _ = socket.send_to(&reply, from).await;
+            }
+        });
+    }
 }
 
 /// Applies a ruleset in one transaction.

@@ -3,6 +3,7 @@
 mod egress;
 mod exit;
 mod ingress;
+mod resolve;
 
 use std::net::SocketAddr;
 use std::time::Duration;
