@@ -113,6 +113,8 @@ pub enum ConnEvent {
         outer: Admission,
         /// The egress's admission: the address the local stack uses.
         inner: Admission,
+        /// MTU for the local side: what fits through both tunnels without fragments.
+        mtu: u16,
     },
     /// The connection is over; set up a new one (fresh keys) if wanted.
     Lost(ConnectionError),
@@ -326,7 +328,8 @@ impl Connection {
                     self.inner_addr = Some(inner.tunnel_addr);
                     let outer = self.outer_admission.unwrap_or(inner);
                     self.ready_at = Some(now);
-                    out.push(ConnEvent::Ready { outer, inner });
+                    let mtu = local_mtu(outer.mtu, inner.mtu);
+                    out.push(ConnEvent::Ready { outer, inner, mtu });
                     Phase::Ready
                 }
                 Err(source) => return self.fail(ConnectionError::Setup { hop, source }, out),
@@ -344,6 +347,16 @@ impl Connection {
             (other, _) => other,
         };
     }
+}
+
+/// Bytes an inner packet grows by inside the outer tunnel: the inner WireGuard data header
+/// and tag (32) and a UDP/IPv6 header (48; IPv4 needs 28).
+pub const NESTING_OVERHEAD: u16 = 80;
+
+/// The largest local packet that, wrapped for the egress and carried through the ingress,
+/// fits both relays' MTUs.
+pub fn local_mtu(outer: u16, inner: u16) -> u16 {
+    outer.saturating_sub(NESTING_OVERHEAD).min(inner).max(576)
 }
 
 /// A control message as an IP packet to the relay's control address.

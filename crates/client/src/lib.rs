@@ -8,3 +8,4 @@
 pub mod connection;
 pub mod run;
 pub mod tun;
+pub mod whole_host;

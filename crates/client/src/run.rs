@@ -126,7 +126,7 @@ pub async fn run_client(settings: ClientSettings) -> io::Result<ClientHandle> {
 /// The user's side of the tunnel: a userspace stack (SOCKS5 mode) or a TUN device.
 pub(crate) trait Local: Send {
     /// Both hops admitted the session: set up for this tunnel address and MTU.
-    fn ready(&mut self, inner: &control::Admission) -> io::Result<()>;
+    fn ready(&mut self, inner: &control::Admission, mtu: u16) -> io::Result<()>;
     /// An IP packet from the tunnel.
     fn deliver(&mut self, ip: Vec<u8>);
     /// The connection is gone.
@@ -141,9 +141,9 @@ struct SocksLocal {
 }
 
 impl Local for SocksLocal {
-    fn ready(&mut self, inner: &control::Admission) -> io::Result<()> {
+    fn ready(&mut self, inner: &control::Admission, mtu: u16) -> io::Result<()> {
         let mut config = StackConfig::new(Mode::Client, vec![IpAddr::V4(inner.tunnel_addr)]);
-        config.mtu = usize::from(inner.mtu);
+        config.mtu = usize::from(mtu);
         let stack = Stack::new(config, Instant::now()).map_err(io::Error::other)?;
         let (tx, rx) = mpsc::channel(STACK_QUEUE);
         let handle = netstack::driver::spawn(stack, rx, self.out_tx.clone());
@@ -288,8 +288,8 @@ async fn connect_once(
                     let _ = socket.send(&d).await;
                 }
                 ConnEvent::Packet(ip) => local.deliver(ip),
-                ConnEvent::Ready { inner, .. } => {
-                    local.ready(&inner)?;
+                ConnEvent::Ready { inner, mtu, .. } => {
+                    local.ready(&inner, mtu)?;
                     ready = true;
                     tracing::info!("connected through {} and {}", ingress.name, egress.name);
                     status.send_replace(Status::Connected {

@@ -77,7 +77,7 @@ impl Drop for TunLocal {
 }
 
 impl Local for TunLocal {
-    fn ready(&mut self, inner: &control::Admission) -> std::io::Result<()> {
+    fn ready(&mut self, inner: &control::Admission, mtu: u16) -> std::io::Result<()> {
         let new = inner.tunnel_addr;
         let old = *self.addr.borrow();
         if old != Some(new) {
@@ -86,7 +86,7 @@ impl Local for TunLocal {
             }
             self.dev.add_address_v4(new, 32)?;
         }
-        self.dev.set_mtu(inner.mtu)?;
+        self.dev.set_mtu(mtu)?;
         self.addr.send_replace(Some(new));
         Ok(())
     }

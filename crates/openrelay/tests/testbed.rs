@@ -533,3 +533,315 @@ fn tun_mode_egress_forwards_with_nat_and_refuses_the_same_destinations() {
     drop(bed);
     // The egress removes its table when it stops (the testbed killed it with the namespace).
 }
+
+/// The client host's routing rules, routes and firewall tables, to compare before and after.
+fn client_network_state(bed: &Testbed) -> Vec<String> {
+    let ns = &bed.client.ns;
+    let mut state = Vec::new();
+    for f in ["-4", "-6"] {
+        state.push(bed.exec(ns, &["ip", f, "rule", "show"]).unwrap());
+        // Link-local routes appear on their own once the kernel configures fe80:: addresses.
+        let routes = bed
+            .exec(ns, &["ip", f, "route", "show", "table", "all"])
+            .unwrap();
+        state.push(
+            routes
+                .lines()
+                .filter(|l| !l.contains("fe80:"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        );
+    }
+    state.push(bed.exec(ns, &["nft", "list", "tables"]).unwrap());
+    state.push(std::fs::read_to_string(Testbed::etc_dir(ns).join("resolv.conf")).unwrap());
+    state
+}
+
+/// Starts `openrelay client --tun` in the client host; returns its pid once connected.
+fn start_whole_host_client(bed: &Testbed, s: &Setup) -> (u32, std::sync::mpsc::Receiver<String>) {
+    let mut child = bed
+        .command(&bed.client, BIN)
+        .args([
+            "client",
+            "--tun",
+            "--state-dir",
+            &s.path("state"),
+            "--directory",
+            &s.path("directory.toml"),
+            "--trust",
+            &s.signer,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+        let _ = child.wait();
+    });
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = end
+            .checked_duration_since(Instant::now())
+            .expect("the whole-host client did not connect");
+        if let Ok(line) = rx.recv_timeout(left) {
+            if line.starts_with("connected through") {
+                return (pid, rx);
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+fn wait_gone(pid: u32) {
+    wait_for("the process to exit", Duration::from_secs(15), || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+}
+
+fn direct_curl(bed: &Testbed, args: &[&str]) -> std::process::Output {
+    bed.command(&bed.client, "curl")
+        .args(["--silent", "--show-error", "--max-time", "8"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn whole_host_mode_tunnels_everything_and_restores_the_host_exactly() {
+    if !require_root() {
+        return;
+    }
+    let bed = Testbed::new().unwrap();
+    let s = Setup::new(&bed, "wholehost");
+    bed.spawn(
+        &bed.dest,
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            "::",
+            "80",
+            "--directory",
+            &s.path("www"),
+        ],
+        Stdio::null(),
+        Stdio::null(),
+    )
+    .unwrap();
+    bed.spawn(
+        &bed.egress,
+        &[BIN, "relay", "egress", "--config", &s.path("egress.toml")],
+        Stdio::null(),
+        Stdio::inherit(),
+    )
+    .unwrap();
+    bed.spawn(
+        &bed.ingress,
+        &[BIN, "relay", "ingress", "--config", &s.path("ingress.toml")],
+        Stdio::null(),
+        Stdio::inherit(),
+    )
+    .unwrap();
+    let before = client_network_state(&bed);
+
+    let at_client = bed.capture(&bed.client).unwrap();
+    let (pid, _lines) = start_whole_host_client(&bed, &s);
+    // Plain curl, no proxy: the name is resolved through the tunnel at the egress.
+    let out = direct_curl(&bed, &[&format!("http://{DEST_NAME}/page.html")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(MARKER));
+    // IPv6 is blocked, not leaked.
+    let v6 = direct_curl(
+        &bed,
+        &["-6", &format!("http://[{}]/page.html", bed.dest.addr6)],
+    );
+    assert!(
+        !v6.status.success(),
+        "an IPv6 destination was reached around the tunnel"
+    );
+    let link = at_client.stop().unwrap();
+
+    let ingress = IpAddr::V4(bed.ingress.addr);
+    let own = [IpAddr::V4(bed.client.addr), IpAddr::V6(bed.client.addr6)];
+    let leaked: Vec<_> = link
+        .iter()
+        .filter(|p| own.contains(&p.src) && p.dst != ingress)
+        .map(|p| (p.src, p.dst))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "packets left the client host for something other than the ingress: {leaked:?}"
+    );
+    assert!(
+        link.iter().any(|p| p.dst == ingress),
+        "no tunnel traffic on the link"
+    );
+    assert!(
+        !any_contains(&link, DEST_NAME.as_bytes()),
+        "the destination's name crossed the link in clear"
+    );
+    assert!(
+        !link.iter().any(|p| port_53(p)),
+        "a DNS packet crossed the client's link"
+    );
+
+    signal(pid, "-TERM");
+    wait_gone(pid);
+    assert_eq!(
+        client_network_state(&bed),
+        before,
+        "the client did not restore the host exactly"
+    );
+}
+
+/// Whether a captured IPv4/UDP or TCP packet has port 53 on either side.
+fn port_53(p: &Packet) -> bool {
+    let ip = &p.bytes[14..];
+    if ip.first().map(|b| b >> 4) != Some(4) {
+        return false;
+    }
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let proto = ip[9];
+    if !(proto == 6 || proto == 17) || ip.len() < ihl + 4 {
+        return false;
+    }
+    let sport = u16::from_be_bytes([ip[ihl], ip[ihl + 1]]);
+    let dport = u16::from_be_bytes([ip[ihl + 2], ip[ihl + 3]]);
+    sport == 53 || dport == 53
+}
+
+#[test]
+fn kill_switch_holds_when_the_egress_dies_and_the_client_is_killed() {
+    if !require_root() {
+        return;
+    }
+    let bed = Testbed::new().unwrap();
+    let s = Setup::new(&bed, "killswitch");
+    std::fs::write(s.dir.join("www/big.bin"), vec![7u8; 30 * 1024 * 1024]).unwrap();
+    bed.spawn(
+        &bed.dest,
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            &bed.dest.addr.to_string(),
+            "80",
+            "--directory",
+            &s.path("www"),
+        ],
+        Stdio::null(),
+        Stdio::null(),
+    )
+    .unwrap();
+    let egress_pid = bed
+        .spawn(
+            &bed.egress,
+            &[BIN, "relay", "egress", "--config", &s.path("egress.toml")],
+            Stdio::null(),
+            Stdio::inherit(),
+        )
+        .unwrap();
+    bed.spawn(
+        &bed.ingress,
+        &[BIN, "relay", "ingress", "--config", &s.path("ingress.toml")],
+        Stdio::null(),
+        Stdio::inherit(),
+    )
+    .unwrap();
+    let (pid, _lines) = start_whole_host_client(&bed, &s);
+
+    let at_client = bed.capture(&bed.client).unwrap();
+    // A slow download, interrupted by the egress dying.
+    let download = bed
+        .command(&bed.client, "curl")
+        .args([
+            "--silent",
+            "--max-time",
+            "20",
+            "--limit-rate",
+            "2M",
+            "-o",
+            "/dev/null",
+            &format!("http://{}/big.bin", bed.dest.addr),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    signal(egress_pid, "-KILL");
+    std::thread::sleep(Duration::from_secs(3));
+    signal(pid, "-KILL");
+    wait_gone(pid);
+    // With the client dead, the host stays offline: a direct fetch fails.
+    let out = direct_curl(
+        &bed,
+        &[
+            "--max-time",
+            "3",
+            &format!("http://{}/page.html", bed.dest.addr),
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "traffic flowed after the client was killed"
+    );
+    let mut download = download;
+    let _ = download.kill();
+    let _ = download.wait();
+    let link = at_client.stop().unwrap();
+    let ingress = IpAddr::V4(bed.ingress.addr);
+    let own = [IpAddr::V4(bed.client.addr), IpAddr::V6(bed.client.addr6)];
+    let leaked: Vec<_> = link
+        .iter()
+        .filter(|p| own.contains(&p.src) && p.dst != ingress)
+        .map(|p| (p.src, p.dst))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "packets left for something other than the ingress: {leaked:?}"
+    );
+
+    // The documented way back.
+    let out = bed
+        .command(&bed.client, BIN)
+        .args(["client", "--unblock", "--state-dir", &s.path("state")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kill switch"));
+    let out = direct_curl(&bed, &[&format!("http://{}/page.html", bed.dest.addr)]);
+    assert!(
+        out.status.success(),
+        "the network is not back after --unblock: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(Testbed::etc_dir(&bed.client.ns).join("resolv.conf")).unwrap(),
+        "nameserver 127.0.0.1\n"
+    );
+}
