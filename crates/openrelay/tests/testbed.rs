@@ -700,7 +700,7 @@ fn whole_host_mode_tunnels_everything_and_restores_the_host_exactly() {
         "the destination's name crossed the link in clear"
     );
     assert!(
-        !link.iter().any(|p| port_53(p)),
+        !link.iter().any(port_53),
         "a DNS packet crossed the client's link"
     );
 
