@@ -22,6 +22,13 @@ pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// timeout 5 s); a live relay answers that within a second or two.
 pub const DEAD_AFTER: Duration = Duration::from_secs(22);
 
+/// Quiet time after incoming traffic before the client checks that both relays still know
+/// the session.
+pub const PROBE_AFTER: Duration = Duration::from_secs(5);
+/// Probing stops once the connection has been quiet this long (an idle client sends
+/// nothing).
+pub const PROBE_WHILE_ACTIVE: Duration = Duration::from_secs(60);
+
 /// Client port for control messages inside each tunnel.
 const CONTROL_CLIENT_PORT: u16 = 51822;
 
@@ -148,6 +155,7 @@ pub struct Connection {
     ready_at: Option<Instant>,
     /// The first user packet sent since the egress was last heard from.
     unanswered_since: Option<Instant>,
+    last_probe: Option<Instant>,
     /// User packets dropped because the connection was not ready.
     pub dropped_not_ready: u64,
 }
@@ -168,6 +176,7 @@ impl Connection {
             outer_admission: None,
             ready_at: None,
             unanswered_since: None,
+            last_probe: None,
             dropped_not_ready: 0,
         }
     }
@@ -240,6 +249,9 @@ impl Connection {
         if let Some(hop) = self.silent_hop(now) {
             return self.fail(ConnectionError::Silent { hop }, out);
         }
+        if self.probe_due(now) {
+            self.probe(now, out);
+        }
         if now >= self.step_deadline {
             match self.phase {
                 Phase::Outer(_) => self.fail(ConnectionError::Timeout { hop: Hop::Ingress }, out),
@@ -255,6 +267,38 @@ impl Connection {
             Phase::Outer(_) | Phase::Inner(_) => self.nested.poll_timeout().min(self.step_deadline),
             _ => self.nested.poll_timeout(),
         }
+    }
+
+    /// Whether to check that the relays still know the session: traffic came in recently
+    /// but has stopped (a download stalls silently when a relay restarts, since the
+    /// receiving client sends nothing that could notice).
+    fn probe_due(&self, now: Instant) -> bool {
+        let (Some(_), Some(rx)) = (self.ready_at, self.nested.last_inner_rx()) else {
+            return false;
+        };
+        let quiet = now.saturating_duration_since(rx);
+        let probed_recently = self
+            .last_probe
+            .is_some_and(|p| now.saturating_duration_since(p) < PROBE_AFTER);
+        quiet >= PROBE_AFTER && quiet < PROBE_WHILE_ACTIVE && !probed_recently
+    }
+
+    /// Pings both relays: a relay that knows the session answers `Pong`; one that
+    /// restarted answers, after a new handshake, `Refused(NotAdmitted)`; one that is gone
+    /// does not answer at all (and the silence check ends the connection).
+    fn probe(&mut self, now: Instant, out: &mut Vec<ConnEvent>) {
+        self.last_probe = Some(now);
+        if self.unanswered_since.is_none() {
+            self.unanswered_since = Some(now);
+        }
+        let ping = Message::Ping {
+            nonce: rand::random(),
+        };
+        let ip = control_packet(Ipv4Addr::UNSPECIFIED, &ping);
+        let mut ev = Vec::new();
+        self.nested.send_outer(now, &ip, &mut ev);
+        self.nested.send_inner(now, &ip, &mut ev);
+        self.map(now, ev, out);
     }
 
     /// A hop that has been silent for [`DEAD_AFTER`] since user traffic went out to it.
@@ -334,16 +378,27 @@ impl Connection {
                 }
                 Err(source) => return self.fail(ConnectionError::Setup { hop, source }, out),
             },
-            (Phase::Ready, hop) => match msg {
-                Message::Refused {
-                    reason: RefuseReason::NotAdmitted,
-                    ..
-                } => {
-                    self.phase = Phase::Ready;
+            (Phase::Ready, hop) => {
+                let known = match hop {
+                    Hop::Ingress => self.outer_admission.map(|a| a.tunnel_addr),
+                    Hop::Egress => self.inner_addr,
+                };
+                let forgotten = match msg {
+                    Message::Refused {
+                        reason: RefuseReason::NotAdmitted,
+                        ..
+                    } => true,
+                    // An admission with another address means a new session: the old one
+                    // is gone.
+                    Message::Admitted { tunnel_addr, .. } => Some(tunnel_addr) != known,
+                    _ => false,
+                };
+                self.phase = Phase::Ready;
+                if forgotten {
                     return self.fail(ConnectionError::Forgotten { hop }, out);
                 }
-                _ => Phase::Ready,
-            },
+                return;
+            }
             (other, _) => other,
         };
     }

@@ -8,6 +8,8 @@
 //! | 4    | Attest    | client → relay | reserved: nonce, added with attestation        |
 //! | 5    | Evidence  | relay → client | reserved: TEE evidence, added with attestation |
 //! | 6    | Redeem    | client → relay | reserved: anonymous token, added with tokens   |
+//! | 7    | Ping      | client → relay | nonce (u64); admitted sessions only            |
+//! | 8    | Pong      | relay → client | the ping's nonce (u64)                         |
 //!
 //! All integers are big-endian. Numbers 4 to 6 are reserved now so that the numbering stays
 //! stable when those steps are inserted before `Admitted`.
@@ -36,13 +38,20 @@ pub enum MessageType {
     Evidence = 5,
     /// Reserved: client presents an anonymous token.
     Redeem = 6,
+    /// Client → relay: is this admitted session still known? (liveness after a stall)
+    Ping = 7,
+    /// Relay → client: yes; an unadmitted session gets `Refused(NotAdmitted)` instead.
+    Pong = 8,
 }
 
 impl MessageType {
     /// Whether this build encodes and decodes bodies of this type (the others are only
     /// reserved numbers).
     pub const fn is_implemented(self) -> bool {
-        matches!(self, Self::Hello | Self::Admitted | Self::Refused)
+        matches!(
+            self,
+            Self::Hello | Self::Admitted | Self::Refused | Self::Ping | Self::Pong
+        )
     }
 }
 
@@ -57,6 +66,8 @@ impl TryFrom<u8> for MessageType {
             4 => Self::Attest,
             5 => Self::Evidence,
             6 => Self::Redeem,
+            7 => Self::Ping,
+            8 => Self::Pong,
             _ => return Err(DecodeError::UnknownType { got }),
         })
     }
@@ -71,6 +82,8 @@ impl fmt::Display for MessageType {
             Self::Attest => "Attest",
             Self::Evidence => "Evidence",
             Self::Redeem => "Redeem",
+            Self::Ping => "Ping",
+            Self::Pong => "Pong",
         })
     }
 }
@@ -191,6 +204,16 @@ pub enum Message {
         /// Seconds until the client must set up again.
         lifetime_secs: u32,
     },
+    /// Client → relay: liveness check of an admitted session.
+    Ping {
+        /// Echoed in the `Pong`.
+        nonce: u64,
+    },
+    /// Relay → client: the session is known.
+    Pong {
+        /// The `Ping`'s nonce.
+        nonce: u64,
+    },
     /// Relay → client: the session (or a packet of it) is refused.
     Refused {
         /// Why, as a number.
@@ -203,6 +226,7 @@ pub enum Message {
 const HELLO_LEN: usize = 2;
 const ADMITTED_LEN: usize = 4 + 2 + 4;
 const REFUSED_MIN_LEN: usize = 1;
+const PING_LEN: usize = 8;
 
 impl Message {
     /// The type number this message is sent with.
@@ -211,6 +235,8 @@ impl Message {
             Self::Hello { .. } => MessageType::Hello,
             Self::Admitted { .. } => MessageType::Admitted,
             Self::Refused { .. } => MessageType::Refused,
+            Self::Ping { .. } => MessageType::Ping,
+            Self::Pong { .. } => MessageType::Pong,
         }
     }
 
@@ -220,6 +246,7 @@ impl Message {
             Self::Hello { .. } => HELLO_LEN,
             Self::Admitted { .. } => ADMITTED_LEN,
             Self::Refused { detail, .. } => REFUSED_MIN_LEN + detail.as_str().len(),
+            Self::Ping { .. } | Self::Pong { .. } => PING_LEN,
         }
     }
 
@@ -271,6 +298,12 @@ impl Message {
                     detail: Detail(detail.to_owned()),
                 })
             }
+            MessageType::Ping => Ok(Self::Ping {
+                nonce: u64::from_be_bytes(fixed::<PING_LEN>(ty, body)?),
+            }),
+            MessageType::Pong => Ok(Self::Pong {
+                nonce: u64::from_be_bytes(fixed::<PING_LEN>(ty, body)?),
+            }),
             MessageType::Attest | MessageType::Evidence | MessageType::Redeem => {
                 Err(DecodeError::ReservedType { ty })
             }
@@ -309,6 +342,9 @@ impl Message {
                 body[0] = *reason as u8;
                 let text = detail.as_str().as_bytes();
                 body[1..1 + text.len()].copy_from_slice(text);
+            }
+            Self::Ping { nonce } | Self::Pong { nonce } => {
+                body[..PING_LEN].copy_from_slice(&nonce.to_be_bytes());
             }
         }
     }
@@ -401,8 +437,16 @@ mod tests {
             Err(DecodeError::UnknownType { got: 0 })
         );
         assert_eq!(
-            Message::decode(&raw(7, &[])),
-            Err(DecodeError::UnknownType { got: 7 })
+            Message::decode(&raw(9, &[])),
+            Err(DecodeError::UnknownType { got: 9 })
+        );
+        assert_eq!(
+            Message::decode(&raw(7, &[1, 2])),
+            Err(DecodeError::BodyLength {
+                ty: MessageType::Ping,
+                expected: 8,
+                got: 2
+            })
         );
     }
 
@@ -536,6 +580,8 @@ mod tests {
                 reason,
                 detail: Detail::truncate(&text),
             }),
+            any::<u64>().prop_map(|nonce| Message::Ping { nonce }),
+            any::<u64>().prop_map(|nonce| Message::Pong { nonce }),
         ]
     }
 
@@ -559,7 +605,7 @@ mod tests {
         }
 
         #[test]
-        fn whatever_decodes_re_encodes_to_the_same_bytes(ty in 1u8..4, body in proptest::collection::vec(any::<u8>(), 0..12)) {
+        fn whatever_decodes_re_encodes_to_the_same_bytes(ty in 1u8..9, body in proptest::collection::vec(any::<u8>(), 0..12)) {
             let bytes = raw(ty, &body);
             if let Ok(message) = Message::decode(&bytes) {
                 prop_assert_eq!(message.encode(), bytes);

@@ -18,6 +18,9 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 /// Where the egress answers DNS inside the tunnel: its in-tunnel address, port 53.
 pub const SERVER: SocketAddrV4 = SocketAddrV4::new(std::net::Ipv4Addr::new(100, 64, 0, 1), 53);
 
+/// Most addresses in one answer.
+pub const MAX_ANSWER_ADDRS: usize = 16;
+
 /// [`SERVER`] as a socket address.
 pub fn server() -> SocketAddr {
     SocketAddr::V4(SERVER)
@@ -228,7 +231,8 @@ pub fn build_answer(query: &Query, addrs: &[IpAddr], ttl: Duration) -> Result<Ve
     let mut m = response_to(query)?;
     let name = parse_name(&query.name)?;
     let ttl = u32::try_from(ttl.as_secs()).unwrap_or(u32::MAX);
-    for a in addrs {
+    // At most MAX_ANSWER_ADDRS addresses keep every answer well under 1232 bytes.
+    for a in addrs.iter().take(MAX_ANSWER_ADDRS) {
         let data = match (a, query.kind) {
             (IpAddr::V4(v4), Kind::A) => RData::A(A(*v4)),
             (IpAddr::V6(v6), Kind::Aaaa) => RData::AAAA(AAAA(*v6)),
@@ -250,7 +254,8 @@ pub fn build_error(query: &Query, rcode: Rcode) -> Result<Vec<u8>, DnsError> {
 /// when there is not even a DNS header to answer.
 pub fn build_format_error(raw: &[u8]) -> Option<Vec<u8>> {
     let id = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]);
-    if raw.len() < 12 {
+    // A response (QR bit set) is never answered, so two resolvers cannot loop.
+    if raw.len() < 12 || raw.get(2).is_some_and(|flags| flags & 0x80 != 0) {
         return None;
     }
     Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
@@ -352,6 +357,21 @@ mod tests {
         let fe = build_format_error(&[0x12, 0x34, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff]).unwrap();
         assert_eq!(Message::from_vec(&fe).unwrap().metadata.id, 0x1234);
         assert_eq!(build_format_error(&[1, 2, 3]), None);
+        let response = build_error(&q, Rcode::ServFail).unwrap();
+        assert_eq!(
+            build_format_error(&response),
+            None,
+            "responses are never answered"
+        );
+        let many: Vec<IpAddr> = (0..40u8).map(|i| IpAddr::from([10, 0, 0, i])).collect();
+        let (got, _) = parse_response(
+            &build_answer(&q, &many, Duration::from_secs(1)).unwrap(),
+            9,
+            "nope.test",
+            Kind::A,
+        )
+        .unwrap();
+        assert_eq!(got.len(), MAX_ANSWER_ADDRS);
     }
 
     #[test]

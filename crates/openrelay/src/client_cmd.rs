@@ -91,7 +91,7 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
                 if r.is_err() {
                     break;
                 }
-                println!("{}", describe(&status.borrow_and_update()));
+                say(&describe(&status.borrow_and_update()));
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
@@ -128,7 +128,7 @@ async fn whole_host(
                 if r.is_err() {
                     continue;
                 }
-                println!("{}", describe(&status.borrow_and_update()));
+                say(&describe(&status.borrow_and_update()));
             }
             _ = tokio::signal::ctrl_c(), if stop.is_some() => { let _ = stop.take().map(|s| s.send(())); }
             _ = term.recv(), if stop.is_some() => { let _ = stop.take().map(|s| s.send(())); }
@@ -139,6 +139,15 @@ async fn whole_host(
             }
         }
     }
+}
+
+/// Prints a status line; a closed standard output must not stop the client (in whole-host
+/// mode that would skip restoring the host).
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 pub(crate) fn describe(s: &client::run::Status) -> String {

@@ -789,7 +789,7 @@ fn kill_switch_holds_when_the_egress_dies_and_the_client_is_killed() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    signal(egress_pid, "-KILL");
+    bed.kill(egress_pid);
     std::thread::sleep(Duration::from_secs(3));
     signal(pid, "-KILL");
     wait_gone(pid);
@@ -844,4 +844,109 @@ fn kill_switch_holds_when_the_egress_dies_and_the_client_is_killed() {
         std::fs::read_to_string(Testbed::etc_dir(&bed.client.ns).join("resolv.conf")).unwrap(),
         "nameserver 127.0.0.1\n"
     );
+}
+
+#[test]
+fn whole_host_client_reconnects_after_an_egress_restart_while_the_kill_switch_holds() {
+    if !require_root() {
+        return;
+    }
+    let bed = Testbed::new().unwrap();
+    let s = Setup::new(&bed, "reconnect");
+    std::fs::write(s.dir.join("www/big.bin"), vec![9u8; 8 * 1024 * 1024]).unwrap();
+    bed.spawn(
+        &bed.dest,
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "--bind",
+            &bed.dest.addr.to_string(),
+            "80",
+            "--directory",
+            &s.path("www"),
+        ],
+        Stdio::null(),
+        Stdio::null(),
+    )
+    .unwrap();
+    let egress = [BIN, "relay", "egress", "--config", &s.path("egress.toml")];
+    let egress_pid = bed
+        .spawn(&bed.egress, &egress, Stdio::null(), Stdio::inherit())
+        .unwrap();
+    bed.spawn(
+        &bed.ingress,
+        &[BIN, "relay", "ingress", "--config", &s.path("ingress.toml")],
+        Stdio::null(),
+        Stdio::inherit(),
+    )
+    .unwrap();
+    let (pid, lines) = start_whole_host_client(&bed, &s);
+    let at_client = bed.capture(&bed.client).unwrap();
+
+    let url = format!("http://{}/big.bin", bed.dest.addr);
+    let download = bed
+        .command(&bed.client, "curl")
+        .args([
+            "--silent",
+            "--max-time",
+            "90",
+            "--limit-rate",
+            "1M",
+            "--retry",
+            "10",
+            "--retry-all-errors",
+            "--retry-delay",
+            "1",
+            "--speed-limit",
+            "1000",
+            "--speed-time",
+            "8",
+            "-o",
+            &s.path("got.bin"),
+            &url,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // The egress restarts: same key and port, every session forgotten.
+    bed.kill(egress_pid);
+    bed.spawn(&bed.egress, &egress, Stdio::null(), Stdio::inherit())
+        .unwrap();
+
+    let out = download.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the retried download did not complete: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(s.path("got.bin")).unwrap(),
+        vec![9u8; 8 * 1024 * 1024]
+    );
+    let reported: Vec<String> = lines.try_iter().collect();
+    assert!(
+        reported.iter().any(|l| l.starts_with("connection lost")),
+        "{reported:?}"
+    );
+    assert!(
+        reported
+            .iter()
+            .any(|l| l.starts_with("reconnected through")),
+        "{reported:?}"
+    );
+
+    let link = at_client.stop().unwrap();
+    let ingress = IpAddr::V4(bed.ingress.addr);
+    let own = [IpAddr::V4(bed.client.addr), IpAddr::V6(bed.client.addr6)];
+    assert!(
+        link.iter()
+            .filter(|p| own.contains(&p.src))
+            .all(|p| p.dst == ingress),
+        "a packet left for something other than the ingress while reconnecting"
+    );
+    signal(pid, "-TERM");
+    wait_gone(pid);
 }

@@ -357,9 +357,16 @@ impl SessionTable {
                 }
                 reply
             }
+            (Message::Ping { nonce }, Some(_)) => Message::Pong { nonce: *nonce },
+            (Message::Ping { .. }, None) => Message::Refused {
+                reason: RefuseReason::NotAdmitted,
+                detail: Detail::truncate("this session is not admitted; send Hello first"),
+            },
             _ => Message::Refused {
                 reason: RefuseReason::Unsupported,
-                detail: Detail::truncate("relays accept only Hello on the control address"),
+                detail: Detail::truncate(
+                    "relays accept only Hello and Ping on the control address",
+                ),
             },
         };
         let (ip, port) = match reply_to {

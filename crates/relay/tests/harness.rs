@@ -445,3 +445,63 @@ fn a_silent_egress_is_detected_and_blamed() {
         net.lost
     );
 }
+
+#[test]
+fn a_stalled_download_notices_an_egress_restart_without_user_sends() {
+    let mut net = Net::new();
+    net.start();
+    assert!(net.ready);
+    // The egress delivers data to the client (a download): the client only receives.
+    let id = net
+        .egress
+        .session_for_addr("100.64.0.2".parse().unwrap())
+        .expect("admitted at the egress");
+    let reply = build_udp(
+        "93.184.216.34:443".parse().unwrap(),
+        "100.64.0.2:5000".parse().unwrap(),
+        b"data",
+    )
+    .unwrap();
+    let mut ev = Vec::new();
+    net.egress.send(net.now, id, &reply, &mut ev);
+    let datagrams: Vec<Vec<u8>> = ev
+        .into_iter()
+        .filter_map(|e| match e {
+            TableEvent::Transmit { datagram, .. } => Some(datagram),
+            _ => None,
+        })
+        .collect();
+    let ingress_id = relay::table::SessionId(1);
+    let mut out = Vec::new();
+    for d in datagrams {
+        net.ingress
+            .handle_egress(net.now, ingress_id, EGRESS.parse().unwrap(), &d, &mut out);
+    }
+    let to_client = net.ingress_out(out);
+    let mut cev = Vec::new();
+    for d in to_client {
+        net.conn.receive(net.now, &d, &mut cev);
+    }
+    net.client_events(cev);
+    assert_eq!(net.at_client.len(), 1);
+
+    // The egress restarts; the client sends nothing of its own.
+    net.egress = SessionTable::new(
+        net.now,
+        Responder::new(net.now, net.egress_key.clone(), SessionConfig::default()),
+        admit(),
+        100,
+    );
+    net.advance(Duration::from_secs(40));
+    assert!(
+        matches!(
+            net.lost.first(),
+            Some(
+                ConnectionError::Forgotten { hop: Hop::Egress }
+                    | ConnectionError::Silent { hop: Hop::Egress }
+            )
+        ),
+        "{:?}",
+        net.lost
+    );
+}

@@ -250,6 +250,16 @@ impl Testbed {
         Capture::start(self, host)
     }
 
+    /// Kills one process this testbed started (SIGKILL) and reaps it.
+    pub fn kill(&self, pid: u32) {
+        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = children.iter().position(|c| c.id() == pid) {
+            let mut c = children.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Kills every process this testbed started.
     pub fn kill_all(&self) {
         let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
