@@ -113,41 +113,45 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// The destination's web server (python3's http.server) serving the setup's www folder.
+fn start_web(bed: &Testbed, s: &Setup, bind: &str) {
+    let www = s.path("www");
+    let args = [
+        "python3",
+        "-m",
+        "http.server",
+        "--bind",
+        bind,
+        "80",
+        "--directory",
+        &www,
+    ];
+    bed.spawn(&bed.dest, &args, Stdio::null(), Stdio::null())
+        .unwrap();
+}
+
+/// The egress relay with one of the setup's configs; returns its pid.
+fn start_egress(bed: &Testbed, s: &Setup, config: &str) -> u32 {
+    let args = [BIN, "relay", "egress", "--config", &s.path(config)];
+    bed.spawn(&bed.egress, &args, Stdio::null(), Stdio::inherit())
+        .unwrap()
+}
+
+/// The ingress relay.
+fn start_ingress(bed: &Testbed, s: &Setup) {
+    let args = [BIN, "relay", "ingress", "--config", &s.path("ingress.toml")];
+    bed.spawn(&bed.ingress, &args, Stdio::null(), Stdio::inherit())
+        .unwrap();
+}
+
 fn start_network(bed: &Testbed, s: &Setup) {
     start_network_with(bed, s, "egress.toml");
 }
 
 fn start_network_with(bed: &Testbed, s: &Setup, egress_config: &str) {
-    bed.spawn(
-        &bed.dest,
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            "--bind",
-            &bed.dest.addr.to_string(),
-            "80",
-            "--directory",
-            &s.path("www"),
-        ],
-        Stdio::null(),
-        Stdio::null(),
-    )
-    .unwrap();
-    bed.spawn(
-        &bed.egress,
-        &[BIN, "relay", "egress", "--config", &s.path(egress_config)],
-        Stdio::null(),
-        Stdio::inherit(),
-    )
-    .unwrap();
-    bed.spawn(
-        &bed.ingress,
-        &[BIN, "relay", "ingress", "--config", &s.path("ingress.toml")],
-        Stdio::null(),
-        Stdio::inherit(),
-    )
-    .unwrap();
+    start_web(bed, s, &bed.dest.addr.to_string());
+    start_egress(bed, s, egress_config);
+    start_ingress(bed, s);
     bed.spawn(
         &bed.client,
         &[
@@ -329,29 +333,8 @@ fn stock_wireguard_go_peer_handshakes_and_passes_traffic_once_admitted() {
     }
     let bed = Testbed::new().unwrap();
     let s = Setup::new(&bed, "interop");
-    bed.spawn(
-        &bed.dest,
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            "--bind",
-            &bed.dest.addr.to_string(),
-            "80",
-            "--directory",
-            &s.path("www"),
-        ],
-        Stdio::null(),
-        Stdio::null(),
-    )
-    .unwrap();
-    bed.spawn(
-        &bed.egress,
-        &[BIN, "relay", "egress", "--config", &s.path("egress.toml")],
-        Stdio::null(),
-        Stdio::inherit(),
-    )
-    .unwrap();
+    start_web(&bed, &s, &bed.dest.addr.to_string());
+    start_egress(&bed, &s, "egress.toml");
 
     // A standard WireGuard peer: Debian's wireguard-go and wg, configured with the
     // egress's key and endpoint.
@@ -627,36 +610,9 @@ fn whole_host_mode_tunnels_everything_and_restores_the_host_exactly() {
     }
     let bed = Testbed::new().unwrap();
     let s = Setup::new(&bed, "wholehost");
-    bed.spawn(
-        &bed.dest,
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            "--bind",
-            "::",
-            "80",
-            "--directory",
-            &s.path("www"),
-        ],
-        Stdio::null(),
-        Stdio::null(),
-    )
-    .unwrap();
-    bed.spawn(
-        &bed.egress,
-        &[BIN, "relay", "egress", "--config", &s.path("egress.toml")],
-        Stdio::null(),
-        Stdio::inherit(),
-    )
-    .unwrap();
-    bed.spawn(
-        &bed.ingress,
-        &[BIN, "relay", "ingress", "--config", &s.path("ingress.toml")],
-        Stdio::null(),
-        Stdio::inherit(),
-    )
-    .unwrap();
+    start_web(&bed, &s, "::");
+    start_egress(&bed, &s, "egress.toml");
+    start_ingress(&bed, &s);
     let before = client_network_state(&bed);
 
     let at_client = bed.capture(&bed.client).unwrap();
@@ -737,37 +693,9 @@ fn kill_switch_holds_when_the_egress_dies_and_the_client_is_killed() {
     let bed = Testbed::new().unwrap();
     let s = Setup::new(&bed, "killswitch");
     std::fs::write(s.dir.join("www/big.bin"), vec![7u8; 30 * 1024 * 1024]).unwrap();
-    bed.spawn(
-        &bed.dest,
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            "--bind",
-            &bed.dest.addr.to_string(),
-            "80",
-            "--directory",
-            &s.path("www"),
-        ],
-        Stdio::null(),
-        Stdio::null(),
-    )
-    .unwrap();
-    let egress_pid = bed
-        .spawn(
-            &bed.egress,
-            &[BIN, "relay", "egress", "--config", &s.path("egress.toml")],
-            Stdio::null(),
-            Stdio::inherit(),
-        )
-        .unwrap();
-    bed.spawn(
-        &bed.ingress,
-        &[BIN, "relay", "ingress", "--config", &s.path("ingress.toml")],
-        Stdio::null(),
-        Stdio::inherit(),
-    )
-    .unwrap();
+    start_web(&bed, &s, &bed.dest.addr.to_string());
+    let egress_pid = start_egress(&bed, &s, "egress.toml");
+    start_ingress(&bed, &s);
     let (pid, _lines) = start_whole_host_client(&bed, &s);
 
     let at_client = bed.capture(&bed.client).unwrap();
@@ -854,33 +782,9 @@ fn whole_host_client_reconnects_after_an_egress_restart_while_the_kill_switch_ho
     let bed = Testbed::new().unwrap();
     let s = Setup::new(&bed, "reconnect");
     std::fs::write(s.dir.join("www/big.bin"), vec![9u8; 8 * 1024 * 1024]).unwrap();
-    bed.spawn(
-        &bed.dest,
-        &[
-            "python3",
-            "-m",
-            "http.server",
-            "--bind",
-            &bed.dest.addr.to_string(),
-            "80",
-            "--directory",
-            &s.path("www"),
-        ],
-        Stdio::null(),
-        Stdio::null(),
-    )
-    .unwrap();
-    let egress = [BIN, "relay", "egress", "--config", &s.path("egress.toml")];
-    let egress_pid = bed
-        .spawn(&bed.egress, &egress, Stdio::null(), Stdio::inherit())
-        .unwrap();
-    bed.spawn(
-        &bed.ingress,
-        &[BIN, "relay", "ingress", "--config", &s.path("ingress.toml")],
-        Stdio::null(),
-        Stdio::inherit(),
-    )
-    .unwrap();
+    start_web(&bed, &s, &bed.dest.addr.to_string());
+    let egress_pid = start_egress(&bed, &s, "egress.toml");
+    start_ingress(&bed, &s);
     let (pid, lines) = start_whole_host_client(&bed, &s);
     let at_client = bed.capture(&bed.client).unwrap();
 
@@ -913,8 +817,7 @@ fn whole_host_client_reconnects_after_an_egress_restart_while_the_kill_switch_ho
     std::thread::sleep(Duration::from_secs(2));
     // The egress restarts: same key and port, every session forgotten.
     bed.kill(egress_pid);
-    bed.spawn(&bed.egress, &egress, Stdio::null(), Stdio::inherit())
-        .unwrap();
+    start_egress(&bed, &s, "egress.toml");
 
     let out = download.wait_with_output().unwrap();
     assert!(
