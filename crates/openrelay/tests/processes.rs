@@ -308,11 +308,12 @@ fn operator_and_user_workflow_with_separate_processes() {
                 .collect(),
         );
     }
-    let init = {
+    // A handshake initiation for `key`, sent twice: the second is a replay.
+    let init_for = |key: &str| {
         let mut s = tunnel::Session::initiator(
             Instant::now(),
             &tunnel::StaticSecret::generate(),
-            tunnel::PublicKey::from_base64(&ingress_pub).unwrap(),
+            tunnel::PublicKey::from_base64(key).unwrap(),
             tunnel::SessionConfig::default(),
         );
         let mut out = Vec::new();
@@ -329,9 +330,12 @@ fn operator_and_user_workflow_with_separate_processes() {
             junk.send_to(g, ("127.0.0.1", port)).unwrap();
         }
     }
-    junk.send_to(&init, ("127.0.0.1", ingress_port)).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    junk.send_to(&init, ("127.0.0.1", ingress_port)).unwrap();
+    for (key, port) in [(&ingress_pub, ingress_port), (&egress_pub, egress_port)] {
+        let init = init_for(key);
+        junk.send_to(&init, ("127.0.0.1", port)).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        junk.send_to(&init, ("127.0.0.1", port)).unwrap();
+    }
     std::thread::sleep(Duration::from_millis(300));
 
     // Still serving.
@@ -357,6 +361,7 @@ fn operator_and_user_workflow_with_separate_processes() {
     let n = garbage.len() as u64;
     assert!(counter(&ingress_log, "dropped") > n, "{ingress_log}");
     assert_eq!(counter(&ingress_log, "replay"), 1, "{ingress_log}");
+    assert_eq!(counter(&egress_log, "replay"), 1, "{egress_log}");
     assert!(counter(&egress_log, "dropped") >= n, "{egress_log}");
     assert!(counter(&ingress_log, "forwarded") > 0);
 
