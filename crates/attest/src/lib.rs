@@ -5,11 +5,54 @@
 //! or a typed error saying what failed. It does no I/O: evidence, collateral and the time
 //! of verification come from the caller.
 
+mod binding;
 mod dcap;
 mod error;
+mod policy;
+mod sim;
 
+pub use binding::{binding, BINDING_LABEL};
 pub use dcap::verify_dcap;
-pub use error::AttestError;
+pub use error::{AttestError, PolicyError};
+pub use policy::{Approved, Policy};
+pub use sim::{verify_sim, SimVendor, SIM_MAGIC};
+
+/// Evidence as a relay sends it: which TEE, the quote or report, and (for DCAP) the
+/// collateral the relay bundles so the client can verify offline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evidence {
+    /// The TEE.
+    pub platform: Platform,
+    /// The quote (DCAP) or signed report (sim).
+    pub quote: Vec<u8>,
+    /// DCAP collateral (JSON), if any.
+    pub collateral: Option<Vec<u8>>,
+}
+
+/// Verifies evidence of any supported platform at `now_secs`; sim evidence is accepted
+/// only from `trusted_sim_vendors`.
+pub fn verify(
+    evidence: &Evidence,
+    now_secs: u64,
+    trusted_sim_vendors: &[ed25519_dalek::VerifyingKey],
+) -> Result<Claims, AttestError> {
+    match evidence.platform {
+        Platform::Sgx | Platform::Tdx => {
+            let collateral = evidence
+                .collateral
+                .as_deref()
+                .ok_or(AttestError::Unsupported("DCAP evidence without collateral"))?;
+            let claims = verify_dcap(&evidence.quote, collateral, now_secs)?;
+            if claims.platform != evidence.platform {
+                return Err(AttestError::Unsupported(
+                    "the quote is of another platform than announced",
+                ));
+            }
+            Ok(claims)
+        }
+        Platform::Sim => verify_sim(&evidence.quote, trusted_sim_vendors),
+    }
+}
 
 /// Which TEE produced the evidence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -18,6 +61,9 @@ pub enum Platform {
     Sgx,
     /// Intel TDX trust domain (DCAP quote v4).
     Tdx,
+    /// The software-simulated TEE for development and tests; trusted only when its vendor
+    /// key is explicitly trusted.
+    Sim,
 }
 
 /// The TCB status a verifier reports, as Intel names them.
