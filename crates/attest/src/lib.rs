@@ -29,6 +29,22 @@ pub struct Evidence {
     pub collateral: Option<Vec<u8>>,
 }
 
+/// Verifies a quote or report whose platform is not announced: sim reports by their
+/// magic, anything else as a DCAP quote (which says itself whether it is SGX or TDX).
+pub fn verify_detect(
+    quote: &[u8],
+    collateral: Option<&[u8]>,
+    now_secs: u64,
+    trusted_sim_vendors: &[ed25519_dalek::VerifyingKey],
+) -> Result<Claims, AttestError> {
+    if quote.starts_with(SIM_MAGIC) {
+        return verify_sim(quote, trusted_sim_vendors);
+    }
+    let collateral =
+        collateral.ok_or(AttestError::Unsupported("DCAP evidence without collateral"))?;
+    verify_dcap(quote, collateral, now_secs)
+}
+
 /// Verifies evidence of any supported platform at `now_secs`; sim evidence is accepted
 /// only from `trusted_sim_vendors`.
 pub fn verify(

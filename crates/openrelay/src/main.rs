@@ -1,5 +1,6 @@
 //! `openrelay`: the user's command for OpenRelay, an attested, two-hop, decentralized VPN.
 
+mod attest_cmd;
 mod client_cmd;
 
 mod directory_cmd;
@@ -38,6 +39,9 @@ enum Command {
     /// Make, sign and inspect the signed list of relays.
     #[command(subcommand)]
     Directory(directory_cmd::DirectoryCommand),
+    /// Check TEE evidence (Intel SGX/TDX quotes, sim reports) by hand.
+    #[command(subcommand)]
+    Attest(attest_cmd::AttestCommand),
     /// Make a WireGuard key pair for a relay: writes the private key to FILE (mode 0600)
     /// and prints the public key for the directory.
     Keygen {
@@ -47,7 +51,18 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole chain of causes, without a backtrace: errors here are for users.
+            eprintln!("openrelay: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Demo(_)) && std::env::var_os("OPENRELAY_LOG").is_none() {
         // The demo prints what matters itself; the relays' own log lines would interleave.
@@ -60,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::Client(args) => runtime.block_on(client_cmd::run(args)),
         Command::Relay(cmd) => Ok(runtime.block_on(relay::cli::run_until_signal(&cmd))?),
         Command::Directory(cmd) => directory_cmd::run(cmd),
+        Command::Attest(cmd) => attest_cmd::run(cmd),
         Command::Keygen { output } => {
             let key = tunnel::StaticSecret::generate();
             write_secret(&output, &key.to_base64())?;

@@ -520,3 +520,64 @@ fn demo_keep_serves_the_users_own_curl() {
     assert!(String::from_utf8_lossy(&page.stdout).contains(openrelay::demo::http::PAGE_MARKER));
     demo.stop();
 }
+
+#[test]
+fn attest_verify_prints_claims_and_applies_the_advisory_policy() {
+    let v = |f: &str| {
+        format!(
+            "{}/../../../shared/vectors/dcap/{f}",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    };
+    let base = [
+        "attest",
+        "verify",
+        "--evidence",
+        &v("sgx_quote"),
+        "--collateral",
+        &v("sgx_quote_collateral.json"),
+        "--at",
+        "2025-06-25T00:00:00Z",
+    ];
+    let out = run(&base);
+    assert!(!out.status.success(), "accepted without the advisories");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ConfigurationAndSwHardeningNeeded") && stdout.contains("INTEL-SA-00615"),
+        "{stdout}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not accepted"));
+    let mut accepting = base.to_vec();
+    accepting.extend([
+        "--accept-advisory",
+        "INTEL-SA-00289",
+        "--accept-advisory",
+        "INTEL-SA-00615",
+    ]);
+    let ok_out = ok(&accepting);
+    assert!(ok_out.contains("verdict:      accepted"), "{ok_out}");
+    // After the collateral expired: rejected.
+    let out = run(&[
+        "attest",
+        "verify",
+        "--evidence",
+        &v("tdx_quote"),
+        "--collateral",
+        &v("tdx_quote_collateral.json"),
+        "--at",
+        "2025-08-01T00:00:00Z",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rejected"));
+    let tdx = ok(&[
+        "attest",
+        "verify",
+        "--evidence",
+        &v("tdx_quote"),
+        "--collateral",
+        &v("tdx_quote_collateral.json"),
+        "--at",
+        "1750809600",
+    ]);
+    assert!(tdx.contains("Tdx") && tdx.contains("UpToDate"), "{tdx}");
+}
