@@ -8,6 +8,9 @@ pub enum AttestError {
     /// the collateral is not valid at the time of verification.
     #[error("the DCAP quote does not verify: {0}")]
     Quote(String),
+    /// An SEV-SNP report that does not verify.
+    #[error("the SEV-SNP report does not verify: {0}")]
+    Snp(String),
     /// Sim evidence of the wrong size or format.
     #[error("sim evidence is malformed ({len} bytes, expected {expected})")]
     SimMalformed {

@@ -10,12 +10,14 @@ mod dcap;
 mod error;
 mod policy;
 mod sim;
+mod snp;
 
 pub use binding::{binding, BINDING_LABEL};
 pub use dcap::verify_dcap;
 pub use error::{AttestError, PolicyError};
 pub use policy::{Approved, Policy};
 pub use sim::{verify_sim, SimVendor, SIM_MAGIC};
+pub use snp::verify_snp;
 
 /// Evidence as a relay sends it: which TEE, the quote or report, and (for DCAP) the
 /// collateral the relay bundles so the client can verify offline.
@@ -29,8 +31,12 @@ pub struct Evidence {
     pub collateral: Option<Vec<u8>>,
 }
 
+/// Size of an SEV-SNP attestation report.
+pub const SNP_REPORT_LEN: usize = 0x4a0;
+
 /// Verifies a quote or report whose platform is not announced: sim reports by their
-/// magic, anything else as a DCAP quote (which says itself whether it is SGX or TDX).
+/// magic, SEV-SNP reports by their size (with the VCEK as collateral), anything else as a
+/// DCAP quote (which says itself whether it is SGX or TDX).
 pub fn verify_detect(
     quote: &[u8],
     collateral: Option<&[u8]>,
@@ -40,8 +46,12 @@ pub fn verify_detect(
     if quote.starts_with(SIM_MAGIC) {
         return verify_sim(quote, trusted_sim_vendors);
     }
-    let collateral =
-        collateral.ok_or(AttestError::Unsupported("DCAP evidence without collateral"))?;
+    let collateral = collateral.ok_or(AttestError::Unsupported(
+        "evidence without collateral (DCAP collateral JSON or the SEV-SNP VCEK)",
+    ))?;
+    if quote.len() == SNP_REPORT_LEN {
+        return verify_snp(quote, collateral);
+    }
     verify_dcap(quote, collateral, now_secs)
 }
 
@@ -66,6 +76,15 @@ pub fn verify(
             }
             Ok(claims)
         }
+        Platform::SevSnp => {
+            let vcek = evidence
+                .collateral
+                .as_deref()
+                .ok_or(AttestError::Unsupported(
+                    "SEV-SNP evidence without its VCEK certificate",
+                ))?;
+            verify_snp(&evidence.quote, vcek)
+        }
         Platform::Sim => verify_sim(&evidence.quote, trusted_sim_vendors),
     }
 }
@@ -77,6 +96,8 @@ pub enum Platform {
     Sgx,
     /// Intel TDX trust domain (DCAP quote v4).
     Tdx,
+    /// AMD SEV-SNP guest (attestation report signed by the chip's VCEK).
+    SevSnp,
     /// The software-simulated TEE for development and tests; trusted only when its vendor
     /// key is explicitly trusted.
     Sim,
@@ -99,6 +120,8 @@ pub enum TcbStatus {
     OutOfDateConfigurationNeeded,
     /// Revoked.
     Revoked,
+    /// No Intel-style rating: SEV-SNP reports carry TCB versions, not a status.
+    Unrated,
     /// Any other status string.
     Other(String),
 }
@@ -124,7 +147,7 @@ impl TcbStatus {
 pub struct Claims {
     /// The TEE.
     pub platform: Platform,
-    /// The measurement of the code: MRENCLAVE (SGX), MRTD (TDX).
+    /// The measurement of the code: MRENCLAVE (SGX), MRTD (TDX), MEASUREMENT (SEV-SNP).
     pub measurement: Vec<u8>,
     /// The 64 bytes the TEE bound into the evidence (OpenRelay puts its key binding here).
     pub report_data: [u8; 64],

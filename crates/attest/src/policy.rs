@@ -40,6 +40,9 @@ impl Policy {
             })?;
         match &claims.tcb_status {
             TcbStatus::UpToDate => {}
+            // SEV-SNP: the VCEK is issued for the reported TCB versions; minimum versions
+            // are not yet part of the policy.
+            TcbStatus::Unrated if claims.platform == Platform::SevSnp => {}
             TcbStatus::OutOfDate | TcbStatus::OutOfDateConfigurationNeeded
                 if self.accept_out_of_date => {}
             TcbStatus::SwHardeningNeeded | TcbStatus::ConfigurationAndSwHardeningNeeded => {

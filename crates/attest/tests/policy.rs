@@ -184,8 +184,8 @@ fn tdx_sample_passes_an_up_to_date_policy() {
 
 proptest! {
     #[test]
-    fn arbitrary_evidence_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..6000), platform in 0u8..3, col in proptest::collection::vec(any::<u8>(), 0..200)) {
-        let platform = [Platform::Sgx, Platform::Tdx, Platform::Sim][platform as usize];
+    fn arbitrary_evidence_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..6000), platform in 0u8..4, col in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let platform = [Platform::Sgx, Platform::Tdx, Platform::Sim, Platform::SevSnp][platform as usize];
         let e = Evidence { platform, quote: bytes, collateral: Some(col) };
         let _ = verify(&e, JUNE_2025, &[vendor(9).verifying_key()]);
     }

@@ -9,14 +9,16 @@ use clap::Subcommand;
 /// Attestation commands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum AttestCommand {
-    /// Verify TEE evidence (an Intel SGX or TDX DCAP quote with its collateral, or a sim
-    /// report) and print its claims: platform, measurement, report data, TCB status and
-    /// advisories. With --accept-advisory, also apply the TCB policy a client applies.
+    /// Verify TEE evidence (an Intel SGX or TDX DCAP quote with its collateral, an AMD
+    /// SEV-SNP report with its VCEK certificate, or a sim report) and print its claims:
+    /// platform, measurement, report data, TCB status and advisories. With
+    /// --accept-advisory, also apply the TCB policy a client applies.
     Verify {
         /// The quote or report (raw bytes).
         #[arg(long, value_name = "FILE")]
         evidence: PathBuf,
-        /// The DCAP collateral (JSON, as Intel's PCCS serves it).
+        /// The DCAP collateral (JSON, as Intel's PCCS serves it), or the VCEK certificate
+        /// (DER) of an SEV-SNP report.
         #[arg(long, value_name = "FILE")]
         collateral: Option<PathBuf>,
         /// Verify as of this time instead of now: RFC 3339 (2025-06-25T00:00:00Z) or Unix
@@ -56,8 +58,14 @@ pub(crate) fn run(cmd: AttestCommand) -> anyhow::Result<()> {
         accept_out_of_date,
         trust_sim_vendor,
     } = cmd;
-    let quote =
+    let mut quote =
         std::fs::read(&evidence).with_context(|| format!("cannot read {}", evidence.display()))?;
+    // SEV-SNP reports are often kept as hex text.
+    if let Ok(bytes) = hex::decode(String::from_utf8_lossy(&quote).trim()) {
+        if bytes.len() == attest::SNP_REPORT_LEN {
+            quote = bytes;
+        }
+    }
     let collateral = match &collateral {
         Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
         None => None,

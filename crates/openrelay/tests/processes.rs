@@ -580,4 +580,19 @@ fn attest_verify_prints_claims_and_applies_the_advisory_policy() {
         "1750809600",
     ]);
     assert!(tdx.contains("Tdx") && tdx.contains("UpToDate"), "{tdx}");
+    let snp = |f: &str| {
+        format!(
+            "{}/../../../shared/vectors/sev-snp/{f}",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    };
+    let out = ok(&[
+        "attest",
+        "verify",
+        "--evidence",
+        &snp("report_milan.hex"),
+        "--collateral",
+        &snp("vcek_milan.der"),
+    ]);
+    assert!(out.contains("SevSnp") && out.contains("accepted"), "{out}");
 }
