@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod config;
 pub mod counters;
+pub mod evidence;
 pub mod exit;
 pub mod ingress;
 pub mod policy;

@@ -1,0 +1,244 @@
+//! Where a relay gets its TEE evidence: the platform it runs on.
+//!
+//! - TDX and SEV-SNP guests: Linux configfs-tsm (`/sys/kernel/config/tsm/report`): make an
+//!   entry, write the 64 bytes of report data to `inblob`, read the quote from `outblob`
+//!   (and, for SNP, the VCEK from `auxblob`), remove the entry.
+//! - SGX under Gramine: write `/dev/attestation/user_report_data`, read
+//!   `/dev/attestation/quote`.
+//! - The sim TEE, only when configured: a sim vendor key signs (SHA-256 of the running
+//!   executable, report data).
+//!
+//! DCAP collateral is not produced by the TEE: the operator fetches it from Intel's PCCS
+//! and the relay bundles it, so clients verify offline.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use attest::{Evidence, Platform, SimVendor};
+use sha2::{Digest, Sha256};
+
+/// Why evidence could not be obtained.
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceError {
+    /// A TEE interface file could not be used.
+    #[error("{path}: {source} (is this a TEE guest with the interface enabled?)")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// configfs-tsm names a provider OpenRelay does not know.
+    #[error("configfs-tsm provider {0:?} is not supported (expected tdx_guest or sev_guest)")]
+    Provider(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EvidenceError + '_ {
+    move |source| EvidenceError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// A source of evidence for given report data.
+pub trait EvidenceSource: Send + Sync {
+    /// Evidence binding `report_data`.
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError>;
+}
+
+/// Linux configfs-tsm (TDX and SEV-SNP guests).
+pub struct ConfigfsTsm {
+    root: PathBuf,
+    collateral: Option<Vec<u8>>,
+}
+
+static NEXT_ENTRY: AtomicU64 = AtomicU64::new(0);
+
+impl ConfigfsTsm {
+    /// The kernel's report directory.
+    pub const ROOT: &'static str = "/sys/kernel/config/tsm/report";
+
+    /// Reports from `root`; `collateral` is bundled for DCAP (TDX) quotes.
+    pub fn new(root: impl Into<PathBuf>, collateral: Option<Vec<u8>>) -> Self {
+        Self {
+            root: root.into(),
+            collateral,
+        }
+    }
+}
+
+impl EvidenceSource for ConfigfsTsm {
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError> {
+        let entry = self.root.join(format!(
+            "openrelay-{}-{}",
+            std::process::id(),
+            NEXT_ENTRY.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&entry).map_err(io(&entry))?;
+        let result = (|| {
+            let inblob = entry.join("inblob");
+            std::fs::write(&inblob, report_data).map_err(io(&inblob))?;
+            let provider_path = entry.join("provider");
+            let provider = std::fs::read_to_string(&provider_path).map_err(io(&provider_path))?;
+            let outblob = entry.join("outblob");
+            let quote = std::fs::read(&outblob).map_err(io(&outblob))?;
+            match provider.trim() {
+                "tdx_guest" => Ok(Evidence {
+                    platform: Platform::Tdx,
+                    quote,
+                    collateral: self.collateral.clone(),
+                }),
+                "sev_guest" => {
+                    let aux = entry.join("auxblob");
+                    Ok(Evidence {
+                        platform: Platform::SevSnp,
+                        quote,
+                        collateral: std::fs::read(&aux).ok(),
+                    })
+                }
+                other => Err(EvidenceError::Provider(other.to_string())),
+            }
+        })();
+        // Remove the entry even after an error. configfs removes its attribute files with
+        // the directory; anywhere else they must go first.
+        if std::fs::remove_dir(&entry).is_err() {
+            let _ = std::fs::remove_dir_all(&entry);
+        }
+        result
+    }
+}
+
+/// Gramine's attestation interface (SGX).
+pub struct Gramine {
+    dev: PathBuf,
+    collateral: Option<Vec<u8>>,
+}
+
+impl Gramine {
+    /// Gramine's pseudo-filesystem.
+    pub const DEV: &'static str = "/dev/attestation";
+
+    /// Quotes from `dev`, with the operator's DCAP collateral.
+    pub fn new(dev: impl Into<PathBuf>, collateral: Option<Vec<u8>>) -> Self {
+        Self {
+            dev: dev.into(),
+            collateral,
+        }
+    }
+}
+
+impl EvidenceSource for Gramine {
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError> {
+        let data = self.dev.join("user_report_data");
+        std::fs::write(&data, report_data).map_err(io(&data))?;
+        let quote_path = self.dev.join("quote");
+        let quote = std::fs::read(&quote_path).map_err(io(&quote_path))?;
+        Ok(Evidence {
+            platform: Platform::Sgx,
+            quote,
+            collateral: self.collateral.clone(),
+        })
+    }
+}
+
+/// The simulated TEE (development and tests only; clients must be told to trust it).
+pub struct Sim {
+    vendor: SimVendor,
+    measurement: [u8; 32],
+}
+
+impl Sim {
+    /// Sim evidence for the executable at `exe` (normally `/proc/self/exe`).
+    pub fn new(vendor: SimVendor, exe: &Path) -> Result<Self, EvidenceError> {
+        Ok(Self {
+            vendor,
+            measurement: measure(exe)?,
+        })
+    }
+
+    /// The measurement this relay reports.
+    pub fn measurement(&self) -> [u8; 32] {
+        self.measurement
+    }
+}
+
+/// The sim measurement of an executable: its SHA-256.
+pub fn measure(exe: &Path) -> Result<[u8; 32], EvidenceError> {
+    let bytes = std::fs::read(exe).map_err(io(exe))?;
+    Ok(Sha256::digest(&bytes).into())
+}
+
+impl EvidenceSource for Sim {
+    fn evidence(&self, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError> {
+        Ok(Evidence {
+            platform: Platform::Sim,
+            quote: self.vendor.report(&self.measurement, report_data),
+            collateral: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("openrelay-evidence-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn configfs_tsm_reports_a_missing_interface_and_leaves_no_entry() {
+        let root = tmp("tsm");
+        let src = ConfigfsTsm::new(&root, None);
+        // An ordinary directory has no provider or outblob: the error names the file.
+        let err = src.evidence(&[1; 64]).unwrap_err();
+        assert!(err.to_string().contains("provider"), "{err}");
+        assert_eq!(
+            std::fs::read_dir(&root).unwrap().count(),
+            0,
+            "the entry was not removed"
+        );
+    }
+
+    #[test]
+    fn gramine_writes_user_report_data_and_reads_the_quote() {
+        let dev = tmp("gramine");
+        std::fs::write(dev.join("quote"), b"QUOTE").unwrap();
+        let src = Gramine::new(&dev, Some(b"{}".to_vec()));
+        let e = src.evidence(&[7; 64]).unwrap();
+        assert_eq!(
+            std::fs::read(dev.join("user_report_data")).unwrap(),
+            vec![7; 64]
+        );
+        assert_eq!(e.platform, Platform::Sgx);
+        assert_eq!(e.quote, b"QUOTE");
+        assert_eq!(e.collateral.as_deref(), Some(&b"{}"[..]));
+        let missing = Gramine::new(dev.join("nope"), None);
+        assert!(matches!(
+            missing.evidence(&[0; 64]),
+            Err(EvidenceError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn sim_measures_the_executable_and_signs_the_report_data() {
+        let dir = tmp("sim");
+        let exe = dir.join("relay");
+        std::fs::write(&exe, b"relay image bytes").unwrap();
+        let vendor = SimVendor::new(ed25519_dalek::SigningKey::from_bytes(&[5; 32]));
+        let key = vendor.verifying_key();
+        let sim = Sim::new(vendor, &exe).unwrap();
+        assert_eq!(
+            sim.measurement(),
+            <[u8; 32]>::from(Sha256::digest(b"relay image bytes"))
+        );
+        let e = sim.evidence(&[9; 64]).unwrap();
+        let claims = attest::verify(&e, 0, &[key]).unwrap();
+        assert_eq!(claims.measurement, sim.measurement().to_vec());
+        assert_eq!(claims.report_data, [9; 64]);
+    }
+}
