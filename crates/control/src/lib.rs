@@ -18,7 +18,9 @@ pub mod setup;
 pub mod wire;
 
 pub use error::{DecodeError, DetailTooLong, SetupError};
-pub use message::{Detail, Message, MessageType, RefuseReason};
+pub use message::{
+    Detail, Message, MessageType, RefuseReason, EVIDENCE_PART_LEN, MAX_EVIDENCE_PARTS,
+};
 pub use setup::{
     Admission, AdmitPolicy, ClientSetup, ExpectAdmitted, CLIENT_VERSION, MAX_MTU, MIN_MTU,
     SUPPORTED_CLIENT_VERSIONS,

@@ -5,8 +5,8 @@
 //! | 1    | Hello     | client → relay | client version (u16)                           |
 //! | 2    | Admitted  | relay → client | tunnel address (4), MTU (u16), lifetime (u32)  |
 //! | 3    | Refused   | relay → client | reason (u8), detail (UTF-8, ≤ 200 bytes)       |
-//! | 4    | Attest    | client → relay | reserved: nonce, added with attestation        |
-//! | 5    | Evidence  | relay → client | reserved: TEE evidence, added with attestation |
+//! | 4    | Attest    | client → relay | nonce (32)                                     |
+//! | 5    | Evidence  | relay → client | part (u16), parts (u16), bytes (≤ 1024)        |
 //! | 6    | Redeem    | client → relay | reserved: anonymous token, added with tokens   |
 //! | 7    | Ping      | client → relay | nonce (u64); admitted sessions only            |
 //! | 8    | Pong      | relay → client | the ping's nonce (u64)                         |
@@ -32,9 +32,10 @@ pub enum MessageType {
     Admitted = 2,
     /// Relay refuses the session or a packet of it.
     Refused = 3,
-    /// Reserved: client sends a fresh nonce to get attestation evidence.
+    /// Client sends a fresh nonce to get attestation evidence.
     Attest = 4,
-    /// Reserved: relay answers an `Attest` with TEE evidence.
+    /// Relay answers an `Attest` with TEE evidence, in parts (quotes and collateral are
+    /// larger than one datagram).
     Evidence = 5,
     /// Reserved: client presents an anonymous token.
     Redeem = 6,
@@ -204,6 +205,20 @@ pub enum Message {
         /// Seconds until the client must set up again.
         lifetime_secs: u32,
     },
+    /// Client → relay: send evidence bound to this nonce.
+    Attest {
+        /// Fresh randomness from the client.
+        nonce: [u8; 32],
+    },
+    /// Relay → client: one part of the evidence.
+    Evidence {
+        /// Index of this part, from 0.
+        part: u16,
+        /// Number of parts.
+        parts: u16,
+        /// The bytes of this part.
+        bytes: Vec<u8>,
+    },
     /// Client → relay: liveness check of an admitted session.
     Ping {
         /// Echoed in the `Pong`.
@@ -227,6 +242,12 @@ const HELLO_LEN: usize = 2;
 const ADMITTED_LEN: usize = 4 + 2 + 4;
 const REFUSED_MIN_LEN: usize = 1;
 const PING_LEN: usize = 8;
+const ATTEST_LEN: usize = 32;
+const EVIDENCE_HEADER_LEN: usize = 4;
+/// Largest evidence part in one message.
+pub const EVIDENCE_PART_LEN: usize = 1024;
+/// Most parts of one piece of evidence (1 MiB).
+pub const MAX_EVIDENCE_PARTS: u16 = 1024;
 
 impl Message {
     /// The type number this message is sent with.
@@ -235,6 +256,8 @@ impl Message {
             Self::Hello { .. } => MessageType::Hello,
             Self::Admitted { .. } => MessageType::Admitted,
             Self::Refused { .. } => MessageType::Refused,
+            Self::Attest { .. } => MessageType::Attest,
+            Self::Evidence { .. } => MessageType::Evidence,
             Self::Ping { .. } => MessageType::Ping,
             Self::Pong { .. } => MessageType::Pong,
         }
@@ -247,6 +270,8 @@ impl Message {
             Self::Admitted { .. } => ADMITTED_LEN,
             Self::Refused { detail, .. } => REFUSED_MIN_LEN + detail.as_str().len(),
             Self::Ping { .. } | Self::Pong { .. } => PING_LEN,
+            Self::Attest { .. } => ATTEST_LEN,
+            Self::Evidence { bytes, .. } => EVIDENCE_HEADER_LEN + bytes.len(),
         }
     }
 
@@ -304,9 +329,38 @@ impl Message {
             MessageType::Pong => Ok(Self::Pong {
                 nonce: u64::from_be_bytes(fixed::<PING_LEN>(ty, body)?),
             }),
-            MessageType::Attest | MessageType::Evidence | MessageType::Redeem => {
-                Err(DecodeError::ReservedType { ty })
+            MessageType::Attest => Ok(Self::Attest {
+                nonce: fixed::<ATTEST_LEN>(ty, body)?,
+            }),
+            MessageType::Evidence => {
+                let (Some(&[p0, p1, n0, n1]), Some(bytes)) =
+                    (body.first_chunk::<4>(), body.get(EVIDENCE_HEADER_LEN..))
+                else {
+                    return Err(DecodeError::BodyTooShort {
+                        ty,
+                        min: EVIDENCE_HEADER_LEN,
+                        got: body.len(),
+                    });
+                };
+                let (part, parts) = (u16::from_be_bytes([p0, p1]), u16::from_be_bytes([n0, n1]));
+                if parts == 0
+                    || parts > MAX_EVIDENCE_PARTS
+                    || part >= parts
+                    || bytes.len() > EVIDENCE_PART_LEN
+                {
+                    return Err(DecodeError::BodyLength {
+                        ty,
+                        expected: EVIDENCE_HEADER_LEN + EVIDENCE_PART_LEN,
+                        got: body.len(),
+                    });
+                }
+                Ok(Self::Evidence {
+                    part,
+                    parts,
+                    bytes: bytes.to_vec(),
+                })
             }
+            MessageType::Redeem => Err(DecodeError::ReservedType { ty }),
         }
     }
 
@@ -345,6 +399,12 @@ impl Message {
             }
             Self::Ping { nonce } | Self::Pong { nonce } => {
                 body[..PING_LEN].copy_from_slice(&nonce.to_be_bytes());
+            }
+            Self::Attest { nonce } => body[..ATTEST_LEN].copy_from_slice(nonce),
+            Self::Evidence { part, parts, bytes } => {
+                body[0..2].copy_from_slice(&part.to_be_bytes());
+                body[2..4].copy_from_slice(&parts.to_be_bytes());
+                body[4..4 + bytes.len()].copy_from_slice(bytes);
             }
         }
     }
@@ -452,11 +512,7 @@ mod tests {
 
     #[test]
     fn reserved_types_are_named_not_decoded() {
-        for (n, ty) in [
-            (4, MessageType::Attest),
-            (5, MessageType::Evidence),
-            (6, MessageType::Redeem),
-        ] {
+        for (n, ty) in [(6, MessageType::Redeem)] {
             assert!(!ty.is_implemented());
             assert_eq!(
                 Message::decode(&raw(n, &[0; 32])),
@@ -553,11 +609,8 @@ mod tests {
             e.to_string(),
             "control frame has wire version 2, this build speaks version 1; update the older side"
         );
-        let e = Message::decode(&raw(5, &[])).unwrap_err();
-        assert!(
-            e.to_string().contains("type 5 (Evidence) is reserved"),
-            "{e}"
-        );
+        let e = Message::decode(&raw(6, &[])).unwrap_err();
+        assert!(e.to_string().contains("type 6 (Redeem) is reserved"), "{e}");
     }
 
     fn arb_message() -> impl Strategy<Value = Message> {
@@ -581,6 +634,16 @@ mod tests {
                 detail: Detail::truncate(&text),
             }),
             any::<u64>().prop_map(|nonce| Message::Ping { nonce }),
+            any::<[u8; 32]>().prop_map(|nonce| Message::Attest { nonce }),
+            (
+                0u16..10,
+                proptest::collection::vec(any::<u8>(), 0..EVIDENCE_PART_LEN)
+            )
+                .prop_map(|(part, bytes)| Message::Evidence {
+                    part,
+                    parts: part + 1,
+                    bytes
+                }),
             any::<u64>().prop_map(|nonce| Message::Pong { nonce }),
         ]
     }
