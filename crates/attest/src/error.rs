@@ -25,6 +25,9 @@ pub enum AttestError {
     /// The sim report is not signed by a trusted vendor.
     #[error("the sim report is not signed by a trusted sim vendor key")]
     SimBadSignature,
+    /// An evidence blob that does not decode.
+    #[error("malformed evidence: {0}")]
+    Encoding(&'static str),
     /// A quote of a kind this verifier does not know.
     #[error("unsupported quote: {0}")]
     Unsupported(&'static str),

@@ -7,6 +7,7 @@
 
 mod binding;
 mod dcap;
+mod encoding;
 mod error;
 mod policy;
 mod sim;

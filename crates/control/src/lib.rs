@@ -13,11 +13,13 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 mod error;
+mod evidence;
 pub mod message;
 pub mod setup;
 pub mod wire;
 
 pub use error::{DecodeError, DetailTooLong, SetupError};
+pub use evidence::{split_evidence, EvidenceAssembler, PartsError};
 pub use message::{
     Detail, Message, MessageType, RefuseReason, EVIDENCE_PART_LEN, MAX_EVIDENCE_PARTS,
 };
