@@ -53,6 +53,8 @@ pub struct Counters {
     pub forwarded_bytes: u64,
     /// Control messages handled.
     pub control: u64,
+    /// Attest requests answered (with evidence or a refusal).
+    pub attestations: u64,
     /// Drops by reason.
     pub dropped_malformed: u64,
     /// See [`Drop::Auth`].
@@ -116,7 +118,7 @@ impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "rx={} tx={} handshakes={} sessions={}/{} admitted={} forwarded={} ({} bytes) control={} \
+            "rx={} tx={} handshakes={} sessions={}/{} admitted={} forwarded={} ({} bytes) control={} attestations={} \
              dropped={} (malformed={} auth={} replay={} no_session={} unadmitted={} bad_control={} \
              not_egress={} spoofed={} policy={} not_ip={} capacity={})",
             self.rx_datagrams,
@@ -128,6 +130,7 @@ impl fmt::Display for Counters {
             self.forwarded,
             self.forwarded_bytes,
             self.control,
+            self.attestations,
             self.dropped(),
             self.dropped_malformed,
             self.dropped_auth,

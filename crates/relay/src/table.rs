@@ -76,6 +76,7 @@ pub struct SessionTable {
     max_sessions: usize,
     next_id: u64,
     next_sweep: Instant,
+    evidence: Option<std::sync::Arc<dyn crate::evidence::EvidenceSource>>,
     /// Totals for the whole relay; roles add their own drops here.
     pub counters: Counters,
 }
@@ -99,8 +100,18 @@ impl SessionTable {
             max_sessions,
             next_id: 1,
             next_sweep: now + TIMER_TICK,
+            evidence: None,
             counters: Counters::default(),
         }
+    }
+
+    /// Answers Attest with evidence from `source`.
+    pub fn with_evidence(
+        mut self,
+        source: std::sync::Arc<dyn crate::evidence::EvidenceSource>,
+    ) -> Self {
+        self.evidence = Some(source);
+        self
     }
 
     /// The relay's WireGuard public key.
@@ -332,6 +343,9 @@ impl SessionTable {
         msg: &Message,
         out: &mut Vec<TableEvent>,
     ) {
+        if let Message::Attest { nonce } = msg {
+            return self.attest(now, id, reply_to, nonce, out);
+        }
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
@@ -365,15 +379,48 @@ impl SessionTable {
             _ => Message::Refused {
                 reason: RefuseReason::Unsupported,
                 detail: Detail::truncate(
-                    "relays accept only Hello and Ping on the control address",
+                    "relays accept only Attest, Hello and Ping on the control address",
                 ),
             },
         };
-        let (ip, port) = match reply_to {
-            SocketAddr::V4(a) => (IpAddr::V4(*a.ip()), a.port()),
-            SocketAddr::V6(a) => (IpAddr::V6(*a.ip()), a.port()),
+        self.reply_control(now, id, reply_to.ip(), reply_to.port(), &reply, out);
+    }
+
+    /// Evidence bound to this relay's key, the session's (client's) key and the nonce,
+    /// sent in parts; or a refusal saying why there is none.
+    fn attest(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        reply_to: SocketAddr,
+        nonce: &[u8; 32],
+        out: &mut Vec<TableEvent>,
+    ) {
+        let Some(peer) = self.entries.get(&id).map(|e| e.session.peer()) else {
+            return;
         };
-        self.reply_control(now, id, ip, port, &reply, out);
+        let report_data = attest::binding(
+            self.responder.public_key().as_bytes(),
+            peer.as_bytes(),
+            nonce,
+        );
+        let parts = match &self.evidence {
+            None => Err("this relay runs without TEE evidence".to_string()),
+            Some(source) => source
+                .evidence(&report_data)
+                .map_err(|e| format!("this relay could not obtain TEE evidence: {e}"))
+                .and_then(|ev| control::split_evidence(&ev.encode()).map_err(|e| e.to_string())),
+        };
+        let messages = parts.unwrap_or_else(|why| {
+            vec![Message::Refused {
+                reason: RefuseReason::Unsupported,
+                detail: Detail::truncate(&why),
+            }]
+        });
+        self.counters.attestations += 1;
+        for m in &messages {
+            self.reply_control(now, id, reply_to.ip(), reply_to.port(), m, out);
+        }
     }
 
     fn reply_control(

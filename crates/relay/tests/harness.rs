@@ -505,3 +505,108 @@ fn a_stalled_download_notices_an_egress_restart_without_user_sends() {
         net.lost
     );
 }
+
+#[test]
+fn a_relay_answers_attest_with_evidence_bound_to_both_keys_and_the_nonce() {
+    let now = Instant::now();
+    let relay_key = StaticSecret::generate();
+    let vendor = attest::SimVendor::new(ed25519_dalek::SigningKey::from_bytes(&[8; 32]));
+    let trusted = vendor.verifying_key();
+    let exe = std::env::current_exe().unwrap();
+    let sim = relay::evidence::Sim::new(vendor, &exe).unwrap();
+    let measurement = sim.measurement();
+    let mut table = SessionTable::new(
+        now,
+        Responder::new(now, relay_key.clone(), SessionConfig::default()),
+        admit(),
+        10,
+    )
+    .with_evidence(std::sync::Arc::new(sim));
+
+    let client_key = StaticSecret::generate();
+    let mut s = Session::initiator(
+        now,
+        &client_key,
+        relay_key.public_key(),
+        SessionConfig::default(),
+    );
+    let nonce = [0x5a; 32];
+    let attest_msg = control::Message::Attest { nonce }.encode();
+    let ip = build_udp(
+        "0.0.0.0:51822".parse().unwrap(),
+        SocketAddr::V4(control::control_endpoint()),
+        &attest_msg,
+    )
+    .unwrap();
+    let mut actions = Vec::new();
+    s.encapsulate(now, &ip, &mut actions);
+    let mut assembler = control::EvidenceAssembler::default();
+    let mut blob = None;
+    let mut pending: Vec<Vec<u8>> = actions
+        .into_iter()
+        .filter_map(|a| match a {
+            tunnel::Action::Transmit(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    for _ in 0..4 {
+        let mut replies = Vec::new();
+        for d in pending.drain(..) {
+            let mut ev = Vec::new();
+            table.handle_datagram(now, CLIENT.parse().unwrap(), &d, &mut ev);
+            replies.extend(ev.into_iter().filter_map(|e| match e {
+                TableEvent::Transmit { datagram, .. } => Some(datagram),
+                _ => None,
+            }));
+        }
+        for r in replies {
+            let mut out = Vec::new();
+            s.decapsulate(now, &r, &mut out).unwrap();
+            for a in out {
+                match a {
+                    tunnel::Action::Transmit(d) => pending.push(d),
+                    tunnel::Action::Deliver(ip) => {
+                        let d = tunnel::wire::parse_udp(&ip).unwrap();
+                        if let control::Message::Evidence { part, parts, bytes } =
+                            control::Message::decode(d.payload).unwrap()
+                        {
+                            if let Some(b) = assembler.add(part, parts, bytes).unwrap() {
+                                blob = Some(b);
+                            }
+                        }
+                    }
+                    tunnel::Action::NewIndex(_) => {}
+                }
+            }
+        }
+    }
+    let evidence = attest::Evidence::decode(&blob.expect("no evidence came back")).unwrap();
+    let claims = attest::verify(&evidence, 0, &[trusted]).unwrap();
+    assert_eq!(claims.measurement, measurement.to_vec());
+    let policy = attest::Policy {
+        approved: vec![attest::Approved {
+            platform: attest::Platform::Sim,
+            measurement: measurement.to_vec(),
+            accepted_advisories: vec![],
+        }],
+        accept_out_of_date: false,
+    };
+    let expected = attest::binding(
+        relay_key.public_key().as_bytes(),
+        client_key.public_key().as_bytes(),
+        &nonce,
+    );
+    policy.check(&claims, &expected).unwrap();
+    // Another client's key, or another nonce, does not match this evidence.
+    let other = attest::binding(
+        relay_key.public_key().as_bytes(),
+        StaticSecret::generate().public_key().as_bytes(),
+        &nonce,
+    );
+    assert!(policy.check(&claims, &other).is_err());
+    assert_eq!(table.counters.attestations, 1);
+    assert_eq!(
+        table.counters.sessions_admitted, 0,
+        "attesting does not admit"
+    );
+}
