@@ -87,6 +87,25 @@ fn common(
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
+/// Starts a relay on a loopback port below Linux's ephemeral range (32768 and up), so
+/// that while it is stopped for a restart no other socket's port 0 can take its port.
+async fn outside_ephemeral<F, Fut>(mut start: F) -> std::io::Result<RelayHandle>
+where
+    F: FnMut(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<RelayHandle>>,
+{
+    let mut last = None;
+    for _ in 0..100 {
+        let port = rand::random_range(20_000..32_000);
+        match start(SocketAddr::new(LOOPBACK, port)).await {
+            Ok(h) => return Ok(h),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::AddrInUse)))
+}
+
 impl DemoNetwork {
     /// Starts the web server, two egresses, the ingress and the client.
     pub async fn start(opts: DemoOptions) -> anyhow::Result<Self> {
@@ -101,9 +120,11 @@ impl DemoNetwork {
         let mut egresses = Vec::new();
         for (name, operator) in [("egress-east", "east-net"), ("egress-west", "west-net")] {
             let key = StaticSecret::generate();
-            let handle = run_egress(EgressSettings {
-                common: common(key.clone(), SocketAddr::new(LOOPBACK, 0), &observer),
-                policy: DestinationPolicy::new(allowed.clone(), vec![]),
+            let handle = outside_ephemeral(|listen| {
+                run_egress(EgressSettings {
+                    common: common(key.clone(), listen, &observer),
+                    policy: DestinationPolicy::new(allowed.clone(), vec![]),
+                })
             })
             .await
             .with_context(|| format!("cannot start {name}"))?;
@@ -116,9 +137,12 @@ impl DemoNetwork {
             });
         }
         let ingress_key = StaticSecret::generate();
-        let ingress = run_ingress(IngressSettings {
-            common: common(ingress_key.clone(), SocketAddr::new(LOOPBACK, 0), &observer),
-            egresses: egresses.iter().map(|e| e.endpoint).collect(),
+        let egress_endpoints: Vec<SocketAddr> = egresses.iter().map(|e| e.endpoint).collect();
+        let ingress = outside_ephemeral(|listen| {
+            run_ingress(IngressSettings {
+                common: common(ingress_key.clone(), listen, &observer),
+                egresses: egress_endpoints.clone(),
+            })
         })
         .await
         .context("cannot start the ingress")?;
