@@ -27,6 +27,49 @@ pub struct Directory {
     /// The relays, in no particular order.
     #[serde(rename = "relay", default)]
     pub relays: Vec<Relay>,
+    /// Approved relay images: clients accept a relay only with verified evidence of one of
+    /// these. In TOML each is an `[[image]]` table.
+    #[serde(rename = "image", default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<Image>,
+    /// Keys of sim TEE vendors whose reports clients accept (development and demos only;
+    /// base64 ed25519 public keys). A production directory lists none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sim_vendors: Vec<String>,
+}
+
+/// An approved relay image on one TEE platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// `sgx`, `tdx`, `sev-snp` or `sim`.
+    pub platform: String,
+    /// The measurement, hex: MRENCLAVE (sgx, 32 bytes), MRTD (tdx, 48), MEASUREMENT
+    /// (sev-snp, 48), or the SHA-256 of the relay executable (sim, 32).
+    pub measurement: String,
+    /// Intel advisories accepted for this image (platforms needing only this hardening pass).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub accepted_advisories: Vec<String>,
+}
+
+impl Image {
+    /// The measurement's bytes, if it is hex of the right length for its platform.
+    pub fn measurement_bytes(&self) -> Option<Vec<u8>> {
+        let len = match self.platform.as_str() {
+            "sgx" | "sim" => 32,
+            "tdx" | "sev-snp" => 48,
+            _ => return None,
+        };
+        let s = self.measurement.trim();
+        if s.len() != 2 * len || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        (0..len)
+            .map(|i| {
+                s.get(2 * i..2 * i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect()
+    }
 }
 
 impl Directory {
@@ -36,6 +79,8 @@ impl Directory {
             version: FORMAT_VERSION,
             serial,
             relays: Vec::new(),
+            images: Vec::new(),
+            sim_vendors: Vec::new(),
         }
     }
 
@@ -88,6 +133,18 @@ impl Directory {
                 });
             }
         }
+        for image in &self.images {
+            if image.measurement_bytes().is_none() {
+                return Err(ValidationError::BadImage {
+                    platform: image.platform.clone(),
+                    measurement: image.measurement.clone(),
+                });
+            }
+        }
+        for key in &self.sim_vendors {
+            crate::keys::decode_verifying_key(key)
+                .map_err(|_| ValidationError::BadSimVendor { key: key.clone() })?;
+        }
         Ok(())
     }
 
@@ -130,6 +187,51 @@ pub(crate) mod tests {
         }
     }
 
+    #[test]
+    fn images_and_sim_vendors_round_trip_and_are_checked() {
+        let mut d = sample();
+        d.images.push(Image {
+            platform: "sim".into(),
+            measurement: "ab".repeat(32),
+            accepted_advisories: vec![],
+        });
+        d.images.push(Image {
+            platform: "sgx".into(),
+            measurement: "01".repeat(32),
+            accepted_advisories: vec!["INTEL-SA-00615".into()],
+        });
+        d.sim_vendors.push(crate::encode_verifying_key(
+            &crate::generate_signing_key().verifying_key(),
+        ));
+        let again = Directory::from_body_toml(&d.to_body_toml().unwrap()).unwrap();
+        assert_eq!(again, d);
+        assert_eq!(again.images[0].measurement_bytes(), Some(vec![0xab; 32]));
+
+        for (platform, measurement) in [
+            ("sgx", "ab".repeat(48)),
+            ("tdx", "ab".repeat(32)),
+            ("nitro", "ab".repeat(32)),
+            ("sim", "zz".repeat(32)),
+        ] {
+            let mut bad = sample();
+            bad.images.push(Image {
+                platform: platform.into(),
+                measurement,
+                accepted_advisories: vec![],
+            });
+            assert!(
+                matches!(bad.validate(), Err(ValidationError::BadImage { .. })),
+                "{platform}"
+            );
+        }
+        let mut bad = sample();
+        bad.sim_vendors.push("not a key".into());
+        assert!(matches!(
+            bad.validate(),
+            Err(ValidationError::BadSimVendor { .. })
+        ));
+    }
+
     pub(crate) fn sample() -> Directory {
         Directory {
             version: 1,
@@ -138,6 +240,8 @@ pub(crate) mod tests {
                 relay("ingress-1", Role::Ingress, "op-a", 1000, 1),
                 relay("egress-1", Role::Egress, "op-b", 1000, 2),
             ],
+            images: Vec::new(),
+            sim_vendors: Vec::new(),
         }
     }
 

@@ -42,6 +42,20 @@ pub enum KeyError {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum ValidationError {
+    /// An image entry with an unknown platform or a measurement of the wrong form.
+    #[error("image on {platform:?} has an unusable measurement {measurement:?}: platform must be sgx, tdx, sev-snp or sim, the measurement hex of 32 (sgx, sim) or 48 (tdx, sev-snp) bytes")]
+    BadImage {
+        /// The platform given.
+        platform: String,
+        /// The measurement given.
+        measurement: String,
+    },
+    /// A sim vendor key that is not an ed25519 public key.
+    #[error("sim vendor key {key:?} is not a base64 ed25519 public key")]
+    BadSimVendor {
+        /// The key given.
+        key: String,
+    },
     /// The format version is not one this build reads.
     #[error("directory format version {got} is not supported (this build reads version {supported}); update openrelay")]
     UnsupportedVersion {

@@ -15,7 +15,7 @@ mod relay;
 mod select;
 mod source;
 
-pub use directory::{Directory, FORMAT_VERSION, MAX_BANDWIDTH_MBPS};
+pub use directory::{Directory, Image, FORMAT_VERSION, MAX_BANDWIDTH_MBPS};
 pub use error::{Error, KeyError, SelectError, ValidationError};
 pub use file::{sign, verify};
 pub use keys::{

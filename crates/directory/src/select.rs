@@ -132,6 +132,8 @@ mod tests {
             version: 1,
             serial: 1,
             relays,
+            images: Vec::new(),
+            sim_vendors: Vec::new(),
         };
         dir.validate().unwrap();
         dir
@@ -285,6 +287,8 @@ mod tests {
                 relay("in", Role::Ingress, "a", 100, 1),
                 relay("out", Role::Egress, "b", 0, 2),
             ],
+            images: Vec::new(),
+            sim_vendors: Vec::new(),
         };
         let mut rng = StdRng::seed_from_u64(0);
         assert_eq!(

@@ -153,6 +153,8 @@ fn arb_directory() -> impl Strategy<Value = Directory> {
             version: 1,
             serial,
             relays,
+            images: Vec::new(),
+            sim_vendors: Vec::new(),
         })
 }
 
