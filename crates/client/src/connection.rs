@@ -79,6 +79,14 @@ pub enum ConnectionError {
     /// The UDP socket towards the ingress failed.
     #[error("cannot reach the ingress: {0}")]
     Socket(#[from] std::io::Error),
+    /// A relay's TEE evidence did not verify or is not approved: nothing is sent to it.
+    #[error("the {hop} failed attestation: {reason}; no user traffic was sent")]
+    Attestation {
+        /// Which relay.
+        hop: Hop,
+        /// What failed.
+        reason: String,
+    },
     /// A relay stopped answering while user traffic was flowing.
     #[error(
         "the {hop} stopped answering (nothing for {:?} while sending); it may be down",
@@ -100,7 +108,8 @@ impl ConnectionError {
             Self::Setup { hop, .. }
             | Self::Timeout { hop }
             | Self::Forgotten { hop }
-            | Self::Silent { hop } => Some(*hop),
+            | Self::Silent { hop }
+            | Self::Attestation { hop, .. } => Some(*hop),
             Self::Socket(_) => Some(Hop::Ingress),
             Self::Tunnel(_) => None,
         }
@@ -122,20 +131,50 @@ pub enum ConnEvent {
         inner: Admission,
         /// MTU for the local side: what fits through both tunnels without fragments.
         mtu: u16,
+        /// What the ingress's and the egress's evidence showed, in that order.
+        attested: Vec<attest::Claims>,
     },
     /// The connection is over; set up a new one (fresh keys) if wanted.
     Lost(ConnectionError),
 }
 
 enum Phase {
+    OuterAttest(Attesting),
     Outer(ExpectAdmitted),
+    InnerAttest(Attesting),
     Inner(ExpectAdmitted),
     Ready,
     Done,
 }
 
+/// Waiting for a relay's evidence.
+struct Attesting {
+    nonce: [u8; 32],
+    parts: control::EvidenceAssembler,
+}
+
+impl Attesting {
+    fn new() -> Self {
+        Self {
+            nonce: rand::random(),
+            parts: control::EvidenceAssembler::default(),
+        }
+    }
+}
+
+/// How a connection judges the relays' evidence.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    /// Approved images and TCB rules (from the directory).
+    pub policy: attest::Policy,
+    /// Sim TEE vendors to trust (development only; from the directory).
+    pub sim_vendors: Vec<ed25519_dalek::VerifyingKey>,
+    /// Wall-clock time (Unix seconds) against which collateral validity is checked.
+    pub now_secs: u64,
+}
+
 /// What a connection needs to know about its route.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RouteKeys {
     /// The ingress's WireGuard key.
     pub ingress_key: PublicKey,
@@ -143,6 +182,8 @@ pub struct RouteKeys {
     pub egress_key: PublicKey,
     /// The egress endpoint, as the ingress reaches it.
     pub egress_endpoint: SocketAddr,
+    /// How to judge both relays' TEE evidence; no user byte flows without it passing.
+    pub verification: Verification,
 }
 
 /// A two-hop connection.
@@ -152,7 +193,14 @@ pub struct Connection {
     step_deadline: Instant,
     inner_addr: Option<Ipv4Addr>,
     outer_admission: Option<Admission>,
+    /// (relay key, this connection's session key) per hop, for the evidence binding.
+    keys: [(PublicKey, PublicKey); 2],
+    verification: Verification,
+    attested: Vec<attest::Claims>,
     ready_at: Option<Instant>,
+    /// `Lost` was reported; nothing more happens. (Not the phase: `on_control` parks the
+    /// phase at `Done` while it decides.)
+    ended: bool,
     /// The first user packet sent since the egress was last heard from.
     unanswered_since: Option<Instant>,
     last_probe: Option<Instant>,
@@ -165,26 +213,35 @@ impl Connection {
     /// user share a key.
     pub fn new(now: Instant, route: RouteKeys) -> Self {
         let cfg = SessionConfig::default();
-        let outer = Session::initiator(now, &StaticSecret::generate(), route.ingress_key, cfg);
-        let inner = Session::initiator(now, &StaticSecret::generate(), route.egress_key, cfg);
-        let (expect, _) = ClientSetup::new(CLIENT_VERSION).start();
+        let (outer_key, inner_key) = (StaticSecret::generate(), StaticSecret::generate());
+        let outer = Session::initiator(now, &outer_key, route.ingress_key, cfg);
+        let inner = Session::initiator(now, &inner_key, route.egress_key, cfg);
         Self {
             nested: Nested::new(outer, inner, route.egress_endpoint),
-            phase: Phase::Outer(expect),
+            phase: Phase::OuterAttest(Attesting::new()),
+            keys: [
+                (route.ingress_key, outer_key.public_key()),
+                (route.egress_key, inner_key.public_key()),
+            ],
+            verification: route.verification,
+            attested: Vec::new(),
             step_deadline: now + SETUP_TIMEOUT,
             inner_addr: None,
             outer_admission: None,
             ready_at: None,
+            ended: false,
             unanswered_since: None,
             last_probe: None,
             dropped_not_ready: 0,
         }
     }
 
-    /// Starts the setup: the outer handshake, carrying `Hello` to the ingress.
+    /// Starts the setup: the outer handshake, carrying `Attest` to the ingress.
     pub fn start(&mut self, now: Instant, out: &mut Vec<ConnEvent>) {
-        let (_, hello) = ClientSetup::new(CLIENT_VERSION).start();
-        let ip = control_packet(Ipv4Addr::UNSPECIFIED, &hello);
+        let Phase::OuterAttest(a) = &self.phase else {
+            return;
+        };
+        let ip = control_packet(Ipv4Addr::UNSPECIFIED, &Message::Attest { nonce: a.nonce });
         let mut ev = Vec::new();
         self.nested.send_outer(now, &ip, &mut ev);
         self.step_deadline = now + SETUP_TIMEOUT;
@@ -254,8 +311,12 @@ impl Connection {
         }
         if now >= self.step_deadline {
             match self.phase {
-                Phase::Outer(_) => self.fail(ConnectionError::Timeout { hop: Hop::Ingress }, out),
-                Phase::Inner(_) => self.fail(ConnectionError::Timeout { hop: Hop::Egress }, out),
+                Phase::OuterAttest(_) | Phase::Outer(_) => {
+                    self.fail(ConnectionError::Timeout { hop: Hop::Ingress }, out)
+                }
+                Phase::InnerAttest(_) | Phase::Inner(_) => {
+                    self.fail(ConnectionError::Timeout { hop: Hop::Egress }, out)
+                }
                 Phase::Ready | Phase::Done => {}
             }
         }
@@ -264,7 +325,9 @@ impl Connection {
     /// When [`Connection::handle_timeout`] should run.
     pub fn poll_timeout(&self) -> Instant {
         match self.phase {
-            Phase::Outer(_) | Phase::Inner(_) => self.nested.poll_timeout().min(self.step_deadline),
+            Phase::OuterAttest(_) | Phase::Outer(_) | Phase::InnerAttest(_) | Phase::Inner(_) => {
+                self.nested.poll_timeout().min(self.step_deadline)
+            }
             _ => self.nested.poll_timeout(),
         }
     }
@@ -319,8 +382,9 @@ impl Connection {
     }
 
     fn fail(&mut self, e: ConnectionError, out: &mut Vec<ConnEvent>) {
-        if !matches!(self.phase, Phase::Done) {
-            self.phase = Phase::Done;
+        self.phase = Phase::Done;
+        if !self.ended {
+            self.ended = true;
             out.push(ConnEvent::Lost(e));
         }
     }
@@ -352,16 +416,20 @@ impl Connection {
     fn on_control(&mut self, now: Instant, hop: Hop, msg: Message, out: &mut Vec<ConnEvent>) {
         let phase = std::mem::replace(&mut self.phase, Phase::Done);
         self.phase = match (phase, hop) {
+            (Phase::OuterAttest(a), Hop::Ingress) | (Phase::InnerAttest(a), Hop::Egress) => {
+                return self.on_evidence(now, hop, a, msg, out);
+            }
             (Phase::Outer(expect), Hop::Ingress) => match expect.handle(msg) {
                 Ok(outer) => {
                     self.nested.set_outer_addr(outer.tunnel_addr);
                     self.outer_admission = Some(outer);
-                    let (expect, hello) = ClientSetup::new(CLIENT_VERSION).start();
-                    let ip = control_packet(Ipv4Addr::UNSPECIFIED, &hello);
+                    let a = Attesting::new();
+                    let ip =
+                        control_packet(Ipv4Addr::UNSPECIFIED, &Message::Attest { nonce: a.nonce });
                     let mut ev = Vec::new();
                     self.nested.send_inner(now, &ip, &mut ev);
                     self.step_deadline = now + SETUP_TIMEOUT;
-                    self.phase = Phase::Inner(expect);
+                    self.phase = Phase::InnerAttest(a);
                     self.map(now, ev, out);
                     return;
                 }
@@ -373,7 +441,12 @@ impl Connection {
                     let outer = self.outer_admission.unwrap_or(inner);
                     self.ready_at = Some(now);
                     let mtu = local_mtu(outer.mtu, inner.mtu);
-                    out.push(ConnEvent::Ready { outer, inner, mtu });
+                    out.push(ConnEvent::Ready {
+                        outer,
+                        inner,
+                        mtu,
+                        attested: self.attested.clone(),
+                    });
                     Phase::Ready
                 }
                 Err(source) => return self.fail(ConnectionError::Setup { hop, source }, out),
@@ -401,6 +474,89 @@ impl Connection {
             }
             (other, _) => other,
         };
+    }
+}
+
+impl Connection {
+    /// A part of a relay's evidence; once whole, it is verified before `Hello` is sent.
+    fn on_evidence(
+        &mut self,
+        now: Instant,
+        hop: Hop,
+        mut a: Attesting,
+        msg: Message,
+        out: &mut Vec<ConnEvent>,
+    ) {
+        let (part, parts, bytes) = match msg {
+            Message::Evidence { part, parts, bytes } => (part, parts, bytes),
+            Message::Refused { reason, detail } => {
+                // A relay that cannot prove what it runs is treated like one whose proof
+                // failed.
+                let reason = format!("it gave no evidence ({reason:?}: {detail})");
+                return self.fail(ConnectionError::Attestation { hop, reason }, out);
+            }
+            _ => {
+                self.phase = match hop {
+                    Hop::Ingress => Phase::OuterAttest(a),
+                    Hop::Egress => Phase::InnerAttest(a),
+                };
+                return;
+            }
+        };
+        let blob = match a.parts.add(part, parts, bytes) {
+            Ok(Some(blob)) => blob,
+            Ok(None) => {
+                self.phase = match hop {
+                    Hop::Ingress => Phase::OuterAttest(a),
+                    Hop::Egress => Phase::InnerAttest(a),
+                };
+                return;
+            }
+            Err(e) => {
+                return self.fail(
+                    ConnectionError::Attestation {
+                        hop,
+                        reason: e.to_string(),
+                    },
+                    out,
+                )
+            }
+        };
+        let (relay, ours) = self.keys[match hop {
+            Hop::Ingress => 0,
+            Hop::Egress => 1,
+        }];
+        let v = &self.verification;
+        let verdict = attest::Evidence::decode(&blob)
+            .and_then(|e| attest::verify(&e, v.now_secs, &v.sim_vendors))
+            .map_err(|e| e.to_string())
+            .and_then(|claims| {
+                let expected = attest::binding(relay.as_bytes(), ours.as_bytes(), &a.nonce);
+                v.policy
+                    .check(&claims, &expected)
+                    .map(|()| claims)
+                    .map_err(|e| e.to_string())
+            });
+        let claims = match verdict {
+            Ok(c) => c,
+            Err(reason) => return self.fail(ConnectionError::Attestation { hop, reason }, out),
+        };
+        self.attested.push(claims);
+        let (expect, hello) = ClientSetup::new(CLIENT_VERSION).start();
+        let ip = control_packet(Ipv4Addr::UNSPECIFIED, &hello);
+        let mut ev = Vec::new();
+        match hop {
+            Hop::Ingress => {
+                self.nested.send_outer(now, &ip, &mut ev);
+                self.phase = Phase::Outer(expect);
+            }
+            Hop::Egress => {
+                self.nested.send_inner(now, &ip, &mut ev);
+                self.phase = Phase::Inner(expect);
+            }
+        }
+        self.step_deadline = now + SETUP_TIMEOUT;
+        self.map(now, ev, out);
     }
 }
 

@@ -42,6 +42,59 @@ pub struct ClientSettings {
     pub seed: Option<u64>,
     /// Firewall mark for the socket to the ingress (TUN mode's policy routing).
     pub fwmark: Option<u32>,
+    /// After a relay fails attestation, try other relays (otherwise stop and say why).
+    pub retry_after_attestation_failure: bool,
+}
+
+impl ClientSettings {
+    /// Settings with the defaults: random routes, no mark, stop at a failed attestation.
+    pub fn new(directory: Directory, socks: SocketAddr) -> Self {
+        Self {
+            directory,
+            socks,
+            seed: None,
+            fwmark: None,
+            retry_after_attestation_failure: false,
+        }
+    }
+}
+
+/// The client's verification rules from the directory: approved images and sim vendors.
+pub fn verification(directory: &Directory) -> crate::connection::Verification {
+    let approved = directory
+        .images
+        .iter()
+        .filter_map(|i| {
+            let platform = match i.platform.as_str() {
+                "sgx" => attest::Platform::Sgx,
+                "tdx" => attest::Platform::Tdx,
+                "sev-snp" => attest::Platform::SevSnp,
+                "sim" => attest::Platform::Sim,
+                _ => return None,
+            };
+            Some(attest::Approved {
+                platform,
+                measurement: i.measurement_bytes()?,
+                accepted_advisories: i.accepted_advisories.clone(),
+            })
+        })
+        .collect();
+    let sim_vendors = directory
+        .sim_vendors
+        .iter()
+        .filter_map(|k| directory::decode_verifying_key(k).ok())
+        .collect();
+    crate::connection::Verification {
+        policy: attest::Policy {
+            approved,
+            accept_out_of_date: false,
+        },
+        sim_vendors,
+        now_secs: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    }
 }
 
 /// The client's state, for status output and tests.
@@ -62,10 +115,17 @@ pub enum Status {
         egress: String,
         /// Connections set up before this one (0 for the first).
         reconnects: u32,
+        /// What each hop's evidence showed (ingress first).
+        attestation: Vec<HopAttestation>,
     },
     /// The connection was lost or refused; the client will try again.
     Retrying {
         /// What happened, for the user.
+        reason: String,
+    },
+    /// A relay's TEE evidence failed; the client stopped (fail closed).
+    AttestationFailed {
+        /// Which relay and why.
         reason: String,
     },
     /// No usable route in the directory.
@@ -73,6 +133,61 @@ pub enum Status {
         /// What is missing.
         reason: String,
     },
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Status::Connecting { ingress, egress } => {
+                write!(f, "connecting through {ingress} → {egress}")
+            }
+            Status::Connected {
+                ingress,
+                egress,
+                reconnects,
+                attestation,
+            } => {
+                if *reconnects == 0 {
+                    write!(f, "connected through {ingress} → {egress}")?;
+                } else {
+                    write!(
+                        f,
+                        "reconnected through {ingress} → {egress} (reconnect {reconnects})"
+                    )?;
+                }
+                for a in attestation {
+                    write!(
+                        f,
+                        "\n  attested {}: {}, measurement {}, TCB {}, verified at {}",
+                        a.relay,
+                        a.platform,
+                        a.measurement,
+                        a.tcb_status,
+                        humantime::format_rfc3339_seconds(a.verified_at)
+                    )?;
+                }
+                Ok(())
+            }
+            Status::Retrying { reason } => write!(f, "connection lost: {reason}"),
+            Status::AttestationFailed { reason } => write!(f, "stopped: {reason}"),
+            Status::NoRoute { reason } => write!(f, "no usable route: {reason}"),
+        }
+    }
+}
+
+/// One hop's verified evidence, for status output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HopAttestation {
+    /// The relay's name.
+    pub relay: String,
+    /// Its TEE platform.
+    pub platform: String,
+    /// The approved measurement it showed, hex.
+    pub measurement: String,
+    /// Its TCB status.
+    pub tcb_status: String,
+    /// When the client verified it.
+    pub verified_at: std::time::SystemTime,
 }
 
 /// A running client.
@@ -204,7 +319,7 @@ pub(crate) async fn supervise(
             egress: route.egress.name.clone(),
         });
         let outcome = tokio::select! {
-            o = connect_once(&route.ingress, &route.egress, local, from_local, &status, reconnects, settings.fwmark) => o,
+            o = connect_once(settings, &route.ingress, &route.egress, local, from_local, &status, reconnects) => o,
             _ = &mut shutdown => {
                 local.lost();
                 return;
@@ -227,11 +342,24 @@ pub(crate) async fn supervise(
         if let Some(relay) = blamed {
             let n = failures.entry(relay.wg_public_key).or_default();
             *n += 1;
-            // A relay that does not answer at all is avoided at once; one that refused or
-            // restarted gets another chance.
+            if matches!(err, ConnectionError::Attestation { .. })
+                && !settings.retry_after_attestation_failure
+            {
+                // Fail closed: say which relay failed and why, and connect nowhere else
+                // unless the user allowed it.
+                status.send_replace(Status::AttestationFailed {
+                    reason: err.to_string(),
+                });
+                let _ = (&mut shutdown).await;
+                return;
+            }
+            // A relay that does not answer, or whose evidence failed, is avoided at once;
+            // one that refused or restarted gets another chance.
             let unreachable = matches!(
                 err,
-                ConnectionError::Timeout { .. } | ConnectionError::Silent { .. }
+                ConnectionError::Timeout { .. }
+                    | ConnectionError::Silent { .. }
+                    | ConnectionError::Attestation { .. }
             );
             if unreachable || *n >= FAILURES_BEFORE_SWITCH {
                 tracing::warn!(
@@ -258,15 +386,15 @@ pub(crate) async fn supervise(
 /// One connection, from the first handshake until it is lost. Returns whether it was ever
 /// ready, and why it ended.
 async fn connect_once(
+    settings: &ClientSettings,
     ingress: &Relay,
     egress: &Relay,
     local: &mut impl Local,
     from_local: &mut mpsc::Receiver<Vec<u8>>,
     status: &watch::Sender<Status>,
     reconnects: u32,
-    fwmark: Option<u32>,
 ) -> io::Result<(bool, ConnectionError)> {
-    let socket = ingress_socket(ingress.endpoint, fwmark).await?;
+    let socket = ingress_socket(ingress.endpoint, settings.fwmark).await?;
     let now = Instant::now();
     let mut conn = Connection::new(
         now,
@@ -274,6 +402,7 @@ async fn connect_once(
             ingress_key: PublicKey::from_bytes(ingress.wg_public_key.0),
             egress_key: PublicKey::from_bytes(egress.wg_public_key.0),
             egress_endpoint: egress.endpoint,
+            verification: verification(&settings.directory),
         },
     );
     let mut events = Vec::new();
@@ -288,14 +417,32 @@ async fn connect_once(
                     let _ = socket.send(&d).await;
                 }
                 ConnEvent::Packet(ip) => local.deliver(ip),
-                ConnEvent::Ready { inner, mtu, .. } => {
+                ConnEvent::Ready {
+                    inner,
+                    mtu,
+                    attested,
+                    ..
+                } => {
                     local.ready(&inner, mtu)?;
                     ready = true;
                     tracing::info!("connected through {} and {}", ingress.name, egress.name);
+                    let verified_at = std::time::SystemTime::now();
+                    let attestation = attested
+                        .iter()
+                        .zip([&ingress.name, &egress.name])
+                        .map(|(c, name)| HopAttestation {
+                            relay: name.clone(),
+                            platform: format!("{:?}", c.platform),
+                            measurement: c.measurement.iter().map(|b| format!("{b:02x}")).collect(),
+                            tcb_status: format!("{:?}", c.tcb_status),
+                            verified_at,
+                        })
+                        .collect();
                     status.send_replace(Status::Connected {
                         ingress: ingress.name.clone(),
                         egress: egress.name.clone(),
                         reconnects,
+                        attestation,
                     });
                 }
                 ConnEvent::Lost(e) => return Ok((ready, e)),

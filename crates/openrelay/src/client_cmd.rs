@@ -34,6 +34,9 @@ pub(crate) struct ClientArgs {
     /// In whole-host mode, leave the host's DNS configuration alone.
     #[arg(long, requires = "tun")]
     no_dns: bool,
+    /// When a relay fails attestation, try other relays instead of stopping.
+    #[arg(long)]
+    try_other_relays: bool,
     /// Remove what a crashed whole-host client left behind (kill switch, routes, DNS),
     /// then exit. Needs root.
     #[arg(long)]
@@ -70,12 +73,8 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
     let dir = directory::FileSource::new(directory_path.clone(), keys)
         .load()
         .with_context(|| format!("the directory {} is refused", directory_path.display()))?;
-    let settings = client::run::ClientSettings {
-        directory: dir,
-        socks: args.socks,
-        seed: None,
-        fwmark: None,
-    };
+    let mut settings = client::run::ClientSettings::new(dir, args.socks);
+    settings.retry_after_attestation_failure = args.try_other_relays;
     if args.tun {
         return whole_host(settings, !args.no_dns, args.state_dir).await;
     }
@@ -91,7 +90,13 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
                 if r.is_err() {
                     break;
                 }
-                say(&describe(&status.borrow_and_update()));
+                let now = status.borrow_and_update().clone();
+                say(&describe(&now));
+                if matches!(now, client::run::Status::AttestationFailed { .. }) {
+                    let _ = handle.shutdown.send(());
+                    let _ = handle.task.await;
+                    anyhow::bail!("a relay failed attestation; nothing was sent through it (use --try-other-relays to try others)");
+                }
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
@@ -151,24 +156,5 @@ fn say(line: &str) {
 }
 
 pub(crate) fn describe(s: &client::run::Status) -> String {
-    use client::run::Status;
-    match s {
-        Status::Connecting { ingress, egress } => {
-            format!("connecting through {ingress} → {egress}")
-        }
-        Status::Connected {
-            ingress,
-            egress,
-            reconnects: 0,
-        } => format!("connected through {ingress} → {egress}"),
-        Status::Connected {
-            ingress,
-            egress,
-            reconnects,
-        } => {
-            format!("reconnected through {ingress} → {egress} (reconnect {reconnects})")
-        }
-        Status::Retrying { reason } => format!("connection lost: {reason}"),
-        Status::NoRoute { reason } => format!("no usable route: {reason}"),
-    }
+    s.to_string()
 }

@@ -146,8 +146,38 @@ impl Proc {
     }
 }
 
+/// The sim measurement of the `openrelay` executable: what relays started from it report.
+fn measurement() -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(BIN).unwrap()))
+}
+
+/// Makes the sim vendor key `sim-vendor.key` in `dir` (once) and returns its public half.
+fn sim_vendor(dir: &Path) -> String {
+    let key = dir.join("sim-vendor.key");
+    let public = dir.join("sim-vendor.pub");
+    if let Ok(p) = std::fs::read_to_string(&public) {
+        return p;
+    }
+    let p = ok(&["directory", "keygen", "--output", key.to_str().unwrap()])
+        .trim()
+        .to_string();
+    std::fs::write(public, &p).unwrap();
+    p
+}
+
+/// Relay config lines for the sim TEE of `sim-vendor.key` in `dir`.
+fn sim_tee(dir: &Path) -> String {
+    sim_vendor(dir);
+    format!(
+        "tee = \"sim\"\nsim_vendor_key_file = \"{}\"\n",
+        dir.join("sim-vendor.key").display()
+    )
+}
+
 /// Writes a directory body with one ingress (operator a) and one egress (operator b) on
-/// loopback, and signs it with `signing.key` in `dir` into `output`.
+/// loopback, approving the sim image of this `openrelay` executable, and signs it with
+/// `signing.key` in `dir` into `output`.
 fn sign_directory(
     dir: &Path,
     ingress_key: &str,
@@ -160,9 +190,11 @@ fn sign_directory(
         format!("\n[[relay]]\nname = \"{name}\"\nrole = \"{role}\"\nwg_public_key = \"{key}\"\nendpoint = \"127.0.0.1:{port}\"\noperator = \"{op}\"\nbandwidth_mbps = 100\n")
     };
     let body = format!(
-        "version = 1\nserial = 1\n{}{}",
+        "version = 1\nserial = 1\nsim_vendors = [\"{}\"]\n{}{}\n[[image]]\nplatform = \"sim\"\nmeasurement = \"{}\"\n",
+        sim_vendor(dir),
         relay("in", "ingress", ingress_key, ingress_port, "a"),
-        relay("out", "egress", egress_key, egress_port, "b")
+        relay("out", "egress", egress_key, egress_port, "b"),
+        measurement(),
     );
     let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
     std::fs::write(p("relays.toml"), body).unwrap();
@@ -255,15 +287,16 @@ fn operator_and_user_workflow_with_separate_processes() {
 
     std::fs::write(
         p("egress.toml"),
-        format!("private_key_file = \"{}\"\nlisten = \"127.0.0.1:{egress_port}\"\nreport_interval_secs = 3600\nallow_destinations = [\"127.0.0.1/32\"]\n", p("egress.key")),
+        format!("private_key_file = \"{}\"\nlisten = \"127.0.0.1:{egress_port}\"\nreport_interval_secs = 3600\nallow_destinations = [\"127.0.0.1/32\"]\n{}", p("egress.key"), sim_tee(&dir)),
     )
     .unwrap();
     std::fs::write(
         p("ingress.toml"),
         format!(
-            "private_key_file = \"{}\"\nlisten = \"127.0.0.1:{ingress_port}\"\nreport_interval_secs = 3600\ndirectory = \"{}\"\ndirectory_keys = [\"{signer}\"]\n",
+            "private_key_file = \"{}\"\nlisten = \"127.0.0.1:{ingress_port}\"\nreport_interval_secs = 3600\ndirectory = \"{}\"\ndirectory_keys = [\"{signer}\"]\n{}",
             p("ingress.key"),
-            p("directory.toml")
+            p("directory.toml"),
+            sim_tee(&dir)
         ),
     )
     .unwrap();
@@ -281,6 +314,14 @@ fn operator_and_user_workflow_with_separate_processes() {
         &socks,
     ]);
     client.wait_stdout("connected through in → out", Duration::from_secs(20));
+    // Both hops' evidence, as the user sees it.
+    for hop in ["in", "out"] {
+        let line = client.wait_stdout(&format!("attested {hop}:"), Duration::from_secs(5));
+        assert!(
+            line.contains("Sim") && line.contains(&measurement()) && line.contains("verified at"),
+            "{line}"
+        );
+    }
 
     let page = curl(&socks, &format!("http://{web}/"));
     assert!(
@@ -485,6 +526,11 @@ fn demo_ends_with_the_success_line() {
     assert_eq!(stdout.lines().last(), Some("demo: two-hop fetch ok"));
     assert!(stdout.contains("ingress saw: client"));
     assert!(stdout.contains("egress saw:  ingress"));
+    // Both hops attested before the fetch.
+    let attested: Vec<&str> = stdout.lines().filter(|l| l.contains("attested ")).collect();
+    assert_eq!(attested.len(), 2, "{stdout}");
+    assert!(attested[0].contains("ingress-north: Sim"), "{stdout}");
+    assert!(attested[1].contains("egress-") && attested[1].contains("TCB UpToDate"));
 }
 
 #[test]
@@ -600,4 +646,73 @@ fn attest_verify_prints_claims_and_applies_the_advisory_policy() {
         &snp("vcek_milan.der"),
     ]);
     assert!(out.contains("SevSnp") && out.contains("accepted"), "{out}");
+}
+
+#[test]
+fn client_stops_at_a_relay_without_evidence_and_says_which() {
+    let dir = tempdir("unattested");
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let ingress_pub = ok(&["keygen", "--output", &p("ingress.key")])
+        .trim()
+        .to_string();
+    let egress_pub = ok(&["keygen", "--output", &p("egress.key")])
+        .trim()
+        .to_string();
+    let signer = ok(&["directory", "keygen", "--output", &p("signing.key")])
+        .trim()
+        .to_string();
+    let (ingress_port, egress_port) = (free_udp_port(), free_udp_port());
+    sign_directory(
+        &dir,
+        &ingress_pub,
+        ingress_port,
+        &egress_pub,
+        egress_port,
+        "directory.toml",
+    );
+    // The egress runs outside any TEE (no `tee`); the ingress is attested.
+    std::fs::write(
+        p("egress.toml"),
+        format!("private_key_file = \"{}\"\nlisten = \"127.0.0.1:{egress_port}\"\nreport_interval_secs = 3600\nallow_destinations = [\"127.0.0.1/32\"]\n", p("egress.key")),
+    )
+    .unwrap();
+    std::fs::write(
+        p("ingress.toml"),
+        format!(
+            "private_key_file = \"{}\"\nlisten = \"127.0.0.1:{ingress_port}\"\nreport_interval_secs = 3600\ndirectory = \"{}\"\ndirectory_keys = [\"{signer}\"]\n{}",
+            p("ingress.key"),
+            p("directory.toml"),
+            sim_tee(&dir)
+        ),
+    )
+    .unwrap();
+    let egress = Proc::spawn(&["relay", "egress", "--config", &p("egress.toml")]);
+    let ingress = Proc::spawn(&["relay", "ingress", "--config", &p("ingress.toml")]);
+    let out = Command::new(BIN)
+        .args([
+            "client",
+            "--directory",
+            &p("directory.toml"),
+            "--trust",
+            &signer,
+            "--socks",
+            &format!("127.0.0.1:{}", free_udp_port()),
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("egress failed attestation") && stdout.contains("without TEE evidence"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("--try-other-relays"), "{stderr}");
+    let egress_log = egress.stop();
+    let _ = ingress.stop();
+    assert_eq!(counter(&egress_log, "admitted"), 0, "{egress_log}");
+    assert_eq!(counter(&egress_log, "forwarded"), 0, "{egress_log}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

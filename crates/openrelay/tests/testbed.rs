@@ -53,8 +53,19 @@ impl Setup {
         let relay = |name: &str, role: &str, key: &str, host: &Host, op: &str| {
             format!("\n[[relay]]\nname = \"{name}\"\nrole = \"{role}\"\nwg_public_key = \"{key}\"\nendpoint = \"{}:51820\"\noperator = \"{op}\"\nbandwidth_mbps = 100\n", host.addr)
         };
+        // Both relays run in the sim TEE of one vendor; the directory approves the sim
+        // measurement of this `openrelay` executable.
+        let vendor_pub = ok(&["directory", "keygen", "--output", &p("sim-vendor.key")]);
+        let measurement = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(std::fs::read(BIN).unwrap()))
+        };
+        let tee = format!(
+            "tee = \"sim\"\nsim_vendor_key_file = \"{}\"\n",
+            p("sim-vendor.key")
+        );
         let body = format!(
-            "version = 1\nserial = 1\n{}{}",
+            "version = 1\nserial = 1\nsim_vendors = [\"{vendor_pub}\"]\n{}{}\n[[image]]\nplatform = \"sim\"\nmeasurement = \"{measurement}\"\n",
             relay("in", "ingress", &ingress_pub, &bed.ingress, "a"),
             relay("out", "egress", &egress_pub, &bed.egress, "b")
         );
@@ -72,7 +83,7 @@ impl Setup {
         std::fs::write(
             p("ingress.toml"),
             format!(
-                "private_key_file = \"{}\"\nlisten = \"{}:51820\"\ndirectory = \"{}\"\ndirectory_keys = [\"{signer}\"]\n",
+                "private_key_file = \"{}\"\nlisten = \"{}:51820\"\ndirectory = \"{}\"\ndirectory_keys = [\"{signer}\"]\n{tee}",
                 p("ingress.key"),
                 bed.ingress.addr,
                 p("directory.toml")
@@ -80,7 +91,7 @@ impl Setup {
         )
         .unwrap();
         let egress = format!(
-            "private_key_file = \"{}\"\nlisten = \"{}:51820\"\n",
+            "private_key_file = \"{}\"\nlisten = \"{}:51820\"\n{tee}",
             p("egress.key"),
             bed.egress.addr
         );
@@ -133,8 +144,19 @@ fn start_web(bed: &Testbed, s: &Setup, bind: &str) {
 /// The egress relay with one of the setup's configs; returns its pid.
 fn start_egress(bed: &Testbed, s: &Setup, config: &str) -> u32 {
     let args = [BIN, "relay", "egress", "--config", &s.path(config)];
-    bed.spawn(&bed.egress, &args, Stdio::null(), Stdio::inherit())
-        .unwrap()
+    let pid = bed
+        .spawn(&bed.egress, &args, Stdio::null(), Stdio::inherit())
+        .unwrap();
+    wait_listening(bed, &bed.egress);
+    pid
+}
+
+/// Waits until a relay on `host` has bound its UDP port (it measures itself first).
+fn wait_listening(bed: &Testbed, host: &Host) {
+    wait_for("the relay's UDP port", Duration::from_secs(20), || {
+        bed.exec(&host.ns, &["ss", "-Hulnp", "sport = :51820"])
+            .is_ok_and(|out| out.contains("openrelay"))
+    });
 }
 
 /// The ingress relay.
@@ -142,6 +164,7 @@ fn start_ingress(bed: &Testbed, s: &Setup) {
     let args = [BIN, "relay", "ingress", "--config", &s.path("ingress.toml")];
     bed.spawn(&bed.ingress, &args, Stdio::null(), Stdio::inherit())
         .unwrap();
+    wait_listening(bed, &bed.ingress);
 }
 
 fn start_network(bed: &Testbed, s: &Setup) {
@@ -338,15 +361,15 @@ fn stock_wireguard_go_peer_handshakes_and_passes_traffic_once_admitted() {
 
     // A standard WireGuard peer: Debian's wireguard-go and wg, configured with the
     // egress's key and endpoint.
-    let mut wg_go = bed.command(&bed.client, "wireguard-go");
-    wg_go
-        .arg("orwg0")
-        .env("WG_PROCESS_FOREGROUND", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let mut wg_go = wg_go
-        .spawn()
-        .expect("wireguard-go is installed (apt-get install wireguard-go)");
+    // Started through the testbed, so it is killed even when an assertion fails (a
+    // leftover would hold /var/run/wireguard/orwg0.sock).
+    bed.spawn(
+        &bed.client,
+        &["wireguard-go", "--foreground", "orwg0"],
+        Stdio::null(),
+        Stdio::null(),
+    )
+    .expect("wireguard-go is installed (apt-get install wireguard-go)");
     wait_for("wireguard-go's interface", Duration::from_secs(10), || {
         bed.exec(&bed.client.ns, &["ip", "link", "show", "orwg0"])
             .is_ok()
@@ -455,8 +478,6 @@ fn stock_wireguard_go_peer_handshakes_and_passes_traffic_once_admitted() {
         "no traffic through the egress after admission"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(MARKER));
-    let _ = wg_go.kill();
-    let _ = wg_go.wait();
 }
 
 #[test]

@@ -14,6 +14,7 @@ async fn start() -> DemoNetwork {
     let mut net = DemoNetwork::start(DemoOptions {
         seed: None,
         extra_allowed: vec![],
+        unapproved: None,
     })
     .await
     .unwrap();
@@ -300,5 +301,78 @@ async fn names_are_resolved_at_the_egress() {
         "resolution failure took {:?}",
         started.elapsed()
     );
+    net.shutdown().await;
+}
+
+/// Starts the network with the relays of `hop` running an unapproved image, and waits for
+/// the client to give up.
+async fn refused(hop: client::connection::Hop) -> (DemoNetwork, String) {
+    let net = DemoNetwork::start(DemoOptions {
+        seed: None,
+        extra_allowed: vec![],
+        unapproved: Some(hop),
+    })
+    .await
+    .unwrap();
+    let mut status = net.client.status.clone();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = status.borrow_and_update().clone();
+        seen.push(now.to_string());
+        if matches!(now, client::run::Status::AttestationFailed { .. }) {
+            return (net, now.to_string());
+        }
+        let changed = tokio::time::timeout_at(deadline, status.changed()).await;
+        assert!(
+            matches!(changed, Ok(Ok(()))),
+            "the client did not stop at the failed attestation; it said: {seen:#?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unapproved_ingress_gets_no_user_traffic() {
+    let (net, status) = refused(client::connection::Hop::Ingress).await;
+    assert!(
+        status.contains("ingress failed attestation") && status.contains("not an approved image"),
+        "{status}"
+    );
+    // The client cannot be used, and the ingress admitted nothing and forwarded nothing.
+    let url = format!("http://{}/", net.web);
+    let out = curl(&["--max-time", "3", "--socks5-hostname", &proxy(&net), &url]).await;
+    assert!(!out.status.success());
+    let ingress = *net.ingress.counters.borrow();
+    assert_eq!(ingress.attestations, 1, "{ingress}");
+    assert_eq!(ingress.sessions_admitted, 0, "{ingress}");
+    assert_eq!(ingress.forwarded, 0, "{ingress}");
+    for e in net.egresses.iter().filter_map(|e| e.handle.as_ref()) {
+        assert_eq!(e.counters.borrow().rx_datagrams, 0);
+    }
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unapproved_egress_gets_no_user_traffic() {
+    let (net, status) = refused(client::connection::Hop::Egress).await;
+    assert!(
+        status.contains("egress failed attestation") && status.contains("not an approved image"),
+        "{status}"
+    );
+    let url = format!("http://{}/", net.web);
+    let out = curl(&["--max-time", "3", "--socks5-hostname", &proxy(&net), &url]).await;
+    assert!(!out.status.success());
+    // The egress gave its evidence and was told nothing more: no Hello, no payload.
+    let egress: Vec<_> = net
+        .egresses
+        .iter()
+        .filter_map(|e| e.handle.as_ref())
+        .map(|h| *h.counters.borrow())
+        .collect();
+    assert_eq!(egress.iter().map(|c| c.attestations).sum::<u64>(), 1);
+    for c in &egress {
+        assert_eq!(c.sessions_admitted, 0, "{c}");
+        assert_eq!(c.forwarded, 0, "{c}");
+    }
     net.shutdown().await;
 }

@@ -68,6 +68,9 @@ pub enum ConfigError {
     /// A directory key in `directory_keys` is not an ed25519 key.
     #[error("a key in `directory_keys` is unusable: {0}")]
     DirectoryKey(#[from] directory::KeyError),
+    /// The evidence source could not be set up.
+    #[error("cannot set up TEE evidence: {0}")]
+    Evidence(String),
     /// A value out of range.
     #[error("`{field}` {problem}")]
     Invalid {
@@ -130,6 +133,14 @@ pub struct RelayConfig {
     /// Egress: forward in the kernel with NAT through a TUN device of this name (needs
     /// root and nftables) instead of the userspace TCP/IP stack.
     pub tun: Option<String>,
+    /// The TEE this relay runs in, for its evidence: `tdx` or `sev-snp` (configfs-tsm),
+    /// `sgx` (Gramine), or `sim` (development; needs `sim_vendor_key_file`). Without it the
+    /// relay has no evidence and clients refuse it.
+    pub tee: Option<String>,
+    /// The sim vendor's ed25519 signing key (as `openrelay directory keygen` writes it).
+    pub sim_vendor_key_file: Option<PathBuf>,
+    /// DCAP collateral (JSON from Intel's PCCS) bundled with SGX/TDX quotes.
+    pub collateral_file: Option<PathBuf>,
 }
 
 impl RelayConfig {
@@ -184,6 +195,49 @@ impl RelayConfig {
             max_sessions: self.max_sessions,
             report_interval: Duration::from_secs(self.report_interval_secs),
             observer: None,
+            evidence: self.evidence()?,
+        })
+    }
+
+    fn evidence(
+        &self,
+    ) -> Result<Option<std::sync::Arc<dyn crate::evidence::EvidenceSource>>, ConfigError> {
+        use crate::evidence::{ConfigfsTsm, Gramine, Sim};
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            })
+        };
+        let collateral = self.collateral_file.as_ref().map(read).transpose()?;
+        Ok(match self.tee.as_deref() {
+            None => None,
+            Some("tdx") | Some("sev-snp") => Some(std::sync::Arc::new(ConfigfsTsm::new(
+                ConfigfsTsm::ROOT,
+                collateral,
+            ))),
+            Some("sgx") => Some(std::sync::Arc::new(Gramine::new(Gramine::DEV, collateral))),
+            Some("sim") => {
+                let path = self
+                    .sim_vendor_key_file
+                    .as_ref()
+                    .ok_or(ConfigError::Invalid {
+                        field: "sim_vendor_key_file",
+                        problem: "is needed with tee = \"sim\"",
+                    })?;
+                let text = String::from_utf8_lossy(&read(path)?).trim().to_string();
+                let key = directory::decode_signing_key(&text)?;
+                let exe = std::path::Path::new("/proc/self/exe");
+                let sim = Sim::new(attest::SimVendor::new(key), exe)
+                    .map_err(|e| ConfigError::Evidence(e.to_string()))?;
+                Some(std::sync::Arc::new(sim))
+            }
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    field: "tee",
+                    problem: "must be tdx, sev-snp, sgx or sim",
+                })
+            }
         })
     }
 

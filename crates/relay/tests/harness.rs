@@ -15,7 +15,61 @@ use tunnel::{Responder, Session, SessionConfig, StaticSecret};
 const CLIENT: &str = "203.0.113.10:40000";
 const INGRESS_FWD: &str = "192.0.2.1:45000";
 const EGRESS: &str = "198.51.100.7:51820";
+use relay::evidence::EvidenceSource;
+use std::sync::Arc;
+
 const OTHER: &str = "198.51.100.99:51820";
+
+/// The sim TEE every relay of the harness runs in, measuring this test executable.
+/// Measured once: hashing the test executable for every proptest case would take minutes.
+fn sim() -> (attest::SimVendor, [u8; 32]) {
+    static MEASUREMENT: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let vendor = attest::SimVendor::new(ed25519_dalek::SigningKey::from_bytes(&[8; 32]));
+    let m = *MEASUREMENT
+        .get_or_init(|| relay::evidence::measure(&std::env::current_exe().unwrap()).unwrap());
+    (vendor, m)
+}
+
+/// A relay's session table with sim evidence of the approved image.
+fn table(now: Instant, key: StaticSecret) -> SessionTable {
+    let (vendor, measurement) = sim();
+    let source = relay::evidence::Sim::with_measurement(vendor, measurement);
+    table_with(now, key, Some(Arc::new(source)))
+}
+
+fn table_with(
+    now: Instant,
+    key: StaticSecret,
+    source: Option<Arc<dyn EvidenceSource>>,
+) -> SessionTable {
+    let t = SessionTable::new(
+        now,
+        Responder::new(now, key, SessionConfig::default()),
+        admit(),
+        100,
+    );
+    match source {
+        Some(source) => t.with_evidence(source),
+        None => t,
+    }
+}
+
+/// What the client accepts: this executable's sim measurement from the harness vendor.
+fn verification() -> client::connection::Verification {
+    let (vendor, measurement) = sim();
+    client::connection::Verification {
+        policy: attest::Policy {
+            approved: vec![attest::Approved {
+                platform: attest::Platform::Sim,
+                measurement: measurement.to_vec(),
+                accepted_advisories: vec![],
+            }],
+            accept_out_of_date: false,
+        },
+        sim_vendors: vec![vendor.verifying_key()],
+        now_secs: 0,
+    }
+}
 
 fn admit() -> AdmitPolicy {
     AdmitPolicy {
@@ -41,31 +95,32 @@ struct Net {
 
 impl Net {
     fn new() -> Self {
+        let (vendor, measurement) = sim();
+        let approved: Arc<dyn EvidenceSource> =
+            Arc::new(relay::evidence::Sim::with_measurement(vendor, measurement));
+        Self::with_evidence(Some(approved.clone()), Some(approved))
+    }
+
+    /// The relays answer Attest from these sources.
+    fn with_evidence(
+        ingress: Option<Arc<dyn EvidenceSource>>,
+        egress: Option<Arc<dyn EvidenceSource>>,
+    ) -> Self {
         let now = Instant::now();
         let ingress_key = StaticSecret::generate();
         let egress_key = StaticSecret::generate();
-        let cfg = SessionConfig::default();
         let ingress = Ingress::new(
-            SessionTable::new(
-                now,
-                Responder::new(now, ingress_key.clone(), cfg),
-                admit(),
-                100,
-            ),
+            table_with(now, ingress_key.clone(), ingress),
             [EGRESS.parse().unwrap()],
         );
-        let egress = SessionTable::new(
-            now,
-            Responder::new(now, egress_key.clone(), cfg),
-            admit(),
-            100,
-        );
+        let egress = table_with(now, egress_key.clone(), egress);
         let conn = Connection::new(
             now,
             RouteKeys {
                 ingress_key: ingress_key.public_key(),
                 egress_key: egress_key.public_key(),
                 egress_endpoint: EGRESS.parse().unwrap(),
+                verification: verification(),
             },
         );
         Self {
@@ -306,13 +361,7 @@ fn egress_restart_is_noticed_and_reported() {
     net.start();
     assert!(net.ready);
     // The egress restarts: same key, no sessions (RAM only).
-    let cfg = SessionConfig::default();
-    net.egress = SessionTable::new(
-        net.now,
-        Responder::new(net.now, net.egress_key.clone(), cfg),
-        admit(),
-        100,
-    );
+    net.egress = table(net.now, net.egress_key.clone());
     for _ in 0..30 {
         net.send(&user_packet(b"are you there"));
         net.advance(Duration::from_secs(1));
@@ -338,12 +387,7 @@ fn egress_restart_is_noticed_and_reported() {
 fn setup_times_out_when_the_egress_is_silent() {
     let mut net = Net::new();
     // The ingress lists the egress, but its datagrams go nowhere.
-    net.egress = SessionTable::new(
-        net.now,
-        Responder::new(net.now, StaticSecret::generate(), SessionConfig::default()),
-        admit(),
-        100,
-    );
+    net.egress = table(net.now, StaticSecret::generate());
     net.start();
     assert!(!net.ready);
     net.advance(Duration::from_secs(11));
@@ -419,12 +463,7 @@ fn a_silent_egress_is_detected_and_blamed() {
     net.start();
     assert!(net.ready);
     // The egress vanishes: a table with another key answers nothing the client can use.
-    net.egress = SessionTable::new(
-        net.now,
-        Responder::new(net.now, StaticSecret::generate(), SessionConfig::default()),
-        admit(),
-        100,
-    );
+    net.egress = table(net.now, StaticSecret::generate());
     net.send(&user_packet(b"hello?"));
     net.advance(Duration::from_secs(10));
     assert!(
@@ -486,12 +525,7 @@ fn a_stalled_download_notices_an_egress_restart_without_user_sends() {
     assert_eq!(net.at_client.len(), 1);
 
     // The egress restarts; the client sends nothing of its own.
-    net.egress = SessionTable::new(
-        net.now,
-        Responder::new(net.now, net.egress_key.clone(), SessionConfig::default()),
-        admit(),
-        100,
-    );
+    net.egress = table(net.now, net.egress_key.clone());
     net.advance(Duration::from_secs(40));
     assert!(
         matches!(
@@ -609,4 +643,93 @@ fn a_relay_answers_attest_with_evidence_bound_to_both_keys_and_the_nonce() {
         table.counters.sessions_admitted, 0,
         "attesting does not admit"
     );
+}
+
+/// Evidence for fixed report data whatever the client asks: a relay replaying the
+/// evidence of an earlier session.
+struct Replaying {
+    inner: relay::evidence::Sim,
+    report_data: [u8; 64],
+}
+
+impl EvidenceSource for Replaying {
+    fn evidence(
+        &self,
+        _asked: &[u8; 64],
+    ) -> Result<attest::Evidence, relay::evidence::EvidenceError> {
+        self.inner.evidence(&self.report_data)
+    }
+}
+
+/// Sets up with the egress answering from `egress`, and checks that the client gave up at
+/// the egress, for `reason`, before any user byte reached it.
+fn egress_refused(egress: Option<Arc<dyn EvidenceSource>>, reason: &str) {
+    let (vendor, measurement) = sim();
+    let approved: Arc<dyn EvidenceSource> =
+        Arc::new(relay::evidence::Sim::with_measurement(vendor, measurement));
+    let mut net = Net::with_evidence(Some(approved), egress);
+    net.start();
+    assert!(!net.ready);
+    let err = net.lost.first().expect("the connection is given up");
+    assert_eq!(err.hop(), Some(client::connection::Hop::Egress), "{err}");
+    assert!(
+        matches!(err, ConnectionError::Attestation { .. }) && err.to_string().contains(reason),
+        "{err}"
+    );
+    // The egress admitted nothing, and what the client might still send goes nowhere.
+    net.send(&user_packet(b"secret"));
+    net.advance(Duration::from_secs(30));
+    assert!(net.at_egress.is_empty());
+    assert_eq!(net.egress.counters.sessions_admitted, 0);
+    assert_eq!(net.lost.len(), 1, "{:?}", net.lost);
+}
+
+#[test]
+fn an_egress_running_an_unapproved_image_is_refused() {
+    let (vendor, measurement) = sim();
+    let mut other = measurement;
+    other[0] ^= 1;
+    let source = relay::evidence::Sim::with_measurement(vendor, other);
+    egress_refused(Some(Arc::new(source)), "not an approved image");
+}
+
+#[test]
+fn an_egress_signed_by_an_untrusted_sim_vendor_is_refused() {
+    let (_, measurement) = sim();
+    let stranger = attest::SimVendor::new(ed25519_dalek::SigningKey::from_bytes(&[9; 32]));
+    let source = relay::evidence::Sim::with_measurement(stranger, measurement);
+    egress_refused(Some(Arc::new(source)), "not signed by a trusted sim vendor");
+}
+
+#[test]
+fn an_egress_replaying_earlier_evidence_is_refused() {
+    let (vendor, measurement) = sim();
+    // Genuine evidence, but for another session's key and nonce.
+    let stale = attest::binding(&[1; 32], &[2; 32], &[3; 32]);
+    let source = Replaying {
+        inner: relay::evidence::Sim::with_measurement(vendor, measurement),
+        report_data: stale,
+    };
+    egress_refused(Some(Arc::new(source)), "not bound to this relay's key");
+}
+
+#[test]
+fn an_egress_without_evidence_is_refused() {
+    egress_refused(None, "without TEE evidence");
+}
+
+#[test]
+fn an_ingress_without_evidence_is_refused_before_any_hello() {
+    let mut net = Net::with_evidence(None, None);
+    net.start();
+    assert!(!net.ready);
+    let err = net.lost.first().expect("the connection is given up");
+    assert_eq!(err.hop(), Some(client::connection::Hop::Ingress), "{err}");
+    assert!(
+        matches!(err, ConnectionError::Attestation { .. })
+            && err.to_string().contains("without TEE evidence"),
+        "{err}"
+    );
+    assert_eq!(net.ingress.counters().sessions_admitted, 0);
+    assert_eq!(net.ingress.counters().forwarded, 0);
 }

@@ -5,12 +5,16 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
+use client::connection::Hop;
 use control::AdmitPolicy;
 use directory::{Directory, PublicKey32, Relay, Role};
+use relay::evidence::{EvidenceSource, Sim};
 use relay::policy::DestinationPolicy;
 use relay::run::{
     run_egress, run_ingress, Common, EgressSettings, IngressSettings, Observation, RelayHandle,
 };
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tunnel::StaticSecret;
 
@@ -50,6 +54,10 @@ pub struct DemoNetwork {
     /// What the relays saw.
     pub observations: mpsc::UnboundedReceiver<Observation>,
     observer: mpsc::UnboundedSender<Observation>,
+    ingress_evidence: Arc<dyn EvidenceSource>,
+    egress_evidence: Arc<dyn EvidenceSource>,
+    /// When the client was started (for the connect time).
+    pub client_started: std::time::Instant,
     web_task: tokio::task::JoinHandle<()>,
 }
 
@@ -61,6 +69,9 @@ pub struct DemoOptions {
     /// Extra networks the egresses may reach besides the web server (tests add their own
     /// servers on loopback).
     pub extra_allowed: Vec<ipnet::IpNet>,
+    /// Relays of this hop run an image the directory does not approve (to see the client
+    /// refuse them).
+    pub unapproved: Option<client::connection::Hop>,
 }
 
 fn admit() -> AdmitPolicy {
@@ -74,6 +85,7 @@ fn common(
     key: StaticSecret,
     listen: SocketAddr,
     observer: &mpsc::UnboundedSender<Observation>,
+    evidence: &Arc<dyn EvidenceSource>,
 ) -> Common {
     Common {
         key,
@@ -82,6 +94,7 @@ fn common(
         max_sessions: 1024,
         report_interval: Duration::from_secs(3600),
         observer: Some(observer.clone()),
+        evidence: Some(evidence.clone()),
     }
 }
 
@@ -115,6 +128,28 @@ impl DemoNetwork {
         let web_task = tokio::spawn(http::serve(listener));
         let (observer, observations) = mpsc::unbounded_channel();
 
+        // Every relay runs in the sim TEE of one demo vendor; its measurement is the SHA-256
+        // of this executable, which the directory approves.
+        let vendor = directory::generate_signing_key();
+        let exe =
+            std::env::current_exe().context("cannot find the running executable to measure")?;
+        let sim = Sim::new(attest::SimVendor::new(vendor.clone()), &exe)
+            .context("cannot measure the running executable")?;
+        let measurement = sim.measurement();
+        let approved: Arc<dyn EvidenceSource> = Arc::new(sim);
+        // A modified build: same vendor, another measurement.
+        let modified: Arc<dyn EvidenceSource> = Arc::new(Sim::with_measurement(
+            attest::SimVendor::new(vendor.clone()),
+            Sha256::digest([&measurement[..], b"modified"].concat()).into(),
+        ));
+        let pick = |hop| {
+            if opts.unapproved == Some(hop) {
+                modified.clone()
+            } else {
+                approved.clone()
+            }
+        };
+        let (ingress_evidence, egress_evidence) = (pick(Hop::Ingress), pick(Hop::Egress));
         let mut allowed = vec![ipnet::IpNet::from(web.ip())];
         allowed.extend(opts.extra_allowed.iter().copied());
         let mut egresses = Vec::new();
@@ -122,7 +157,7 @@ impl DemoNetwork {
             let key = StaticSecret::generate();
             let handle = outside_ephemeral(|listen| {
                 run_egress(EgressSettings {
-                    common: common(key.clone(), listen, &observer),
+                    common: common(key.clone(), listen, &observer, &egress_evidence),
                     policy: DestinationPolicy::new(allowed.clone(), vec![]),
                 })
             })
@@ -140,7 +175,7 @@ impl DemoNetwork {
         let egress_endpoints: Vec<SocketAddr> = egresses.iter().map(|e| e.endpoint).collect();
         let ingress = outside_ephemeral(|listen| {
             run_ingress(IngressSettings {
-                common: common(ingress_key.clone(), listen, &observer),
+                common: common(ingress_key.clone(), listen, &observer, &ingress_evidence),
                 egresses: egress_endpoints.clone(),
             })
         })
@@ -166,18 +201,24 @@ impl DemoNetwork {
                 bandwidth_mbps: bw,
             });
         }
+        dir.images.push(directory::Image {
+            platform: "sim".into(),
+            measurement: hex::encode(measurement),
+            accepted_advisories: vec![],
+        });
+        dir.sim_vendors
+            .push(directory::encode_verifying_key(&vendor.verifying_key()));
         let signer = directory::generate_signing_key();
         let signed_directory = directory::sign(&dir.to_body_toml()?, &signer)?;
         let directory = directory::verify(&signed_directory, &[signer.verifying_key()])?;
 
-        let client = client::run::run_client(client::run::ClientSettings {
-            directory: directory.clone(),
-            socks: SocketAddr::new(LOOPBACK, 0),
-            seed: opts.seed,
-            fwmark: None,
-        })
-        .await
-        .context("cannot start the client")?;
+        let mut settings =
+            client::run::ClientSettings::new(directory.clone(), SocketAddr::new(LOOPBACK, 0));
+        settings.seed = opts.seed;
+        let client_started = std::time::Instant::now();
+        let client = client::run::run_client(settings)
+            .await
+            .context("cannot start the client")?;
         Ok(Self {
             web,
             ingress,
@@ -189,6 +230,9 @@ impl DemoNetwork {
             client,
             observations,
             observer,
+            ingress_evidence,
+            egress_evidence,
+            client_started,
             web_task,
         })
     }
@@ -236,7 +280,7 @@ impl DemoNetwork {
         let observer = self.observer.clone();
         let e = self.egresses.get_mut(i).context("no such egress")?;
         let handle = run_egress(EgressSettings {
-            common: common(e.key.clone(), e.endpoint, &observer),
+            common: common(e.key.clone(), e.endpoint, &observer, &self.egress_evidence),
             policy: DestinationPolicy::new(allowed, vec![]),
         })
         .await
@@ -254,7 +298,12 @@ impl DemoNetwork {
         let _ = old.send(());
         (&mut self.ingress.task).await.ok();
         self.ingress = run_ingress(IngressSettings {
-            common: common(self.ingress_key.clone(), endpoint, &self.observer),
+            common: common(
+                self.ingress_key.clone(),
+                endpoint,
+                &self.observer,
+                &self.ingress_evidence,
+            ),
             egresses: self.egresses.iter().map(|e| e.endpoint).collect(),
         })
         .await

@@ -61,6 +61,8 @@ pub struct Common {
     pub report_interval: Duration,
     /// Demo-only observer.
     pub observer: Option<Observer>,
+    /// Where the relay's TEE evidence comes from; without one, clients refuse the relay.
+    pub evidence: Option<std::sync::Arc<dyn crate::evidence::EvidenceSource>>,
 }
 
 /// Ingress settings.
@@ -103,7 +105,10 @@ impl Common {
             mtu: self.admit.mtu,
         };
         let responder = tunnel::Responder::new(now, self.key.clone(), cfg);
-        let table = SessionTable::new(now, responder, self.admit, self.max_sessions);
+        let mut table = SessionTable::new(now, responder, self.admit, self.max_sessions);
+        if let Some(source) = &self.evidence {
+            table = table.with_evidence(source.clone());
+        }
         Ok((std::sync::Arc::new(socket), table))
     }
 }
