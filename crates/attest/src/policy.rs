@@ -12,6 +12,8 @@ pub struct Approved {
     pub measurement: Vec<u8>,
     /// Advisory IDs (e.g. "INTEL-SA-00615") accepted for this measurement.
     pub accepted_advisories: Vec<String>,
+    /// Accept this image on `OutOfDate` platforms (the directory's choice; clients warn).
+    pub accept_out_of_date: bool,
 }
 
 /// A client's policy.
@@ -19,7 +21,8 @@ pub struct Approved {
 pub struct Policy {
     /// Approved images.
     pub approved: Vec<Approved>,
-    /// Accept `OutOfDate` platforms (off by default; clients warn when it is on).
+    /// Accept `OutOfDate` platforms for every image (the user's override; off by default,
+    /// clients warn when it is on).
     pub accept_out_of_date: bool,
 }
 
@@ -44,7 +47,7 @@ impl Policy {
             // are not yet part of the policy.
             TcbStatus::Unrated if claims.platform == Platform::SevSnp => {}
             TcbStatus::OutOfDate | TcbStatus::OutOfDateConfigurationNeeded
-                if self.accept_out_of_date => {}
+                if self.accept_out_of_date || approved.accept_out_of_date => {}
             TcbStatus::SwHardeningNeeded | TcbStatus::ConfigurationAndSwHardeningNeeded => {
                 let missing: Vec<String> = claims
                     .advisories

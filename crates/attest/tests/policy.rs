@@ -35,6 +35,7 @@ fn sim_policy() -> Policy {
             platform: Platform::Sim,
             measurement: IMAGE.to_vec(),
             accepted_advisories: vec![],
+            accept_out_of_date: false,
         }],
         accept_out_of_date: false,
     }
@@ -128,6 +129,7 @@ fn sgx_sample_passes_only_when_its_advisories_are_accepted() {
             platform: Platform::Sgx,
             measurement: claims.measurement.clone(),
             accepted_advisories: advisories.iter().map(|a| a.to_string()).collect(),
+            accept_out_of_date: false,
         }],
         accept_out_of_date: false,
     };
@@ -167,6 +169,7 @@ fn tdx_sample_passes_an_up_to_date_policy() {
             platform: Platform::Tdx,
             measurement: claims.measurement.clone(),
             accepted_advisories: vec![],
+            accept_out_of_date: false,
         }],
         accept_out_of_date: false,
     };
@@ -197,4 +200,32 @@ proptest! {
         q[at] = byte;
         let _ = verify_dcap(&q, &vector("dcap/sgx_quote_collateral.json"), JUNE_2025);
     }
+}
+
+#[test]
+fn out_of_date_passes_only_when_the_image_or_the_user_accepts_it() {
+    let claims = attest::Claims {
+        platform: Platform::Sim,
+        measurement: IMAGE.to_vec(),
+        report_data: binding(&RELAY, &CLIENT, &NONCE),
+        tcb_status: attest::TcbStatus::OutOfDate,
+        advisories: vec!["INTEL-SA-00837".into()],
+    };
+    let expected = binding(&RELAY, &CLIENT, &NONCE);
+    let mut policy = sim_policy();
+    assert!(matches!(
+        policy.check(&claims, &expected),
+        Err(PolicyError::TcbStatus(s)) if s == "OutOfDate"
+    ));
+    policy.approved[0].accept_out_of_date = true;
+    policy.check(&claims, &expected).unwrap();
+    let mut policy = sim_policy();
+    policy.accept_out_of_date = true;
+    policy.check(&claims, &expected).unwrap();
+    // Accepting out-of-date never accepts a revoked platform.
+    let revoked = attest::Claims {
+        tcb_status: attest::TcbStatus::Revoked,
+        ..claims
+    };
+    assert!(policy.check(&revoked, &expected).is_err());
 }

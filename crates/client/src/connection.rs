@@ -133,6 +133,11 @@ pub enum ConnEvent {
         mtu: u16,
         /// What the ingress's and the egress's evidence showed, in that order.
         attested: Vec<attest::Claims>,
+        /// From `start` to ready.
+        setup: Duration,
+        /// Of which attesting both relays: the Attest → Evidence round trips after the
+        /// handshakes, the relays' evidence and its verification.
+        attesting: Duration,
     },
     /// The connection is over; set up a new one (fresh keys) if wanted.
     Lost(ConnectionError),
@@ -198,6 +203,15 @@ pub struct Connection {
     verification: Verification,
     attested: Vec<attest::Claims>,
     ready_at: Option<Instant>,
+    /// When `start` ran, for the setup time.
+    started_at: Option<Instant>,
+    /// When each hop first answered (its handshake response), ingress first.
+    hop_up: [Option<Instant>; 2],
+    /// When the current hop's `Attest` went out.
+    attest_sent: Option<Instant>,
+    /// What attesting added to the setup, both hops: from each hop's handshake response
+    /// (when the queued `Attest` goes out) to its verified evidence.
+    attesting: Duration,
     /// `Lost` was reported; nothing more happens. (Not the phase: `on_control` parks the
     /// phase at `Done` while it decides.)
     ended: bool,
@@ -229,6 +243,10 @@ impl Connection {
             inner_addr: None,
             outer_admission: None,
             ready_at: None,
+            started_at: None,
+            attest_sent: None,
+            hop_up: [None; 2],
+            attesting: Duration::ZERO,
             ended: false,
             unanswered_since: None,
             last_probe: None,
@@ -244,6 +262,8 @@ impl Connection {
         let ip = control_packet(Ipv4Addr::UNSPECIFIED, &Message::Attest { nonce: a.nonce });
         let mut ev = Vec::new();
         self.nested.send_outer(now, &ip, &mut ev);
+        self.started_at = Some(now);
+        self.attest_sent = Some(now);
         self.step_deadline = now + SETUP_TIMEOUT;
         self.map(now, ev, out);
     }
@@ -264,6 +284,15 @@ impl Connection {
         // Undecryptable datagrams (stale, forged) are ignored: WireGuard's own timers
         // notice a dead session.
         let _ = self.nested.receive(now, datagram, &mut ev);
+        for (up, rx) in self
+            .hop_up
+            .iter_mut()
+            .zip([self.nested.last_outer_rx(), self.nested.last_inner_rx()])
+        {
+            if up.is_none() && rx.is_some() {
+                *up = Some(now);
+            }
+        }
         self.map(now, ev, out);
     }
 
@@ -429,6 +458,7 @@ impl Connection {
                     let mut ev = Vec::new();
                     self.nested.send_inner(now, &ip, &mut ev);
                     self.step_deadline = now + SETUP_TIMEOUT;
+                    self.attest_sent = Some(now);
                     self.phase = Phase::InnerAttest(a);
                     self.map(now, ev, out);
                     return;
@@ -446,6 +476,8 @@ impl Connection {
                         inner,
                         mtu,
                         attested: self.attested.clone(),
+                        setup: now - self.started_at.unwrap_or(now),
+                        attesting: self.attesting,
                     });
                     Phase::Ready
                 }
@@ -541,6 +573,22 @@ impl Connection {
             Ok(c) => c,
             Err(reason) => return self.fail(ConnectionError::Attestation { hop, reason }, out),
         };
+        if matches!(
+            claims.tcb_status,
+            attest::TcbStatus::OutOfDate | attest::TcbStatus::OutOfDateConfigurationNeeded
+        ) {
+            tracing::warn!(
+                "the {hop}'s TEE platform is out of date ({:?}): it has known vulnerabilities that are fixed in newer firmware; accepted because the directory or --accept-out-of-date allows it",
+                claims.tcb_status
+            );
+        }
+        // `Attest` waits in the tunnel for the handshake and goes out when it completes:
+        // what attestation adds is the time since the hop first answered.
+        let up = match hop {
+            Hop::Ingress => self.hop_up[0],
+            Hop::Egress => self.hop_up[1],
+        };
+        self.attesting += now - up.or(self.attest_sent).unwrap_or(now);
         self.attested.push(claims);
         let (expect, hello) = ClientSetup::new(CLIENT_VERSION).start();
         let ip = control_packet(Ipv4Addr::UNSPECIFIED, &hello);

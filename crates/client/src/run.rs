@@ -44,6 +44,9 @@ pub struct ClientSettings {
     pub fwmark: Option<u32>,
     /// After a relay fails attestation, try other relays (otherwise stop and say why).
     pub retry_after_attestation_failure: bool,
+    /// Accept relays on `OutOfDate` TEE platforms (known, fixed vulnerabilities not yet
+    /// patched there); a warning is logged for each.
+    pub accept_out_of_date: bool,
 }
 
 impl ClientSettings {
@@ -55,12 +58,17 @@ impl ClientSettings {
             seed: None,
             fwmark: None,
             retry_after_attestation_failure: false,
+            accept_out_of_date: false,
         }
     }
 }
 
-/// The client's verification rules from the directory: approved images and sim vendors.
-pub fn verification(directory: &Directory) -> crate::connection::Verification {
+/// The client's verification rules: the directory's approved images and sim vendors, and
+/// the user's choice on out-of-date platforms.
+pub fn verification(
+    directory: &Directory,
+    accept_out_of_date: bool,
+) -> crate::connection::Verification {
     let approved = directory
         .images
         .iter()
@@ -76,6 +84,7 @@ pub fn verification(directory: &Directory) -> crate::connection::Verification {
                 platform,
                 measurement: i.measurement_bytes()?,
                 accepted_advisories: i.accepted_advisories.clone(),
+                accept_out_of_date: i.accept_out_of_date,
             })
         })
         .collect();
@@ -87,7 +96,7 @@ pub fn verification(directory: &Directory) -> crate::connection::Verification {
     crate::connection::Verification {
         policy: attest::Policy {
             approved,
-            accept_out_of_date: false,
+            accept_out_of_date,
         },
         sim_vendors,
         now_secs: std::time::SystemTime::now()
@@ -117,6 +126,10 @@ pub enum Status {
         reconnects: u32,
         /// What each hop's evidence showed (ingress first).
         attestation: Vec<HopAttestation>,
+        /// How long setting up this connection took, both attestations included.
+        setup: Duration,
+        /// Of which attesting the two relays.
+        attesting: Duration,
     },
     /// The connection was lost or refused; the client will try again.
     Retrying {
@@ -146,6 +159,8 @@ impl std::fmt::Display for Status {
                 egress,
                 reconnects,
                 attestation,
+                setup,
+                attesting,
             } => {
                 if *reconnects == 0 {
                     write!(f, "connected through {ingress} → {egress}")?;
@@ -155,6 +170,12 @@ impl std::fmt::Display for Status {
                         "reconnected through {ingress} → {egress} (reconnect {reconnects})"
                     )?;
                 }
+                write!(
+                    f,
+                    " in {} ms ({} ms of it attesting both relays)",
+                    setup.as_millis(),
+                    attesting.as_millis()
+                )?;
                 for a in attestation {
                     write!(
                         f,
@@ -402,7 +423,7 @@ async fn connect_once(
             ingress_key: PublicKey::from_bytes(ingress.wg_public_key.0),
             egress_key: PublicKey::from_bytes(egress.wg_public_key.0),
             egress_endpoint: egress.endpoint,
-            verification: verification(&settings.directory),
+            verification: verification(&settings.directory, settings.accept_out_of_date),
         },
     );
     let mut events = Vec::new();
@@ -421,6 +442,8 @@ async fn connect_once(
                     inner,
                     mtu,
                     attested,
+                    setup,
+                    attesting,
                     ..
                 } => {
                     local.ready(&inner, mtu)?;
@@ -443,6 +466,8 @@ async fn connect_once(
                         egress: egress.name.clone(),
                         reconnects,
                         attestation,
+                        setup,
+                        attesting,
                     });
                 }
                 ConnEvent::Lost(e) => return Ok((ready, e)),

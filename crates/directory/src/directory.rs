@@ -49,6 +49,9 @@ pub struct Image {
     /// Intel advisories accepted for this image (platforms needing only this hardening pass).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub accepted_advisories: Vec<String>,
+    /// Accept this image on platforms whose TCB is `OutOfDate` (clients warn each time).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_out_of_date: bool,
 }
 
 impl Image {
@@ -194,11 +197,13 @@ pub(crate) mod tests {
             platform: "sim".into(),
             measurement: "ab".repeat(32),
             accepted_advisories: vec![],
+            accept_out_of_date: false,
         });
         d.images.push(Image {
             platform: "sgx".into(),
             measurement: "01".repeat(32),
             accepted_advisories: vec!["INTEL-SA-00615".into()],
+            accept_out_of_date: true,
         });
         d.sim_vendors.push(crate::encode_verifying_key(
             &crate::generate_signing_key().verifying_key(),
@@ -218,6 +223,7 @@ pub(crate) mod tests {
                 platform: platform.into(),
                 measurement,
                 accepted_advisories: vec![],
+                accept_out_of_date: false,
             });
             assert!(
                 matches!(bad.validate(), Err(ValidationError::BadImage { .. })),

@@ -100,6 +100,7 @@ pub(crate) fn run(cmd: AttestCommand) -> anyhow::Result<()> {
             platform: claims.platform,
             measurement: claims.measurement.clone(),
             accepted_advisories: accept_advisory,
+            accept_out_of_date: false,
         }],
         accept_out_of_date,
     };

@@ -37,6 +37,10 @@ pub(crate) struct ClientArgs {
     /// When a relay fails attestation, try other relays instead of stopping.
     #[arg(long)]
     try_other_relays: bool,
+    /// Accept relays whose TEE platform is out of date (its TCB lacks published security
+    /// fixes). Weakens the attestation guarantee; a warning is printed for each such relay.
+    #[arg(long)]
+    accept_out_of_date: bool,
     /// Remove what a crashed whole-host client left behind (kill switch, routes, DNS),
     /// then exit. Needs root.
     #[arg(long)]
@@ -75,6 +79,10 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
         .with_context(|| format!("the directory {} is refused", directory_path.display()))?;
     let mut settings = client::run::ClientSettings::new(dir, args.socks);
     settings.retry_after_attestation_failure = args.try_other_relays;
+    settings.accept_out_of_date = args.accept_out_of_date;
+    if args.accept_out_of_date {
+        say("warning: --accept-out-of-date: relays on TEE platforms with known, unpatched vulnerabilities will be accepted");
+    }
     if args.tun {
         return whole_host(settings, !args.no_dns, args.state_dir).await;
     }

@@ -28,6 +28,14 @@ pub enum EvidenceError {
         /// Why.
         source: std::io::Error,
     },
+    /// Another process wrote to the configfs-tsm entry while the report was made.
+    #[error("the configfs-tsm entry was written by someone else during the report (generation {before} → {after}); try again")]
+    Raced {
+        /// `generation` after our write.
+        before: String,
+        /// `generation` after reading the report.
+        after: String,
+    },
     /// configfs-tsm names a provider OpenRelay does not know.
     #[error("configfs-tsm provider {0:?} is not supported (expected tdx_guest or sev_guest)")]
     Provider(String),
@@ -69,36 +77,14 @@ impl ConfigfsTsm {
 
 impl EvidenceSource for ConfigfsTsm {
     fn evidence(&self, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError> {
+        // A private entry per report: the kernel fills it with its attribute files.
         let entry = self.root.join(format!(
             "openrelay-{}-{}",
             std::process::id(),
             NEXT_ENTRY.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir(&entry).map_err(io(&entry))?;
-        let result = (|| {
-            let inblob = entry.join("inblob");
-            std::fs::write(&inblob, report_data).map_err(io(&inblob))?;
-            let provider_path = entry.join("provider");
-            let provider = std::fs::read_to_string(&provider_path).map_err(io(&provider_path))?;
-            let outblob = entry.join("outblob");
-            let quote = std::fs::read(&outblob).map_err(io(&outblob))?;
-            match provider.trim() {
-                "tdx_guest" => Ok(Evidence {
-                    platform: Platform::Tdx,
-                    quote,
-                    collateral: self.collateral.clone(),
-                }),
-                "sev_guest" => {
-                    let aux = entry.join("auxblob");
-                    Ok(Evidence {
-                        platform: Platform::SevSnp,
-                        quote,
-                        collateral: std::fs::read(&aux).ok(),
-                    })
-                }
-                other => Err(EvidenceError::Provider(other.to_string())),
-            }
-        })();
+        let result = report_in(&entry, report_data, self.collateral.as_deref());
         // Remove the entry even after an error. configfs removes its attribute files with
         // the directory; anywhere else they must go first.
         if std::fs::remove_dir(&entry).is_err() {
@@ -106,6 +92,53 @@ impl EvidenceSource for ConfigfsTsm {
         }
         result
     }
+}
+
+/// One report from a configfs-tsm entry: write `inblob`, read `outblob` (and `auxblob` for
+/// SNP). `generation` counts writes to the entry; if it moved while the quote was made,
+/// another process wrote its own report data and the quote may not bind ours.
+fn report_in(
+    entry: &Path,
+    report_data: &[u8; 64],
+    collateral: Option<&[u8]>,
+) -> Result<Evidence, EvidenceError> {
+    let read_string = |name: &str| {
+        let p = entry.join(name);
+        std::fs::read_to_string(&p)
+            .map(|s| s.trim().to_string())
+            .map_err(io(&p))
+    };
+    let inblob = entry.join("inblob");
+    std::fs::write(&inblob, report_data).map_err(io(&inblob))?;
+    let provider = read_string("provider")?;
+    let platform = match provider.as_str() {
+        "tdx_guest" => Platform::Tdx,
+        "sev_guest" => Platform::SevSnp,
+        other => return Err(EvidenceError::Provider(other.to_string())),
+    };
+    let generation = read_string("generation")?;
+    let outblob = entry.join("outblob");
+    let quote = std::fs::read(&outblob).map_err(io(&outblob))?;
+    let after = read_string("generation")?;
+    if after != generation {
+        return Err(EvidenceError::Raced {
+            before: generation,
+            after,
+        });
+    }
+    let collateral = match platform {
+        Platform::SevSnp => {
+            // The VCEK certificate chain, when the host provides it (extended report).
+            let aux = entry.join("auxblob");
+            std::fs::read(&aux).ok().filter(|a| !a.is_empty())
+        }
+        _ => collateral.map(<[u8]>::to_vec),
+    };
+    Ok(Evidence {
+        platform,
+        quote,
+        collateral,
+    })
 }
 
 /// Gramine's attestation interface (SGX).
@@ -212,6 +245,77 @@ mod tests {
             std::fs::read_dir(&root).unwrap().count(),
             0,
             "the entry was not removed"
+        );
+    }
+
+    /// A configfs-tsm entry as the kernel presents it after `mkdir`.
+    fn fake_entry(name: &str, provider: &str) -> PathBuf {
+        let entry = tmp(name);
+        std::fs::write(entry.join("provider"), format!("{provider}\n")).unwrap();
+        std::fs::write(entry.join("generation"), "1\n").unwrap();
+        std::fs::write(entry.join("outblob"), b"QUOTE").unwrap();
+        entry
+    }
+
+    #[test]
+    fn configfs_tsm_tdx_writes_inblob_reads_the_quote_and_bundles_collateral() {
+        let entry = fake_entry("tsm-tdx", "tdx_guest");
+        let e = report_in(&entry, &[3; 64], Some(b"{\"tcb\":1}")).unwrap();
+        assert_eq!(std::fs::read(entry.join("inblob")).unwrap(), vec![3; 64]);
+        assert_eq!(e.platform, Platform::Tdx);
+        assert_eq!(e.quote, b"QUOTE");
+        assert_eq!(e.collateral.as_deref(), Some(&b"{\"tcb\":1}"[..]));
+    }
+
+    #[test]
+    fn configfs_tsm_snp_takes_the_certificates_from_auxblob() {
+        let entry = fake_entry("tsm-snp", "sev_guest");
+        std::fs::write(entry.join("auxblob"), b"CERTS").unwrap();
+        let e = report_in(&entry, &[4; 64], Some(b"ignored")).unwrap();
+        assert_eq!(e.platform, Platform::SevSnp);
+        assert_eq!(e.collateral.as_deref(), Some(&b"CERTS"[..]));
+        // Without an extended report there is no auxblob: the client must then have the
+        // VCEK some other way, and says so when verifying.
+        std::fs::remove_file(entry.join("auxblob")).unwrap();
+        let e = report_in(&entry, &[4; 64], None).unwrap();
+        assert_eq!(e.collateral, None);
+    }
+
+    #[test]
+    fn configfs_tsm_refuses_an_unknown_provider() {
+        let entry = fake_entry("tsm-unknown", "arm_cca_guest");
+        let err = report_in(&entry, &[0; 64], None).unwrap_err();
+        assert!(
+            matches!(&err, EvidenceError::Provider(p) if p == "arm_cca_guest"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn configfs_tsm_detects_another_writer_during_the_report() {
+        let entry = fake_entry("tsm-race", "tdx_guest");
+        let outblob = entry.join("outblob");
+        std::fs::remove_file(&outblob).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&outblob).status();
+        assert!(made.unwrap().success(), "mkfifo (coreutils) works");
+        // The "kernel": once the relay waits for the quote, another writer bumps the
+        // generation, then the quote is delivered.
+        let writer = {
+            let entry = entry.clone();
+            std::thread::spawn(move || {
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(entry.join("outblob"))
+                    .unwrap();
+                std::fs::write(entry.join("generation"), "2\n").unwrap();
+                std::io::Write::write_all(&mut out, b"QUOTE").unwrap();
+            })
+        };
+        let err = report_in(&entry, &[5; 64], None).unwrap_err();
+        writer.join().unwrap();
+        assert!(
+            matches!(&err, EvidenceError::Raced { before, after } if before == "1" && after == "2"),
+            "{err}"
         );
     }
 

@@ -63,6 +63,7 @@ fn verification() -> client::connection::Verification {
                 platform: attest::Platform::Sim,
                 measurement: measurement.to_vec(),
                 accepted_advisories: vec![],
+                accept_out_of_date: false,
             }],
             accept_out_of_date: false,
         },
@@ -622,6 +623,7 @@ fn a_relay_answers_attest_with_evidence_bound_to_both_keys_and_the_nonce() {
             platform: attest::Platform::Sim,
             measurement: measurement.to_vec(),
             accepted_advisories: vec![],
+            accept_out_of_date: false,
         }],
         accept_out_of_date: false,
     };

@@ -46,10 +46,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         net.client.socks
     );
     let status = net.wait_connected(Duration::from_secs(20)).await?;
-    let connect_ms = net.client_started.elapsed().as_millis();
     println!("demo: {}", describe(&status));
     println!("demo: every relay runs in the sim TEE (development only): the client accepts it because the signed directory lists the sim vendor key and approves this executable's SHA-256");
-    println!("demo: connect through both hops, both attestations included: {connect_ms} ms");
 
     let (line, body) = fetch::get_via_socks(net.client.socks, net.web, "/")
         .await

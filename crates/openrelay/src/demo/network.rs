@@ -56,8 +56,6 @@ pub struct DemoNetwork {
     observer: mpsc::UnboundedSender<Observation>,
     ingress_evidence: Arc<dyn EvidenceSource>,
     egress_evidence: Arc<dyn EvidenceSource>,
-    /// When the client was started (for the connect time).
-    pub client_started: std::time::Instant,
     web_task: tokio::task::JoinHandle<()>,
 }
 
@@ -205,6 +203,7 @@ impl DemoNetwork {
             platform: "sim".into(),
             measurement: hex::encode(measurement),
             accepted_advisories: vec![],
+            accept_out_of_date: false,
         });
         dir.sim_vendors
             .push(directory::encode_verifying_key(&vendor.verifying_key()));
@@ -215,7 +214,6 @@ impl DemoNetwork {
         let mut settings =
             client::run::ClientSettings::new(directory.clone(), SocketAddr::new(LOOPBACK, 0));
         settings.seed = opts.seed;
-        let client_started = std::time::Instant::now();
         let client = client::run::run_client(settings)
             .await
             .context("cannot start the client")?;
@@ -232,7 +230,6 @@ impl DemoNetwork {
             observer,
             ingress_evidence,
             egress_evidence,
-            client_started,
             web_task,
         })
     }
