@@ -14,7 +14,8 @@ async fn start() -> DemoNetwork {
     let mut net = DemoNetwork::start(DemoOptions {
         seed: None,
         extra_allowed: vec![],
-        unapproved: None,
+        unapproved: vec![],
+        try_other_relays: false,
     })
     .await
     .unwrap();
@@ -304,13 +305,14 @@ async fn names_are_resolved_at_the_egress() {
     net.shutdown().await;
 }
 
-/// Starts the network with the relays of `hop` running an unapproved image, and waits for
-/// the client to give up.
-async fn refused(hop: client::connection::Hop) -> (DemoNetwork, String) {
+/// Starts the network with the relays `unapproved` running an unapproved image, and waits
+/// for the client to give up.
+async fn refused(unapproved: &[&str]) -> (DemoNetwork, String) {
     let net = DemoNetwork::start(DemoOptions {
         seed: None,
         extra_allowed: vec![],
-        unapproved: Some(hop),
+        unapproved: unapproved.iter().map(|s| s.to_string()).collect(),
+        try_other_relays: false,
     })
     .await
     .unwrap();
@@ -333,7 +335,7 @@ async fn refused(hop: client::connection::Hop) -> (DemoNetwork, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unapproved_ingress_gets_no_user_traffic() {
-    let (net, status) = refused(client::connection::Hop::Ingress).await;
+    let (net, status) = refused(&["ingress-north"]).await;
     assert!(
         status.contains("ingress failed attestation") && status.contains("not an approved image"),
         "{status}"
@@ -354,7 +356,7 @@ async fn an_unapproved_ingress_gets_no_user_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unapproved_egress_gets_no_user_traffic() {
-    let (net, status) = refused(client::connection::Hop::Egress).await;
+    let (net, status) = refused(&["egress-east", "egress-west"]).await;
     assert!(
         status.contains("egress failed attestation") && status.contains("not an approved image"),
         "{status}"
@@ -375,4 +377,35 @@ async fn an_unapproved_egress_gets_no_user_traffic() {
         assert_eq!(c.forwarded, 0, "{c}");
     }
     net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_try_other_relays_the_client_moves_past_an_unapproved_egress() {
+    // Seeds until the first route picks egress-east, which runs an unapproved image.
+    for seed in 0..64 {
+        let mut net = DemoNetwork::start(DemoOptions {
+            seed: Some(seed),
+            extra_allowed: vec![],
+            unapproved: vec!["egress-east".into()],
+            try_other_relays: true,
+        })
+        .await
+        .unwrap();
+        let status = net.wait_connected(Duration::from_secs(20)).await.unwrap();
+        let east = *net.egresses[0].handle.as_ref().unwrap().counters.borrow();
+        if east.attestations == 0 {
+            // The first route went to egress-west: not the case under test.
+            net.shutdown().await;
+            continue;
+        }
+        assert!(status.to_string().contains("→ egress-west"), "{status}");
+        assert_eq!(east.sessions_admitted, 0, "{east}");
+        assert_eq!(east.forwarded, 0, "{east}");
+        let url = format!("http://{}/", net.web);
+        let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
+        assert!(out.status.success());
+        net.shutdown().await;
+        return;
+    }
+    panic!("no seed in 0..64 routed through egress-east first");
 }

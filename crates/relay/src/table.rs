@@ -56,7 +56,13 @@ struct Entry {
     peer_addr: SocketAddr,
     admitted: Option<Admitted>,
     last_refusal: Option<Instant>,
+    /// Attest requests answered on this session (each may cost a TEE quote).
+    attests: u8,
 }
+
+/// Attest requests a session may make: a client needs one, a retry or two covers loss.
+/// Quotes from a real TEE are slow, so more would let one peer keep the relay busy.
+pub const MAX_ATTESTS_PER_SESSION: u8 = 4;
 
 #[derive(Clone, Copy)]
 struct Admitted {
@@ -174,6 +180,7 @@ impl SessionTable {
                         peer_addr: from,
                         admitted: None,
                         last_refusal: None,
+                        attests: 0,
                     };
                     self.entries.insert(id, entry);
                     self.by_peer.insert(peer, id);
@@ -396,9 +403,21 @@ impl SessionTable {
         nonce: &[u8; 32],
         out: &mut Vec<TableEvent>,
     ) {
-        let Some(peer) = self.entries.get(&id).map(|e| e.session.peer()) else {
+        let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
+        if entry.attests >= MAX_ATTESTS_PER_SESSION {
+            self.counters.drop(Drop::BadControl);
+            let refusal = Message::Refused {
+                reason: RefuseReason::Policy,
+                detail: Detail::truncate(
+                    "too many Attest requests on this session; set up a new one",
+                ),
+            };
+            return self.reply_control(now, id, reply_to.ip(), reply_to.port(), &refusal, out);
+        }
+        entry.attests += 1;
+        let peer = entry.session.peer();
         let report_data = attest::binding(
             self.responder.public_key().as_bytes(),
             peer.as_bytes(),

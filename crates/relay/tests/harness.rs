@@ -735,3 +735,33 @@ fn an_ingress_without_evidence_is_refused_before_any_hello() {
     assert_eq!(net.ingress.counters().sessions_admitted, 0);
     assert_eq!(net.ingress.counters().forwarded, 0);
 }
+
+#[test]
+fn attest_requests_per_session_are_capped() {
+    let mut net = Net::new();
+    net.start();
+    assert!(net.ready);
+    assert_eq!(net.ingress.counters().attestations, 1);
+    let attest = build_udp(
+        "0.0.0.0:51822".parse().unwrap(),
+        SocketAddr::V4(control::control_endpoint()),
+        &control::Message::Attest { nonce: [7; 32] }.encode(),
+    )
+    .unwrap();
+    for _ in 0..6 {
+        let mut ev = Vec::new();
+        net.conn.send_outer_raw(net.now, &attest, &mut ev);
+        net.client_events(ev);
+    }
+    let c = *net.ingress.counters();
+    assert_eq!(
+        c.attestations,
+        u64::from(relay::table::MAX_ATTESTS_PER_SESSION),
+        "{c}"
+    );
+    assert_eq!(c.dropped_bad_control, 3, "{c}");
+    // The session itself is unharmed.
+    let pkt = user_packet(b"after attests");
+    net.send(&pkt);
+    assert_eq!(net.at_egress.last(), Some(&pkt));
+}

@@ -28,7 +28,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut net = DemoNetwork::start(DemoOptions {
         seed: None,
         extra_allowed: vec![],
-        unapproved: None,
+        unapproved: vec![],
+        try_other_relays: false,
     })
     .await?;
     println!(

@@ -5,7 +5,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
-use client::connection::Hop;
 use control::AdmitPolicy;
 use directory::{Directory, PublicKey32, Relay, Role};
 use relay::evidence::{EvidenceSource, Sim};
@@ -32,6 +31,8 @@ pub struct DemoEgress {
     pub handle: Option<RelayHandle>,
     /// Its UDP endpoint.
     pub endpoint: SocketAddr,
+    /// Its TEE evidence (kept for restarts).
+    evidence: Arc<dyn EvidenceSource>,
 }
 
 /// The running demo network.
@@ -55,7 +56,6 @@ pub struct DemoNetwork {
     pub observations: mpsc::UnboundedReceiver<Observation>,
     observer: mpsc::UnboundedSender<Observation>,
     ingress_evidence: Arc<dyn EvidenceSource>,
-    egress_evidence: Arc<dyn EvidenceSource>,
     web_task: tokio::task::JoinHandle<()>,
 }
 
@@ -67,9 +67,11 @@ pub struct DemoOptions {
     /// Extra networks the egresses may reach besides the web server (tests add their own
     /// servers on loopback).
     pub extra_allowed: Vec<ipnet::IpNet>,
-    /// Relays of this hop run an image the directory does not approve (to see the client
-    /// refuse them).
-    pub unapproved: Option<client::connection::Hop>,
+    /// Relays (by name) that run an image the directory does not approve, to see the
+    /// client refuse them.
+    pub unapproved: Vec<String>,
+    /// Let the client try other relays after one fails attestation.
+    pub try_other_relays: bool,
 }
 
 fn admit() -> AdmitPolicy {
@@ -140,22 +142,23 @@ impl DemoNetwork {
             attest::SimVendor::new(vendor.clone()),
             Sha256::digest([&measurement[..], b"modified"].concat()).into(),
         ));
-        let pick = |hop| {
-            if opts.unapproved == Some(hop) {
+        let evidence_of = |name: &str| {
+            if opts.unapproved.iter().any(|u| u == name) {
                 modified.clone()
             } else {
                 approved.clone()
             }
         };
-        let (ingress_evidence, egress_evidence) = (pick(Hop::Ingress), pick(Hop::Egress));
+        let ingress_evidence = evidence_of("ingress-north");
         let mut allowed = vec![ipnet::IpNet::from(web.ip())];
         allowed.extend(opts.extra_allowed.iter().copied());
         let mut egresses = Vec::new();
         for (name, operator) in [("egress-east", "east-net"), ("egress-west", "west-net")] {
             let key = StaticSecret::generate();
+            let evidence = evidence_of(name);
             let handle = outside_ephemeral(|listen| {
                 run_egress(EgressSettings {
-                    common: common(key.clone(), listen, &observer, &egress_evidence),
+                    common: common(key.clone(), listen, &observer, &evidence),
                     policy: DestinationPolicy::new(allowed.clone(), vec![]),
                 })
             })
@@ -167,6 +170,7 @@ impl DemoNetwork {
                 endpoint: handle.local_addr,
                 key,
                 handle: Some(handle),
+                evidence,
             });
         }
         let ingress_key = StaticSecret::generate();
@@ -214,6 +218,7 @@ impl DemoNetwork {
         let mut settings =
             client::run::ClientSettings::new(directory.clone(), SocketAddr::new(LOOPBACK, 0));
         settings.seed = opts.seed;
+        settings.retry_after_attestation_failure = opts.try_other_relays;
         let client = client::run::run_client(settings)
             .await
             .context("cannot start the client")?;
@@ -229,7 +234,6 @@ impl DemoNetwork {
             observations,
             observer,
             ingress_evidence,
-            egress_evidence,
             web_task,
         })
     }
@@ -277,7 +281,7 @@ impl DemoNetwork {
         let observer = self.observer.clone();
         let e = self.egresses.get_mut(i).context("no such egress")?;
         let handle = run_egress(EgressSettings {
-            common: common(e.key.clone(), e.endpoint, &observer, &self.egress_evidence),
+            common: common(e.key.clone(), e.endpoint, &observer, &e.evidence),
             policy: DestinationPolicy::new(allowed, vec![]),
         })
         .await
