@@ -1,0 +1,1 @@
+//! Anonymous accounts: OPAQUE registration and login, credit, the issuer's store.
