@@ -130,7 +130,7 @@ impl IssuerKey {
         }
         let sig = self
             .secret
-            .blind_sign(&request.blinded_msg)
+            .blind_sign(request.blinded_msg)
             .map_err(|e| TokenError::Rsa(e.to_string()))?;
         let blind_sig: [u8; crate::NK] =
             sig.0.as_slice().try_into().map_err(|_| WireError::Length {
