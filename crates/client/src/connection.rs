@@ -189,6 +189,27 @@ pub struct RouteKeys {
     pub egress_endpoint: SocketAddr,
     /// How to judge both relays' TEE evidence; no user byte flows without it passing.
     pub verification: Verification,
+    /// Session keys and tokens bound to them, ingress then egress; `None` for relays that
+    /// take no tokens (fresh keys, no `Redeem`).
+    pub tickets: Option<[Ticket; 2]>,
+}
+
+/// What a client spends at one relay: the session key a token was issued for, and the
+/// token with its challenge.
+#[derive(Clone)]
+pub struct Ticket {
+    /// The WireGuard key of the session (fresh, used once).
+    pub session_secret: StaticSecret,
+    /// The encoded token challenge (names the relay and the session key).
+    pub challenge: Vec<u8>,
+    /// The encoded token.
+    pub token: Vec<u8>,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket").finish_non_exhaustive()
+    }
 }
 
 /// A two-hop connection.
@@ -200,6 +221,8 @@ pub struct Connection {
     outer_admission: Option<Admission>,
     /// (relay key, this connection's session key) per hop, for the evidence binding.
     keys: [(PublicKey, PublicKey); 2],
+    /// The `Redeem` to send each hop after its evidence verified.
+    redeem: [Option<Message>; 2],
     verification: Verification,
     attested: Vec<attest::Claims>,
     ready_at: Option<Instant>,
@@ -223,11 +246,27 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A connection with fresh keys for both sessions, so that no two connections of one
-    /// user share a key.
+    /// A connection with fresh keys for both sessions (the tickets' keys, themselves made
+    /// for one session each), so that no two connections of one user share a key.
     pub fn new(now: Instant, route: RouteKeys) -> Self {
         let cfg = SessionConfig::default();
-        let (outer_key, inner_key) = (StaticSecret::generate(), StaticSecret::generate());
+        let (outer_key, inner_key, redeem) = match route.tickets {
+            Some([outer, inner]) => {
+                let msg = |t: &Ticket| {
+                    Some(Message::Redeem {
+                        challenge: t.challenge.clone(),
+                        token: t.token.clone(),
+                    })
+                };
+                let redeem = [msg(&outer), msg(&inner)];
+                (outer.session_secret, inner.session_secret, redeem)
+            }
+            None => (
+                StaticSecret::generate(),
+                StaticSecret::generate(),
+                [None, None],
+            ),
+        };
         let outer = Session::initiator(now, &outer_key, route.ingress_key, cfg);
         let inner = Session::initiator(now, &inner_key, route.egress_key, cfg);
         Self {
@@ -238,6 +277,7 @@ impl Connection {
                 (route.egress_key, inner_key.public_key()),
             ],
             verification: route.verification,
+            redeem,
             attested: Vec::new(),
             step_deadline: now + SETUP_TIMEOUT,
             inner_addr: None,
@@ -590,19 +630,24 @@ impl Connection {
         };
         self.attesting += now - up.or(self.attest_sent).unwrap_or(now);
         self.attested.push(claims);
+        // Only now, with the relay verified, does its token go out; then Hello.
         let (expect, hello) = ClientSetup::new(CLIENT_VERSION).start();
-        let ip = control_packet(Ipv4Addr::UNSPECIFIED, &hello);
+        let i = match hop {
+            Hop::Ingress => 0,
+            Hop::Egress => 1,
+        };
         let mut ev = Vec::new();
-        match hop {
-            Hop::Ingress => {
-                self.nested.send_outer(now, &ip, &mut ev);
-                self.phase = Phase::Outer(expect);
-            }
-            Hop::Egress => {
-                self.nested.send_inner(now, &ip, &mut ev);
-                self.phase = Phase::Inner(expect);
+        for msg in self.redeem[i].take().iter().chain([&hello]) {
+            let ip = control_packet(Ipv4Addr::UNSPECIFIED, msg);
+            match hop {
+                Hop::Ingress => self.nested.send_outer(now, &ip, &mut ev),
+                Hop::Egress => self.nested.send_inner(now, &ip, &mut ev),
             }
         }
+        self.phase = match hop {
+            Hop::Ingress => Phase::Outer(expect),
+            Hop::Egress => Phase::Inner(expect),
+        };
         self.step_deadline = now + SETUP_TIMEOUT;
         self.map(now, ev, out);
     }

@@ -424,6 +424,7 @@ async fn connect_once(
             egress_key: PublicKey::from_bytes(egress.wg_public_key.0),
             egress_endpoint: egress.endpoint,
             verification: verification(&settings.directory, settings.accept_out_of_date),
+            tickets: None,
         },
     );
     let mut events = Vec::new();

@@ -94,17 +94,6 @@ pub enum DecodeError {
         got: u8,
     },
 
-    /// The message type number is reserved for a setup step this build does not implement.
-    #[error(
-        "control message type {} ({ty}) is reserved for a setup step that this build \
-         does not implement yet; update this side",
-        *ty as u8
-    )]
-    ReservedType {
-        /// The reserved type.
-        ty: MessageType,
-    },
-
     /// A fixed-size body has the wrong length.
     #[error("{ty} body is {got} bytes, expected exactly {expected}")]
     BodyLength {

@@ -7,12 +7,11 @@
 //! | 3    | Refused   | relay → client | reason (u8), detail (UTF-8, ≤ 200 bytes)       |
 //! | 4    | Attest    | client → relay | nonce (32)                                     |
 //! | 5    | Evidence  | relay → client | part (u16), parts (u16), bytes (≤ 1024)        |
-//! | 6    | Redeem    | client → relay | reserved: anonymous token, added with tokens   |
+//! | 6    | Redeem    | client → relay | challenge length (u16), challenge, token       |
 //! | 7    | Ping      | client → relay | nonce (u64); admitted sessions only            |
 //! | 8    | Pong      | relay → client | the ping's nonce (u64)                         |
 //!
-//! All integers are big-endian. Numbers 4 to 6 are reserved now so that the numbering stays
-//! stable when those steps are inserted before `Admitted`.
+//! All integers are big-endian. The setup is Attest → Evidence, Redeem, Hello → Admitted.
 
 #![deny(clippy::unwrap_used)]
 
@@ -37,23 +36,12 @@ pub enum MessageType {
     /// Relay answers an `Attest` with TEE evidence, in parts (quotes and collateral are
     /// larger than one datagram).
     Evidence = 5,
-    /// Reserved: client presents an anonymous token.
+    /// Client presents an anonymous token bound to this relay and session.
     Redeem = 6,
     /// Client → relay: is this admitted session still known? (liveness after a stall)
     Ping = 7,
     /// Relay → client: yes; an unadmitted session gets `Refused(NotAdmitted)` instead.
     Pong = 8,
-}
-
-impl MessageType {
-    /// Whether this build encodes and decodes bodies of this type (the others are only
-    /// reserved numbers).
-    pub const fn is_implemented(self) -> bool {
-        matches!(
-            self,
-            Self::Hello | Self::Admitted | Self::Refused | Self::Ping | Self::Pong
-        )
-    }
 }
 
 impl TryFrom<u8> for MessageType {
@@ -102,6 +90,8 @@ pub enum RefuseReason {
     Capacity = 3,
     /// The relay's operator policy does not admit this session.
     Policy = 4,
+    /// No valid, unspent token was redeemed for this session.
+    Token = 5,
 }
 
 impl RefuseReason {
@@ -121,6 +111,7 @@ impl TryFrom<u8> for RefuseReason {
             2 => Self::NotAdmitted,
             3 => Self::Capacity,
             4 => Self::Policy,
+            5 => Self::Token,
             _ => return Err(DecodeError::UnknownRefuseReason { got }),
         })
     }
@@ -135,6 +126,9 @@ impl fmt::Display for RefuseReason {
             }
             Self::Capacity => "relay at capacity; try again later or use another relay",
             Self::Policy => "refused by the relay operator's policy; use another relay",
+            Self::Token => {
+                "no valid token for this session; fetch fresh tokens (openrelay account tokens)"
+            }
         })
     }
 }
@@ -219,6 +213,14 @@ pub enum Message {
         /// The bytes of this part.
         bytes: Vec<u8>,
     },
+    /// Client → relay: an anonymous token (Privacy Pass, publicly verifiable) and the
+    /// challenge it was issued for, which names this relay and this session's key.
+    Redeem {
+        /// The encoded `TokenChallenge`.
+        challenge: Vec<u8>,
+        /// The encoded token.
+        token: Vec<u8>,
+    },
     /// Client → relay: liveness check of an admitted session.
     Ping {
         /// Echoed in the `Pong`.
@@ -248,6 +250,9 @@ const EVIDENCE_HEADER_LEN: usize = 4;
 pub const EVIDENCE_PART_LEN: usize = 1024;
 /// Most parts of one piece of evidence (1 MiB).
 pub const MAX_EVIDENCE_PARTS: u16 = 1024;
+/// Largest challenge or token in a `Redeem` (type 2 tokens are 354 bytes).
+pub const REDEEM_FIELD_LEN: usize = 512;
+const REDEEM_HEADER_LEN: usize = 2;
 
 impl Message {
     /// The type number this message is sent with.
@@ -258,6 +263,7 @@ impl Message {
             Self::Refused { .. } => MessageType::Refused,
             Self::Attest { .. } => MessageType::Attest,
             Self::Evidence { .. } => MessageType::Evidence,
+            Self::Redeem { .. } => MessageType::Redeem,
             Self::Ping { .. } => MessageType::Ping,
             Self::Pong { .. } => MessageType::Pong,
         }
@@ -272,6 +278,7 @@ impl Message {
             Self::Ping { .. } | Self::Pong { .. } => PING_LEN,
             Self::Attest { .. } => ATTEST_LEN,
             Self::Evidence { bytes, .. } => EVIDENCE_HEADER_LEN + bytes.len(),
+            Self::Redeem { challenge, token } => REDEEM_HEADER_LEN + challenge.len() + token.len(),
         }
     }
 
@@ -360,7 +367,31 @@ impl Message {
                     bytes: bytes.to_vec(),
                 })
             }
-            MessageType::Redeem => Err(DecodeError::ReservedType { ty }),
+            MessageType::Redeem => {
+                let too_short = DecodeError::BodyTooShort {
+                    ty,
+                    min: REDEEM_HEADER_LEN + 1,
+                    got: body.len(),
+                };
+                let Some((&[c0, c1], rest)) = body.split_first_chunk::<2>() else {
+                    return Err(too_short);
+                };
+                let n = usize::from(u16::from_be_bytes([c0, c1]));
+                let (Some(challenge), Some(token)) = (rest.get(..n), rest.get(n..)) else {
+                    return Err(too_short);
+                };
+                if n > REDEEM_FIELD_LEN || token.is_empty() || token.len() > REDEEM_FIELD_LEN {
+                    return Err(DecodeError::BodyLength {
+                        ty,
+                        expected: REDEEM_HEADER_LEN + 2 * REDEEM_FIELD_LEN,
+                        got: body.len(),
+                    });
+                }
+                Ok(Self::Redeem {
+                    challenge: challenge.to_vec(),
+                    token: token.to_vec(),
+                })
+            }
         }
     }
 
@@ -405,6 +436,12 @@ impl Message {
                 body[0..2].copy_from_slice(&part.to_be_bytes());
                 body[2..4].copy_from_slice(&parts.to_be_bytes());
                 body[4..4 + bytes.len()].copy_from_slice(bytes);
+            }
+            Self::Redeem { challenge, token } => {
+                let n = challenge.len();
+                body[0..2].copy_from_slice(&u16::try_from(n).unwrap_or(u16::MAX).to_be_bytes());
+                body[2..2 + n].copy_from_slice(challenge);
+                body[2 + n..2 + n + token.len()].copy_from_slice(token);
             }
         }
     }
@@ -511,13 +548,23 @@ mod tests {
     }
 
     #[test]
-    fn reserved_types_are_named_not_decoded() {
-        let ty = MessageType::Redeem;
-        assert!(!ty.is_implemented());
-        assert_eq!(
-            Message::decode(&raw(6, &[0; 32])),
-            Err(DecodeError::ReservedType { ty })
-        );
+    fn redeem_round_trips_and_checks_its_lengths() {
+        let m = Message::Redeem {
+            challenge: vec![1; 80],
+            token: vec![2; 354],
+        };
+        assert_eq!(Message::decode(&m.encode()), Ok(m));
+        // Challenge length beyond the body, an empty token, an oversized token.
+        for body in [
+            [&[0u8, 200][..], &[1; 50]].concat(),
+            [&[0u8, 3][..], &[1; 3]].concat(),
+            [&[0u8, 1][..], &[1; 600]].concat(),
+        ] {
+            assert!(matches!(
+                Message::decode(&raw(6, &body)),
+                Err(DecodeError::BodyTooShort { .. } | DecodeError::BodyLength { .. })
+            ));
+        }
     }
 
     #[test]
@@ -555,8 +602,8 @@ mod tests {
             Err(DecodeError::UnknownRefuseReason { got: 0 })
         );
         assert_eq!(
-            Message::decode(&raw(3, &[5, b'x'])),
-            Err(DecodeError::UnknownRefuseReason { got: 5 })
+            Message::decode(&raw(3, &[6, b'x'])),
+            Err(DecodeError::UnknownRefuseReason { got: 6 })
         );
     }
 
@@ -609,7 +656,7 @@ mod tests {
             "control frame has wire version 2, this build speaks version 1; update the older side"
         );
         let e = Message::decode(&raw(6, &[])).unwrap_err();
-        assert!(e.to_string().contains("type 6 (Redeem) is reserved"), "{e}");
+        assert!(e.to_string().contains("Redeem"), "{e}");
     }
 
     fn arb_message() -> impl Strategy<Value = Message> {
@@ -618,6 +665,7 @@ mod tests {
             Just(RefuseReason::NotAdmitted),
             Just(RefuseReason::Capacity),
             Just(RefuseReason::Policy),
+            Just(RefuseReason::Token),
         ];
         prop_oneof![
             any::<u16>().prop_map(|client_version| Message::Hello { client_version }),
@@ -644,6 +692,11 @@ mod tests {
                     bytes
                 }),
             any::<u64>().prop_map(|nonce| Message::Pong { nonce }),
+            (
+                proptest::collection::vec(any::<u8>(), 0..REDEEM_FIELD_LEN),
+                proptest::collection::vec(any::<u8>(), 1..REDEEM_FIELD_LEN)
+            )
+                .prop_map(|(challenge, token)| Message::Redeem { challenge, token }),
         ]
     }
 

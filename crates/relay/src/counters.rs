@@ -55,6 +55,10 @@ pub struct Counters {
     pub control: u64,
     /// Attest requests answered (with evidence or a refusal).
     pub attestations: u64,
+    /// Tokens redeemed (valid, unspent).
+    pub tokens_redeemed: u64,
+    /// Tokens refused (forged, spent, for another relay or session, expired, malformed).
+    pub tokens_refused: u64,
     /// Drops by reason.
     pub dropped_malformed: u64,
     /// See [`Drop::Auth`].
@@ -119,6 +123,7 @@ impl fmt::Display for Counters {
         write!(
             f,
             "rx={} tx={} handshakes={} sessions={}/{} admitted={} forwarded={} ({} bytes) control={} attestations={} \
+             tokens={} tokens_refused={} \
              dropped={} (malformed={} auth={} replay={} no_session={} unadmitted={} bad_control={} \
              not_egress={} spoofed={} policy={} not_ip={} capacity={})",
             self.rx_datagrams,
@@ -131,6 +136,8 @@ impl fmt::Display for Counters {
             self.forwarded_bytes,
             self.control,
             self.attestations,
+            self.tokens_redeemed,
+            self.tokens_refused,
             self.dropped(),
             self.dropped_malformed,
             self.dropped_auth,

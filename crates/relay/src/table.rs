@@ -58,7 +58,16 @@ struct Entry {
     last_refusal: Option<Instant>,
     /// Attest requests answered on this session (each may cost a TEE quote).
     attests: u8,
+    /// A valid token was redeemed for this session.
+    redeemed: bool,
+    /// A `Hello` that came before the session's token (datagrams may be reordered), where
+    /// to answer it, and when it came: answered once the token is redeemed, refused after
+    /// [`HELLO_WAITS_FOR_TOKEN`].
+    parked_hello: Option<(Message, SocketAddr, Instant)>,
 }
+
+/// How long a `Hello` waits for the session's `Redeem`.
+pub const HELLO_WAITS_FOR_TOKEN: Duration = Duration::from_secs(2);
 
 /// Attest requests a session may make: a client needs one, a retry or two covers loss.
 /// Quotes from a real TEE are slow, so more would let one peer keep the relay busy.
@@ -83,6 +92,10 @@ pub struct SessionTable {
     next_id: u64,
     next_sweep: Instant,
     evidence: Option<std::sync::Arc<dyn crate::evidence::EvidenceSource>>,
+    /// Token checks; `None`: the relay admits without tokens (no issuer configured).
+    tokens: Option<token::Redeemer>,
+    /// Wall-clock anchor for token epochs: (instant, Unix seconds at that instant).
+    wall_clock: (Instant, u64),
     /// Totals for the whole relay; roles add their own drops here.
     pub counters: Counters,
 }
@@ -107,6 +120,8 @@ impl SessionTable {
             next_id: 1,
             next_sweep: now + TIMER_TICK,
             evidence: None,
+            tokens: None,
+            wall_clock: (now, 0),
             counters: Counters::default(),
         }
     }
@@ -118,6 +133,26 @@ impl SessionTable {
     ) -> Self {
         self.evidence = Some(source);
         self
+    }
+
+    /// Admits only sessions that redeem a valid, unspent token checked by `redeemer`.
+    /// `unix_secs` is the wall-clock time at `now`, for the tokens' epochs.
+    pub fn with_tokens(mut self, redeemer: token::Redeemer, now: Instant, unix_secs: u64) -> Self {
+        self.tokens = Some(redeemer);
+        self.wall_clock = (now, unix_secs);
+        self
+    }
+
+    /// New issuer keys (from a new directory); spent tokens stay spent.
+    pub fn set_issuer_keys(&mut self, keys: Vec<token::IssuerPublicKey>) {
+        if let Some(t) = &mut self.tokens {
+            t.set_keys(keys);
+        }
+    }
+
+    fn unix_secs(&self, now: Instant) -> u64 {
+        let (at, secs) = self.wall_clock;
+        secs + now.saturating_duration_since(at).as_secs()
     }
 
     /// The relay's WireGuard public key.
@@ -181,6 +216,8 @@ impl SessionTable {
                         admitted: None,
                         last_refusal: None,
                         attests: 0,
+                        redeemed: false,
+                        parked_hello: None,
                     };
                     self.entries.insert(id, entry);
                     self.by_peer.insert(peer, id);
@@ -231,6 +268,21 @@ impl SessionTable {
         self.next_sweep = now + TIMER_TICK;
         let ids: Vec<SessionId> = self.entries.keys().copied().collect();
         for id in ids {
+            let Some(entry) = self.entries.get_mut(&id) else {
+                continue;
+            };
+            if let Some((_, reply_to, _)) = entry
+                .parked_hello
+                .take_if(|(_, _, at)| now >= *at + HELLO_WAITS_FOR_TOKEN)
+            {
+                let refused = Message::Refused {
+                    reason: RefuseReason::Token,
+                    detail: Detail::truncate(
+                        "no token was redeemed for this session; send Redeem before Hello",
+                    ),
+                };
+                self.reply_control(now, id, reply_to.ip(), reply_to.port(), &refused, out);
+            }
             let Some(entry) = self.entries.get_mut(&id) else {
                 continue;
             };
@@ -350,15 +402,25 @@ impl SessionTable {
         msg: &Message,
         out: &mut Vec<TableEvent>,
     ) {
-        if let Message::Attest { nonce } = msg {
-            return self.attest(now, id, reply_to, nonce, out);
+        match msg {
+            Message::Attest { nonce } => return self.attest(now, id, reply_to, nonce, out),
+            Message::Redeem { challenge, token } => {
+                return self.redeem(now, id, reply_to, challenge, token, out)
+            }
+            _ => {}
         }
+        let tokens_required = self.tokens.is_some();
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
         let reply = match (msg, entry.admitted) {
             // A repeated Hello (the Admitted reply was lost) gets the same address again.
             (Message::Hello { .. }, Some(a)) => self.admit.respond(msg, a.addr),
+            // No token yet: it may still be on its way (reordered); wait for it.
+            (Message::Hello { .. }, None) if tokens_required && !entry.redeemed => {
+                entry.parked_hello = Some((msg.clone(), reply_to, now));
+                return;
+            }
             (Message::Hello { .. }, None) => {
                 let Some(addr) = self.pool.allocate() else {
                     self.counters.drop(Drop::Capacity);
@@ -386,11 +448,60 @@ impl SessionTable {
             _ => Message::Refused {
                 reason: RefuseReason::Unsupported,
                 detail: Detail::truncate(
-                    "relays accept only Attest, Hello and Ping on the control address",
+                    "relays accept only Attest, Redeem, Hello and Ping on the control address",
                 ),
             },
         };
         self.reply_control(now, id, reply_to.ip(), reply_to.port(), &reply, out);
+    }
+
+    /// Checks a token for this session. A valid one admits the session's `Hello`, parked
+    /// or still to come; a bad one is refused with the reason, and the session stays
+    /// unadmitted.
+    fn redeem(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        reply_to: SocketAddr,
+        challenge: &[u8],
+        token: &[u8],
+        out: &mut Vec<TableEvent>,
+    ) {
+        let unix_secs = self.unix_secs(now);
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        if entry.redeemed {
+            return;
+        }
+        let peer = entry.session.peer();
+        let verdict = match &mut self.tokens {
+            // A relay without an issuer admits without tokens.
+            None => Ok(false),
+            Some(t) => t
+                .redeem(unix_secs, challenge, token, peer.as_bytes())
+                .map(|_epoch| true),
+        };
+        match verdict {
+            Ok(checked) => {
+                entry.redeemed = true;
+                let parked = entry.parked_hello.take();
+                if checked {
+                    self.counters.tokens_redeemed += 1;
+                }
+                if let Some((hello, reply_to, _)) = parked {
+                    self.control(now, id, reply_to, &hello, out);
+                }
+            }
+            Err(e) => {
+                self.counters.tokens_refused += 1;
+                let refused = Message::Refused {
+                    reason: RefuseReason::Token,
+                    detail: Detail::truncate(&e.to_string()),
+                };
+                self.reply_control(now, id, reply_to.ip(), reply_to.port(), &refused, out);
+            }
+        }
     }
 
     /// Evidence bound to this relay's key, the session's (client's) key and the nonce,

@@ -122,6 +122,7 @@ impl Net {
                 egress_key: egress_key.public_key(),
                 egress_endpoint: EGRESS.parse().unwrap(),
                 verification: verification(),
+                tickets: None,
             },
         );
         Self {
@@ -764,4 +765,139 @@ fn attest_requests_per_session_are_capped() {
     let pkt = user_packet(b"after attests");
     net.send(&pkt);
     assert_eq!(net.at_egress.last(), Some(&pkt));
+}
+
+const ISSUER: &str = "issuer.harness.test";
+/// Wall-clock time the relays are told (inside token epoch 2900).
+const UNIX_NOW: u64 = 2900 * token::Epoch::SECONDS + 3600;
+
+/// One issuer key for the file (RSA key generation is slow in debug builds).
+fn issuer() -> &'static token::IssuerKey {
+    static KEY: std::sync::OnceLock<token::IssuerKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| token::IssuerKey::generate(token::Epoch(2900)).unwrap())
+}
+
+/// A ticket for the relay `relay`: a fresh session key and a token issued for it.
+fn ticket(relay: &tunnel::PublicKey) -> client::connection::Ticket {
+    let session_secret = StaticSecret::generate();
+    let challenge = token::Challenge::for_session(
+        ISSUER,
+        relay.as_bytes(),
+        session_secret.public_key().as_bytes(),
+    );
+    let (req, pending) = token::request(issuer().public(), &challenge).unwrap();
+    let token = pending
+        .finalize(issuer().public(), &issuer().sign(&req).unwrap())
+        .unwrap();
+    client::connection::Ticket {
+        session_secret,
+        challenge: challenge.encode(),
+        token: token.encode(),
+    }
+}
+
+/// Relays that require tokens, and a client holding `tickets` (changed by `spoil` first).
+fn tokened(tickets: bool, spoil: impl FnOnce(&mut [client::connection::Ticket; 2])) -> Net {
+    let mut net = Net::new();
+    let redeemer = |key: &StaticSecret| {
+        token::Redeemer::new(
+            key.public_key().as_bytes(),
+            ISSUER,
+            vec![issuer().public().clone()],
+        )
+    };
+    net.ingress = Ingress::new(
+        table(net.now, net.ingress_key.clone()).with_tokens(
+            redeemer(&net.ingress_key),
+            net.now,
+            UNIX_NOW,
+        ),
+        [EGRESS.parse().unwrap()],
+    );
+    net.egress = table(net.now, net.egress_key.clone()).with_tokens(
+        redeemer(&net.egress_key),
+        net.now,
+        UNIX_NOW,
+    );
+    let tickets = tickets.then(|| {
+        let mut t = [
+            ticket(&net.ingress_key.public_key()),
+            ticket(&net.egress_key.public_key()),
+        ];
+        spoil(&mut t);
+        t
+    });
+    net.conn = Connection::new(
+        net.now,
+        RouteKeys {
+            ingress_key: net.ingress_key.public_key(),
+            egress_key: net.egress_key.public_key(),
+            egress_endpoint: EGRESS.parse().unwrap(),
+            verification: verification(),
+            tickets,
+        },
+    );
+    net
+}
+
+#[test]
+fn a_token_at_each_relay_admits_the_session() {
+    let mut net = tokened(true, |_| {});
+    net.start();
+    assert!(net.ready, "{:?}", net.lost);
+    assert_eq!(net.ingress.counters().tokens_redeemed, 1);
+    assert_eq!(net.egress.counters.tokens_redeemed, 1);
+    let pkt = user_packet(b"paid for");
+    net.send(&pkt);
+    assert_eq!(net.at_egress, vec![pkt]);
+}
+
+/// The client gives up at `hop` with a token refusal containing `reason`, and the egress
+/// forwards nothing.
+fn refused_for_token(mut net: Net, hop: Hop, reason: &str) {
+    net.start();
+    net.advance(Duration::from_secs(3));
+    assert!(!net.ready);
+    let err = net.lost.first().expect("the connection is given up");
+    assert_eq!(err.hop(), Some(hop), "{err}");
+    assert!(err.to_string().contains(reason), "{err}");
+    net.send(&user_packet(b"unpaid"));
+    assert!(net.at_egress.is_empty());
+    assert_eq!(net.egress.counters.sessions_admitted, 0);
+}
+
+#[test]
+fn without_tokens_no_session_is_admitted() {
+    let net = tokened(false, |_| {});
+    refused_for_token(net, Hop::Ingress, "no token was redeemed");
+}
+
+#[test]
+fn a_token_for_another_session_is_refused() {
+    let net = tokened(true, |t| {
+        // The egress token was issued for another session key than the one used.
+        t[1].session_secret = StaticSecret::generate();
+    });
+    refused_for_token(net, Hop::Egress, "another session");
+}
+
+#[test]
+fn a_token_for_another_relay_is_refused() {
+    let net = tokened(true, |t| {
+        // The ingress's ticket presented at the egress (with its own session key).
+        let at_ingress = t[0].clone();
+        t[1].challenge = at_ingress.challenge;
+        t[1].token = at_ingress.token;
+        t[1].session_secret = at_ingress.session_secret;
+    });
+    refused_for_token(net, Hop::Egress, "another relay");
+}
+
+#[test]
+fn a_forged_token_is_refused() {
+    let net = tokened(true, |t| {
+        let last = t[0].token.len() - 1;
+        t[0].token[last] ^= 0x40;
+    });
+    refused_for_token(net, Hop::Ingress, "does not verify");
 }
