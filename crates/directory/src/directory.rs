@@ -35,6 +35,9 @@ pub struct Directory {
     /// base64 ed25519 public keys). A production directory lists none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sim_vendors: Vec<String>,
+    /// The token issuer; when listed, relays admit only sessions that spend its tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<crate::Issuer>,
 }
 
 /// An approved relay image on one TEE platform.
@@ -84,6 +87,7 @@ impl Directory {
             relays: Vec::new(),
             images: Vec::new(),
             sim_vendors: Vec::new(),
+            issuer: None,
         }
     }
 
@@ -148,6 +152,31 @@ impl Directory {
             crate::keys::decode_verifying_key(key)
                 .map_err(|_| ValidationError::BadSimVendor { key: key.clone() })?;
         }
+        if let Some(issuer) = &self.issuer {
+            if issuer.name.trim().is_empty() {
+                return Err(ValidationError::BadIssuer {
+                    problem: "its name is empty".into(),
+                });
+            }
+            if issuer.endpoint.port() == 0 || issuer.endpoint.ip().is_unspecified() {
+                return Err(ValidationError::BadIssuer {
+                    problem: format!("its endpoint {} is not reachable", issuer.endpoint),
+                });
+            }
+            let mut epochs = HashSet::new();
+            for k in &issuer.keys {
+                if !epochs.insert(k.epoch) {
+                    return Err(ValidationError::BadIssuer {
+                        problem: format!("two keys for epoch {}", k.epoch),
+                    });
+                }
+            }
+            issuer
+                .token_keys()
+                .map_err(|(epoch, e)| ValidationError::BadIssuer {
+                    problem: format!("its key for epoch {epoch}: {e}"),
+                })?;
+        }
         Ok(())
     }
 
@@ -188,6 +217,44 @@ pub(crate) mod tests {
             operator: operator.to_owned(),
             bandwidth_mbps: mbps,
         }
+    }
+
+    #[test]
+    fn the_issuer_round_trips_and_is_checked() {
+        let key = token::IssuerKey::generate(token::Epoch(2900)).unwrap();
+        let mut d = sample();
+        d.issuer = Some(crate::Issuer {
+            name: "issuer.example".into(),
+            endpoint: "192.0.2.9:51820".parse().unwrap(),
+            wg_public_key: crate::PublicKey32([9; 32]),
+            keys: vec![crate::IssuerKey {
+                epoch: 2900,
+                public_key: key.public().to_base64(),
+            }],
+        });
+        let again = Directory::from_body_toml(&d.to_body_toml().unwrap()).unwrap();
+        assert_eq!(again, d);
+        let keys = again.issuer.as_ref().unwrap().token_keys().unwrap();
+        assert_eq!(keys[0].key_id(), key.public().key_id());
+
+        let mut bad = d.clone();
+        if let Some(i) = bad.issuer.as_mut() {
+            i.keys.push(i.keys[0].clone());
+        }
+        assert!(
+            matches!(bad.validate(), Err(ValidationError::BadIssuer { problem }) if problem.contains("two keys"))
+        );
+        let mut bad = d.clone();
+        if let Some(i) = bad.issuer.as_mut() {
+            i.keys[0].public_key = "AAAA".into();
+        }
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("epoch 2900"), "{err}");
+        let mut bad = d;
+        if let Some(i) = bad.issuer.as_mut() {
+            i.name = " ".into();
+        }
+        assert!(bad.validate().is_err());
     }
 
     #[test]
@@ -248,6 +315,7 @@ pub(crate) mod tests {
             ],
             images: Vec::new(),
             sim_vendors: Vec::new(),
+            issuer: None,
         }
     }
 

@@ -50,6 +50,12 @@ pub enum ValidationError {
         /// The measurement given.
         measurement: String,
     },
+    /// The issuer entry is unusable.
+    #[error("the [issuer] entry is unusable: {problem}")]
+    BadIssuer {
+        /// What is wrong.
+        problem: String,
+    },
     /// A sim vendor key that is not an ed25519 public key.
     #[error("sim vendor key {key:?} is not a base64 ed25519 public key")]
     BadSimVendor {

@@ -10,6 +10,7 @@
 mod directory;
 mod error;
 mod file;
+mod issuer;
 mod keys;
 mod relay;
 mod select;
@@ -18,6 +19,7 @@ mod source;
 pub use directory::{Directory, Image, FORMAT_VERSION, MAX_BANDWIDTH_MBPS};
 pub use error::{Error, KeyError, SelectError, ValidationError};
 pub use file::{sign, verify};
+pub use issuer::{Issuer, IssuerKey};
 pub use keys::{
     decode_signing_key, decode_verifying_key, encode_signing_key, encode_verifying_key,
     generate_signing_key,

@@ -134,6 +134,7 @@ mod tests {
             relays,
             images: Vec::new(),
             sim_vendors: Vec::new(),
+            issuer: None,
         };
         dir.validate().unwrap();
         dir
@@ -289,6 +290,7 @@ mod tests {
             ],
             images: Vec::new(),
             sim_vendors: Vec::new(),
+            issuer: None,
         };
         let mut rng = StdRng::seed_from_u64(0);
         assert_eq!(

@@ -150,6 +150,7 @@ fn arb_directory() -> impl Strategy<Value = Directory> {
             (Just(serial), relays)
         })
         .prop_map(|(serial, relays)| Directory {
+            issuer: None,
             version: 1,
             serial,
             relays,

@@ -116,9 +116,10 @@ pub struct RelayConfig {
     /// Seconds between counter reports in the log.
     #[serde(default = "default_report")]
     pub report_interval_secs: u64,
-    /// Ingress: signed directory listing the egresses.
+    /// The signed directory: the ingress forwards to its egresses; both roles take its
+    /// token issuer (when it lists one, only sessions that spend a token are admitted).
     pub directory: Option<PathBuf>,
-    /// Ingress: ed25519 keys trusted to sign the directory (base64).
+    /// Ed25519 keys trusted to sign the directory (base64).
     #[serde(default)]
     pub directory_keys: Vec<String>,
     /// Ingress: egress endpoints, instead of a directory (tests).
@@ -161,7 +162,21 @@ impl RelayConfig {
         })
     }
 
-    fn common(&self) -> Result<Common, ConfigError> {
+    /// The signed directory named by `directory`, if any.
+    fn load_directory(&self) -> Result<Option<directory::Directory>, ConfigError> {
+        let Some(path) = &self.directory else {
+            return Ok(None);
+        };
+        let keys = self
+            .directory_keys
+            .iter()
+            .map(|k| directory::decode_verifying_key(k))
+            .collect::<Result<Vec<_>, _>>()?;
+        let source = directory::FileSource::new(path.clone(), keys);
+        Ok(Some(directory::DirectorySource::load(&source)?))
+    }
+
+    fn common(&self, dir: Option<&directory::Directory>) -> Result<Common, ConfigError> {
         let key = match (&self.private_key, &self.private_key_file) {
             (Some(k), None) => StaticSecret::from_base64(k)?,
             (None, Some(p)) => {
@@ -196,6 +211,13 @@ impl RelayConfig {
             report_interval: Duration::from_secs(self.report_interval_secs),
             observer: None,
             evidence: self.evidence()?,
+            tokens: dir
+                .and_then(|d| d.issuer.as_ref())
+                .map(|issuer| crate::run::Tokens {
+                    issuer_name: issuer.name.clone(),
+                    // The directory validated every key when it was loaded.
+                    keys: issuer.token_keys().unwrap_or_default(),
+                }),
         })
     }
 
@@ -243,17 +265,11 @@ impl RelayConfig {
 
     /// Settings for an ingress; loads and verifies the directory if one is named.
     pub fn ingress(&self) -> Result<IngressSettings, ConfigError> {
-        let common = self.common()?;
+        let dir = self.load_directory()?;
+        let common = self.common(dir.as_ref())?;
         let mut egresses = self.egresses.clone();
-        if let Some(path) = &self.directory {
-            let keys = self
-                .directory_keys
-                .iter()
-                .map(|k| directory::decode_verifying_key(k))
-                .collect::<Result<Vec<_>, _>>()?;
-            let source = directory::FileSource::new(path.clone(), keys);
-            let dir = directory::DirectorySource::load(&source)?;
-            egresses.extend(directory::egress_endpoints(&dir));
+        if let Some(dir) = &dir {
+            egresses.extend(directory::egress_endpoints(dir));
         }
         if egresses.is_empty() {
             return Err(ConfigError::NoEgresses);
@@ -263,8 +279,9 @@ impl RelayConfig {
 
     /// Settings for an egress.
     pub fn egress(&self) -> Result<EgressSettings, ConfigError> {
+        let dir = self.load_directory()?;
         Ok(EgressSettings {
-            common: self.common()?,
+            common: self.common(dir.as_ref())?,
             policy: DestinationPolicy::new(
                 self.allow_destinations.clone(),
                 self.own_addresses.clone(),

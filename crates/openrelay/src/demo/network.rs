@@ -95,6 +95,7 @@ fn common(
         report_interval: Duration::from_secs(3600),
         observer: Some(observer.clone()),
         evidence: Some(evidence.clone()),
+        tokens: None,
     }
 }
 

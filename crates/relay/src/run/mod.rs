@@ -63,6 +63,17 @@ pub struct Common {
     pub observer: Option<Observer>,
     /// Where the relay's TEE evidence comes from; without one, clients refuse the relay.
     pub evidence: Option<std::sync::Arc<dyn crate::evidence::EvidenceSource>>,
+    /// The token issuer whose tokens admit sessions; `None`: admit without tokens.
+    pub tokens: Option<Tokens>,
+}
+
+/// Which tokens a relay accepts: the directory's issuer and its keys.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    /// The issuer's name, as token challenges carry it.
+    pub issuer_name: String,
+    /// Its keys, one per epoch.
+    pub keys: Vec<token::IssuerPublicKey>,
 }
 
 /// Ingress settings.
@@ -108,6 +119,17 @@ impl Common {
         let mut table = SessionTable::new(now, responder, self.admit, self.max_sessions);
         if let Some(source) = &self.evidence {
             table = table.with_evidence(source.clone());
+        }
+        if let Some(t) = &self.tokens {
+            let redeemer = token::Redeemer::new(
+                self.key.public_key().as_bytes(),
+                &t.issuer_name,
+                t.keys.clone(),
+            );
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            table = table.with_tokens(redeemer, now, unix);
         }
         Ok((std::sync::Arc::new(socket), table))
     }
