@@ -178,6 +178,28 @@ pub struct Verification {
     pub now_secs: u64,
 }
 
+impl Verification {
+    /// Verifies `blob` (encoded evidence) and judges it: genuine, approved, and bound to
+    /// `relay`'s key, our session key `ours` and `nonce`. The reason for a refusal is for
+    /// the user.
+    pub fn check(
+        &self,
+        blob: &[u8],
+        relay: &PublicKey,
+        ours: &PublicKey,
+        nonce: &[u8; 32],
+    ) -> Result<attest::Claims, String> {
+        let claims = attest::Evidence::decode(blob)
+            .and_then(|e| attest::verify(&e, self.now_secs, &self.sim_vendors))
+            .map_err(|e| e.to_string())?;
+        let expected = attest::binding(relay.as_bytes(), ours.as_bytes(), nonce);
+        self.policy
+            .check(&claims, &expected)
+            .map_err(|e| e.to_string())?;
+        Ok(claims)
+    }
+}
+
 /// What a connection needs to know about its route.
 #[derive(Debug, Clone)]
 pub struct RouteKeys {
@@ -598,18 +620,7 @@ impl Connection {
             Hop::Ingress => 0,
             Hop::Egress => 1,
         }];
-        let v = &self.verification;
-        let verdict = attest::Evidence::decode(&blob)
-            .and_then(|e| attest::verify(&e, v.now_secs, &v.sim_vendors))
-            .map_err(|e| e.to_string())
-            .and_then(|claims| {
-                let expected = attest::binding(relay.as_bytes(), ours.as_bytes(), &a.nonce);
-                v.policy
-                    .check(&claims, &expected)
-                    .map(|()| claims)
-                    .map_err(|e| e.to_string())
-            });
-        let claims = match verdict {
+        let claims = match self.verification.check(&blob, &relay, &ours, &a.nonce) {
             Ok(c) => c,
             Err(reason) => return self.fail(ConnectionError::Attestation { hop, reason }, out),
         };
@@ -664,7 +675,7 @@ pub fn local_mtu(outer: u16, inner: u16) -> u16 {
 }
 
 /// A control message as an IP packet to the relay's control address.
-fn control_packet(src: Ipv4Addr, msg: &Message) -> Vec<u8> {
+pub(crate) fn control_packet(src: Ipv4Addr, msg: &Message) -> Vec<u8> {
     let src = SocketAddr::V4(SocketAddrV4::new(src, CONTROL_CLIENT_PORT));
     // A control message is at most 1200 bytes, so it always fits one packet.
     build_udp(
@@ -676,7 +687,7 @@ fn control_packet(src: Ipv4Addr, msg: &Message) -> Vec<u8> {
 }
 
 /// The control message in a packet from a relay's control address, if it is one.
-fn control_message(ip: &[u8]) -> Option<Message> {
+pub(crate) fn control_message(ip: &[u8]) -> Option<Message> {
     let d = parse_udp(ip).ok()?;
     if d.src != SocketAddr::V4(control::control_endpoint()) {
         return None;

@@ -6,6 +6,7 @@
 //! userspace TCP/IP stack, and reconnects when a relay restarts.
 
 pub mod connection;
+pub mod issuer_link;
 pub mod run;
 pub mod tun;
 pub mod whole_host;

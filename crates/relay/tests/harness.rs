@@ -901,3 +901,109 @@ fn a_forged_token_is_refused() {
     });
     refused_for_token(net, Hop::Ingress, "does not verify");
 }
+
+/// Drives an issuer link against a session table until nothing moves; returns what the
+/// link reported and the user packets the table delivered.
+fn drive_link(
+    now: Instant,
+    link: &mut client::issuer_link::IssuerLink,
+    table: &mut SessionTable,
+    mut ev: Vec<client::issuer_link::LinkEvent>,
+    reports: &mut Vec<client::issuer_link::LinkEvent>,
+) -> Vec<(relay::table::SessionId, Vec<u8>)> {
+    use client::issuer_link::LinkEvent;
+    let mut packets = Vec::new();
+    while !ev.is_empty() {
+        let mut next = Vec::new();
+        for e in ev.drain(..) {
+            match e {
+                LinkEvent::Transmit(d) => {
+                    let mut out = Vec::new();
+                    table.handle_datagram(now, CLIENT.parse().unwrap(), &d, &mut out);
+                    for o in out {
+                        match o {
+                            TableEvent::Transmit { datagram, .. } => {
+                                link.receive(now, &datagram, &mut next)
+                            }
+                            TableEvent::Packet { id, ip } => packets.push((id, ip)),
+                            _ => {}
+                        }
+                    }
+                }
+                other => reports.push(other),
+            }
+        }
+        ev = next;
+    }
+    packets
+}
+
+#[test]
+fn an_issuer_link_attests_is_admitted_and_exchanges_datagrams() {
+    use client::issuer_link::{IssuerLink, LinkEvent};
+    let now = Instant::now();
+    let key = StaticSecret::generate();
+    let mut table = table(now, key.clone());
+    let mut link = IssuerLink::new(now, key.public_key(), verification());
+    let mut ev = Vec::new();
+    link.start(now, &mut ev);
+    let mut reports = Vec::new();
+    drive_link(now, &mut link, &mut table, ev, &mut reports);
+    assert!(link.is_ready(), "{reports:?}");
+    assert!(
+        matches!(reports.as_slice(), [LinkEvent::Ready(c)] if c.platform == attest::Platform::Sim)
+    );
+
+    // A request reaches the table as a packet to the service port; the answer comes back.
+    let mut ev = Vec::new();
+    link.request(now, b"request bytes", &mut ev);
+    let packets = drive_link(now, &mut link, &mut table, ev, &mut reports);
+    let [(id, ip)] = packets.as_slice() else {
+        panic!("one request packet expected, got {}", packets.len());
+    };
+    let d = tunnel::wire::parse_udp(ip).unwrap();
+    assert_eq!(d.dst.port(), issuer::SERVICE_PORT);
+    assert_eq!(d.payload, b"request bytes");
+    let reply = build_udp(d.dst, d.src, b"response bytes").unwrap();
+    let mut out = Vec::new();
+    table.send(now, *id, &reply, &mut out);
+    let mut got = Vec::new();
+    for o in out {
+        if let TableEvent::Transmit { datagram, .. } = o {
+            link.receive(now, &datagram, &mut got);
+        }
+    }
+    assert!(matches!(got.as_slice(), [LinkEvent::Response(r)] if r == b"response bytes"));
+}
+
+#[test]
+fn an_issuer_link_refuses_an_unapproved_issuer_before_sending_anything_else() {
+    use client::issuer_link::{IssuerLink, LinkEvent};
+    let now = Instant::now();
+    let key = StaticSecret::generate();
+    let (vendor, measurement) = sim();
+    let mut other = measurement;
+    other[5] ^= 1;
+    let mut table = table_with(
+        now,
+        key.clone(),
+        Some(Arc::new(relay::evidence::Sim::with_measurement(
+            vendor, other,
+        ))),
+    );
+    let mut link = IssuerLink::new(now, key.public_key(), verification());
+    let mut ev = Vec::new();
+    link.start(now, &mut ev);
+    let mut reports = Vec::new();
+    drive_link(now, &mut link, &mut table, ev, &mut reports);
+    assert!(!link.is_ready());
+    assert!(
+        matches!(reports.as_slice(), [LinkEvent::Failed(why)] if why.contains("not an approved image")),
+        "{reports:?}"
+    );
+    // Nothing else goes out: no Hello, no request.
+    let mut ev = Vec::new();
+    link.request(now, b"account number", &mut ev);
+    assert!(ev.is_empty());
+    assert_eq!(table.counters.sessions_admitted, 0);
+}
