@@ -21,14 +21,7 @@ impl IssuerPublicKey {
     /// From its SubjectPublicKeyInfo (RSASSA-PSS) DER.
     pub fn from_spki(epoch: Epoch, spki: &[u8]) -> Result<Self, KeyError> {
         let key = PublicKey::from_spki(spki).map_err(|e| KeyError::Encoding(e.to_string()))?;
-        // Token type 2 fixes Nk = 256: RSA-2048.
-        let bytes = key.components().n().len();
-        if bytes != crate::NK {
-            return Err(KeyError::Encoding(format!(
-                "{}-bit modulus; token type 2 uses RSA-2048",
-                bytes * 8
-            )));
-        }
+        check_modulus(&key)?;
         Ok(Self::new(epoch, key, spki.to_vec()))
     }
 
@@ -71,6 +64,18 @@ impl IssuerPublicKey {
     }
 }
 
+/// Token type 2 fixes Nk = 256: RSA-2048.
+fn check_modulus(key: &PublicKey) -> Result<(), KeyError> {
+    let bytes = key.components().n().len();
+    if bytes != crate::NK {
+        return Err(KeyError::Encoding(format!(
+            "{}-bit modulus; token type 2 uses RSA-2048",
+            bytes * 8
+        )));
+    }
+    Ok(())
+}
+
 /// The issuer's key pair for one epoch.
 pub struct IssuerKey {
     secret: SecretKey,
@@ -96,6 +101,9 @@ impl IssuerKey {
         let key = secret
             .public_key()
             .map_err(|e| KeyError::Encoding(e.to_string()))?;
+        // A key of another size would load, then fail every issuance (and relays would refuse
+        // its SPKI): refuse it here.
+        check_modulus(&key)?;
         let spki = key
             .to_spki()
             .map_err(|e| KeyError::Encoding(e.to_string()))?;

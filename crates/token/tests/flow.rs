@@ -4,7 +4,8 @@
 use std::sync::OnceLock;
 
 use token::{
-    request, Challenge, Epoch, IssuerKey, RedeemError, Redeemer, Token, TokenRequest, TokenResponse,
+    request, Challenge, Epoch, IssuerKey, RedeemError, Redeemer, Token, TokenError, TokenRequest,
+    TokenResponse,
 };
 
 const ISSUER: &str = "issuer.openrelay.test";
@@ -157,17 +158,38 @@ fn tokens_expire_one_epoch_after_their_own() {
 
 #[test]
 fn the_issuer_refuses_requests_for_another_key_and_the_client_checks_the_answer() {
+    // Two keys whose truncated ids differ (two random keys share one with probability 1/256;
+    // all four of the file's keys sharing one would need three such collisions).
+    let (mine, other) = (2898..2902)
+        .flat_map(|a| (2898..2902).map(move |b| (key(a), key(b))))
+        .find(|(a, b)| a.public().truncated_key_id() != b.public().truncated_key_id())
+        .expect("two keys with different truncated ids");
     let c = Challenge::for_session(ISSUER, &RELAY, &SESSION);
-    let (req, pending) = request(key(2900).public(), &c).unwrap();
-    assert!(
-        key(2901).sign(&req).is_err()
-            || key(2901).public().truncated_key_id() == key(2900).public().truncated_key_id()
+    let (req, pending) = request(mine.public(), &c).unwrap();
+    assert_eq!(
+        other.sign(&req),
+        Err(TokenError::WrongKey {
+            got: mine.public().truncated_key_id(),
+            expected: other.public().truncated_key_id(),
+        })
     );
-    // An answer signed with another key does not finalize.
-    let mut wrong = req.clone();
-    wrong.truncated_key_id = key(2901).public().truncated_key_id();
-    let resp = key(2901).sign(&wrong).unwrap();
-    assert!(pending.finalize(key(2900).public(), &resp).is_err());
+    // An answer signed with another key does not finalize. That key signs only values below
+    // its own modulus, which a blinding under the first key need not be (each try succeeds
+    // with probability at least 1/2): blind afresh until it takes one.
+    let (resp, pending) = std::iter::once((req, pending))
+        .chain(std::iter::repeat_with(|| {
+            request(mine.public(), &c).unwrap()
+        }))
+        .take(64)
+        .find_map(|(mut wrong, pending)| {
+            wrong.truncated_key_id = other.public().truncated_key_id();
+            other.sign(&wrong).ok().map(|resp| (resp, pending))
+        })
+        .expect("a blinded message below the other key's modulus");
+    assert!(matches!(
+        pending.finalize(mine.public(), &resp),
+        Err(TokenError::Rsa(_))
+    ));
 }
 
 #[test]
