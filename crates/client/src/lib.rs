@@ -6,7 +6,9 @@
 //! userspace TCP/IP stack, and reconnects when a relay restarts.
 
 pub mod connection;
+pub mod issuer_client;
 pub mod issuer_link;
 pub mod run;
+pub mod tickets;
 pub mod tun;
 pub mod whole_host;

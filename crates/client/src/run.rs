@@ -44,6 +44,8 @@ pub struct ClientSettings {
     pub fwmark: Option<u32>,
     /// After a relay fails attestation, try other relays (otherwise stop and say why).
     pub retry_after_attestation_failure: bool,
+    /// The token stock file, spent from when the directory's relays require tokens.
+    pub stock: Option<std::path::PathBuf>,
     /// Accept relays on `OutOfDate` TEE platforms (known, fixed vulnerabilities not yet
     /// patched there); a warning is logged for each.
     pub accept_out_of_date: bool,
@@ -59,6 +61,7 @@ impl ClientSettings {
             fwmark: None,
             retry_after_attestation_failure: false,
             accept_out_of_date: false,
+            stock: None,
         }
     }
 }
@@ -141,6 +144,11 @@ pub enum Status {
         /// Which relay and why.
         reason: String,
     },
+    /// The directory's relays require tokens and none are left.
+    NoTokens {
+        /// What to do.
+        reason: String,
+    },
     /// No usable route in the directory.
     NoRoute {
         /// What is missing.
@@ -191,6 +199,7 @@ impl std::fmt::Display for Status {
             }
             Status::Retrying { reason } => write!(f, "connection lost: {reason}"),
             Status::AttestationFailed { reason } => write!(f, "stopped: {reason}"),
+            Status::NoTokens { reason } => write!(f, "waiting for tokens: {reason}"),
             Status::NoRoute { reason } => write!(f, "no usable route: {reason}"),
         }
     }
@@ -318,7 +327,30 @@ pub(crate) async fn supervise(
     let mut reconnects = 0u32;
     let mut backoff = Duration::from_millis(100);
     loop {
-        let route = match directory::pick_route(&settings.directory, &mut rng, &excluded) {
+        let mut tickets = None;
+        if settings.directory.issuer.is_some() {
+            match next_tickets(settings) {
+                Ok(Some((route, t))) => {
+                    tickets = Some((route, t));
+                }
+                other => {
+                    let reason = match other {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "no tokens left; buy some with `openrelay account tokens`".into(),
+                    };
+                    status.send_replace(Status::NoTokens { reason });
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                        _ = &mut shutdown => return,
+                    }
+                }
+            }
+        }
+        let route = match tickets
+            .as_ref()
+            .map(|(r, _)| Ok(r.clone()))
+            .unwrap_or_else(|| directory::pick_route(&settings.directory, &mut rng, &excluded))
+        {
             Ok(r) => r,
             Err(e) if !excluded.is_empty() => {
                 tracing::warn!("{e}; trying the relays that failed before again");
@@ -340,7 +372,7 @@ pub(crate) async fn supervise(
             egress: route.egress.name.clone(),
         });
         let outcome = tokio::select! {
-            o = connect_once(settings, &route.ingress, &route.egress, local, from_local, &status, reconnects) => o,
+            o = connect_once(settings, &route.ingress, &route.egress, tickets.map(|(_, t)| t), local, from_local, &status, reconnects) => o,
             _ = &mut shutdown => {
                 local.lost();
                 return;
@@ -406,10 +438,49 @@ pub(crate) async fn supervise(
 
 /// One connection, from the first handshake until it is lost. Returns whether it was ever
 /// ready, and why it ended.
+/// The next connection's route and tickets from the stock, which is saved without them
+/// first, so a ticket is never spent twice even if this process dies.
+fn next_tickets(
+    settings: &ClientSettings,
+) -> Result<Option<(directory::Route, [crate::connection::Ticket; 2])>, crate::tickets::AccountError>
+{
+    let Some(path) = &settings.stock else {
+        return Ok(None);
+    };
+    let mut stock = crate::tickets::Stock::load(path)?;
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let pruned = stock.prune(&settings.directory, unix);
+    let prepaid = stock.take();
+    if pruned > 0 || prepaid.is_some() {
+        stock.save()?;
+    }
+    let Some(p) = prepaid else {
+        return Ok(None);
+    };
+    let find = |name: &str| {
+        settings
+            .directory
+            .relays
+            .iter()
+            .find(|r| r.name == name)
+            .cloned()
+    };
+    match (find(&p.ingress), find(&p.egress)) {
+        (Some(ingress), Some(egress)) => {
+            Ok(Some((directory::Route { ingress, egress }, p.tickets)))
+        }
+        _ => Ok(None),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn connect_once(
     settings: &ClientSettings,
     ingress: &Relay,
     egress: &Relay,
+    tickets: Option<[crate::connection::Ticket; 2]>,
     local: &mut impl Local,
     from_local: &mut mpsc::Receiver<Vec<u8>>,
     status: &watch::Sender<Status>,
@@ -424,7 +495,7 @@ async fn connect_once(
             egress_key: PublicKey::from_bytes(egress.wg_public_key.0),
             egress_endpoint: egress.endpoint,
             verification: verification(&settings.directory, settings.accept_out_of_date),
-            tickets: None,
+            tickets,
         },
     );
     let mut events = Vec::new();

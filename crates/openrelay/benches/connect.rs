@@ -30,6 +30,7 @@ fn main() {
                 extra_allowed: vec![],
                 unapproved: vec![],
                 try_other_relays: false,
+                accounts: false,
             })
             .await
             .unwrap();

@@ -2,3 +2,4 @@
 //! reuse so that they exercise exactly what a newcomer runs.
 
 pub mod demo;
+pub mod issuer;

@@ -527,10 +527,16 @@ fn demo_ends_with_the_success_line() {
     assert!(stdout.contains("ingress saw: client"));
     assert!(stdout.contains("egress saw:  ingress"));
     // Both hops attested before the fetch.
-    let attested: Vec<&str> = stdout.lines().filter(|l| l.contains("attested ")).collect();
+    let attested: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("  attested "))
+        .collect();
     assert_eq!(attested.len(), 2, "{stdout}");
     assert!(attested[0].contains("ingress-north: Sim"), "{stdout}");
     assert!(attested[1].contains("egress-") && attested[1].contains("TCB UpToDate"));
+    // An account, credit and tokens: one token spent at each hop.
+    assert!(stdout.contains("created with OPAQUE"), "{stdout}");
+    assert!(stdout.contains("tokens spent: 2 "), "{stdout}");
 }
 
 #[test]

@@ -16,6 +16,7 @@ async fn start() -> DemoNetwork {
         extra_allowed: vec![],
         unapproved: vec![],
         try_other_relays: false,
+        accounts: false,
     })
     .await
     .unwrap();
@@ -313,6 +314,7 @@ async fn refused(unapproved: &[&str]) -> (DemoNetwork, String) {
         extra_allowed: vec![],
         unapproved: unapproved.iter().map(|s| s.to_string()).collect(),
         try_other_relays: false,
+        accounts: false,
     })
     .await
     .unwrap();
@@ -388,6 +390,7 @@ async fn with_try_other_relays_the_client_moves_past_an_unapproved_egress() {
             extra_allowed: vec![],
             unapproved: vec!["egress-east".into()],
             try_other_relays: true,
+            accounts: false,
         })
         .await
         .unwrap();
@@ -408,4 +411,63 @@ async fn with_try_other_relays_the_client_moves_past_an_unapproved_egress() {
         return;
     }
     panic!("no seed in 0..64 routed through egress-east first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_accounts_each_connection_spends_one_token_per_hop() {
+    let mut net = DemoNetwork::start(DemoOptions {
+        seed: None,
+        extra_allowed: vec![],
+        unapproved: vec![],
+        try_other_relays: false,
+        accounts: true,
+    })
+    .await
+    .unwrap();
+    let issuer = net.issuer.as_ref().unwrap();
+    assert_eq!(
+        issuer.balance,
+        issuer.credited - 2 * issuer.connections_bought as u64
+    );
+    let (stock, bought) = (issuer.stock.clone(), issuer.connections_bought);
+    let left = |p: &std::path::Path| client::tickets::Stock::load(p).unwrap().len();
+    net.wait_connected(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(left(&stock), bought - 1);
+    let url = format!("http://{}/", net.web);
+    let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
+    assert!(out.status.success());
+    let tokens = |net: &DemoNetwork| {
+        (
+            net.ingress.counters.borrow().tokens_redeemed,
+            net.egresses
+                .iter()
+                .filter_map(|e| e.handle.as_ref())
+                .map(|h| h.counters.borrow().tokens_redeemed)
+                .sum::<u64>(),
+        )
+    };
+    assert_eq!(tokens(&net), (1, 1));
+
+    // The ingress restarts (forgetting everything): the client reconnects with its next
+    // ticket, spending a fresh token at each hop.
+    net.restart_ingress().await.unwrap();
+    let mut status = net.client.status.clone();
+    tokio::time::timeout(
+        Duration::from_secs(40),
+        status.wait_for(
+            |s| matches!(s, client::run::Status::Connected { reconnects, .. } if *reconnects >= 1),
+        ),
+    )
+    .await
+    .expect("reconnected")
+    .unwrap();
+    assert_eq!(left(&stock), bought - 2);
+    let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
+    assert!(out.status.success());
+    assert_eq!(
+        net.ingress.counters.borrow().tokens_redeemed,
+        1,
+        "the restarted ingress"
+    );
+    net.shutdown().await;
 }

@@ -145,6 +145,34 @@ pub struct RelayConfig {
 }
 
 impl RelayConfig {
+    /// A config with the defaults, listening on `listen` with the key in
+    /// `private_key_file`: for services that run like a relay (the token issuer).
+    pub fn service(private_key_file: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            private_key: None,
+            private_key_file: Some(private_key_file),
+            listen,
+            mtu: default_mtu(),
+            lifetime_secs: default_lifetime(),
+            max_sessions: default_max_sessions(),
+            report_interval_secs: default_report(),
+            directory: None,
+            directory_keys: Vec::new(),
+            egresses: Vec::new(),
+            allow_destinations: Vec::new(),
+            own_addresses: Vec::new(),
+            tun: None,
+            tee: None,
+            sim_vendor_key_file: None,
+            collateral_file: None,
+        }
+    }
+
+    /// The settings every role shares (key, socket, evidence), without a directory.
+    pub fn common_settings(&self) -> Result<Common, ConfigError> {
+        self.common(None)
+    }
+
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -30,6 +30,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         extra_allowed: vec![],
         unapproved: vec![],
         try_other_relays: false,
+        accounts: true,
     })
     .await?;
     println!(
@@ -40,6 +41,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!(
             "demo:   {:<14} {:<8?} {:<22} operator {}",
             r.name, r.role, r.endpoint, r.operator
+        );
+    }
+    if let Some(i) = &net.issuer {
+        println!(
+            "demo: token issuer (attested like a relay) at {}; account {} created with OPAQUE (the password never left the client)",
+            i.handle.relay.local_addr, i.account
+        );
+        println!(
+            "demo: the operator credited {} units; logged in and bought tickets for {} connections ({} blind-signed tokens), {} units left",
+            i.credited,
+            i.connections_bought,
+            2 * i.connections_bought,
+            i.balance
         );
     }
     println!(
@@ -78,6 +92,19 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 println!("demo: hop 2, egress saw:  ingress {peer} → destination {destination}   (not the client's address)")
             }
         }
+    }
+    if let Some(i) = &net.issuer {
+        let spent = net.ingress.counters.borrow().tokens_redeemed
+            + net
+                .egresses
+                .iter()
+                .filter_map(|e| e.handle.as_ref())
+                .map(|h| h.counters.borrow().tokens_redeemed)
+                .sum::<u64>();
+        let left = client::tickets::Stock::load(&i.stock).map_or(0, |s| s.len());
+        println!(
+            "demo: tokens spent: {spent} (one at each hop; neither relay can link it to the account), tickets left for {left} more connections"
+        );
     }
     println!("demo: ingress counters: {}", *net.ingress.counters.borrow());
     for e in &net.egresses {

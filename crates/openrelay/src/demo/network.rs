@@ -56,7 +56,27 @@ pub struct DemoNetwork {
     pub observations: mpsc::UnboundedReceiver<Observation>,
     observer: mpsc::UnboundedSender<Observation>,
     ingress_evidence: Arc<dyn EvidenceSource>,
+    tokens: Option<relay::run::Tokens>,
+    /// The token issuer and what the demo account did, when accounts are on.
+    pub issuer: Option<DemoIssuer>,
     web_task: tokio::task::JoinHandle<()>,
+}
+
+/// The demo's issuer and the account the demo made with it.
+pub struct DemoIssuer {
+    /// The running issuer.
+    pub handle: crate::issuer::run::IssuerHandle,
+    /// The account number the user was shown.
+    pub account: account::AccountNumber,
+    /// Credit granted.
+    pub credited: u64,
+    /// Connections paid for ahead of time (two tokens each).
+    pub connections_bought: usize,
+    /// Credit left after buying.
+    pub balance: u64,
+    /// The token stock file (a temporary directory, removed at shutdown).
+    pub stock: std::path::PathBuf,
+    state_dir: std::path::PathBuf,
 }
 
 /// Demo settings.
@@ -72,6 +92,9 @@ pub struct DemoOptions {
     pub unapproved: Vec<String>,
     /// Let the client try other relays after one fails attestation.
     pub try_other_relays: bool,
+    /// Run a token issuer: relays require tokens, and the demo creates an account, credits
+    /// it and buys tickets before connecting.
+    pub accounts: bool,
 }
 
 fn admit() -> AdmitPolicy {
@@ -86,6 +109,7 @@ fn common(
     listen: SocketAddr,
     observer: &mpsc::UnboundedSender<Observation>,
     evidence: &Arc<dyn EvidenceSource>,
+    tokens: &Option<relay::run::Tokens>,
 ) -> Common {
     Common {
         key,
@@ -95,7 +119,7 @@ fn common(
         report_interval: Duration::from_secs(3600),
         observer: Some(observer.clone()),
         evidence: Some(evidence.clone()),
-        tokens: None,
+        tokens: tokens.clone(),
     }
 }
 
@@ -151,6 +175,15 @@ impl DemoNetwork {
             }
         };
         let ingress_evidence = evidence_of("ingress-north");
+        let issuer = if opts.accounts {
+            Some(start_issuer(&approved).await?)
+        } else {
+            None
+        };
+        let tokens = issuer.as_ref().map(|i| relay::run::Tokens {
+            issuer_name: i.name.clone(),
+            keys: vec![i.key.clone()],
+        });
         let mut allowed = vec![ipnet::IpNet::from(web.ip())];
         allowed.extend(opts.extra_allowed.iter().copied());
         let mut egresses = Vec::new();
@@ -159,7 +192,7 @@ impl DemoNetwork {
             let evidence = evidence_of(name);
             let handle = outside_ephemeral(|listen| {
                 run_egress(EgressSettings {
-                    common: common(key.clone(), listen, &observer, &evidence),
+                    common: common(key.clone(), listen, &observer, &evidence, &tokens),
                     policy: DestinationPolicy::new(allowed.clone(), vec![]),
                 })
             })
@@ -178,7 +211,13 @@ impl DemoNetwork {
         let egress_endpoints: Vec<SocketAddr> = egresses.iter().map(|e| e.endpoint).collect();
         let ingress = outside_ephemeral(|listen| {
             run_ingress(IngressSettings {
-                common: common(ingress_key.clone(), listen, &observer, &ingress_evidence),
+                common: common(
+                    ingress_key.clone(),
+                    listen,
+                    &observer,
+                    &ingress_evidence,
+                    &tokens,
+                ),
                 egresses: egress_endpoints.clone(),
             })
         })
@@ -212,6 +251,17 @@ impl DemoNetwork {
         });
         dir.sim_vendors
             .push(directory::encode_verifying_key(&vendor.verifying_key()));
+        if let Some(i) = &issuer {
+            dir.issuer = Some(directory::Issuer {
+                name: i.name.clone(),
+                endpoint: i.handle.relay.local_addr,
+                wg_public_key: PublicKey32(*i.wg_key.public_key().as_bytes()),
+                keys: vec![directory::IssuerKey {
+                    epoch: i.key.epoch.0,
+                    public_key: i.key.to_base64(),
+                }],
+            });
+        }
         let signer = directory::generate_signing_key();
         let signed_directory = directory::sign(&dir.to_body_toml()?, &signer)?;
         let directory = directory::verify(&signed_directory, &[signer.verifying_key()])?;
@@ -220,6 +270,14 @@ impl DemoNetwork {
             client::run::ClientSettings::new(directory.clone(), SocketAddr::new(LOOPBACK, 0));
         settings.seed = opts.seed;
         settings.retry_after_attestation_failure = opts.try_other_relays;
+        let issuer = match issuer {
+            Some(i) => {
+                let demo = open_account(i, &directory).await?;
+                settings.stock = Some(demo.stock.clone());
+                Some(demo)
+            }
+            None => None,
+        };
         let client = client::run::run_client(settings)
             .await
             .context("cannot start the client")?;
@@ -235,6 +293,8 @@ impl DemoNetwork {
             observations,
             observer,
             ingress_evidence,
+            tokens,
+            issuer,
             web_task,
         })
     }
@@ -282,7 +342,13 @@ impl DemoNetwork {
         let observer = self.observer.clone();
         let e = self.egresses.get_mut(i).context("no such egress")?;
         let handle = run_egress(EgressSettings {
-            common: common(e.key.clone(), e.endpoint, &observer, &e.evidence),
+            common: common(
+                e.key.clone(),
+                e.endpoint,
+                &observer,
+                &e.evidence,
+                &self.tokens,
+            ),
             policy: DestinationPolicy::new(allowed, vec![]),
         })
         .await
@@ -305,6 +371,7 @@ impl DemoNetwork {
                 endpoint,
                 &self.observer,
                 &self.ingress_evidence,
+                &self.tokens,
             ),
             egresses: self.egresses.iter().map(|e| e.endpoint).collect(),
         })
@@ -327,6 +394,116 @@ impl DemoNetwork {
         let _ = self.client.task.await;
         let _ = self.ingress.shutdown.send(());
         let _ = self.ingress.task.await;
+        if let Some(i) = self.issuer.take() {
+            let _ = i.handle.relay.shutdown.send(());
+            let _ = i.handle.relay.task.await;
+            let _ = std::fs::remove_dir_all(&i.state_dir);
+        }
         self.web_task.abort();
     }
+}
+
+/// The issuer as started, before the demo account exists.
+struct StartedIssuer {
+    handle: crate::issuer::run::IssuerHandle,
+    name: String,
+    wg_key: StaticSecret,
+    key: token::IssuerPublicKey,
+    state_dir: std::path::PathBuf,
+}
+
+/// Starts an issuer in the sim TEE with a fresh account store and this week's token key.
+async fn start_issuer(evidence: &Arc<dyn EvidenceSource>) -> anyhow::Result<StartedIssuer> {
+    let state_dir = std::env::temp_dir().join(format!(
+        "openrelay-demo-issuer-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create {}", state_dir.display()))?;
+    let store = account::Store::open(
+        state_dir.join("accounts.store"),
+        account::SealingKey::from_bytes(rand::random()),
+    )?;
+    let accounts =
+        account::DurableServer::open(store, account::Limits::default(), &mut rand::rng())?;
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let key = token::IssuerKey::generate(token::Epoch::at(unix))?;
+    let public = key.public().clone();
+    let service = issuer::Service::new(accounts, vec![key], issuer::IssueLimits::default());
+    let wg_key = StaticSecret::generate();
+    let (tx, _) = mpsc::unbounded_channel();
+    let common = common(
+        wg_key.clone(),
+        SocketAddr::new(LOOPBACK, 0),
+        &tx,
+        evidence,
+        &None,
+    );
+    let handle = crate::issuer::run::run_issuer(common, service)
+        .await
+        .context("cannot start the issuer")?;
+    Ok(StartedIssuer {
+        handle,
+        name: "issuer.demo.openrelay".into(),
+        wg_key,
+        key: public,
+        state_dir,
+    })
+}
+
+/// What a new user does: create an account (the issuer picks the number), get credit (here
+/// from the operator, later by payment), log in and buy tickets for a few connections.
+async fn open_account(i: StartedIssuer, dir: &Directory) -> anyhow::Result<DemoIssuer> {
+    let issuer_entry = dir
+        .issuer
+        .as_ref()
+        .context("the directory lists no issuer")?;
+    let verification = client::run::verification(dir, false);
+    let key = tunnel::PublicKey::from_bytes(issuer_entry.wg_public_key.0);
+    let mut c = client::issuer_client::IssuerClient::connect(
+        issuer_entry.endpoint,
+        key,
+        verification.clone(),
+    )
+    .await?;
+    let password = b"demo password, never sent to the issuer";
+    let account = client::tickets::create_account(&mut c, password).await?;
+    let credited = 10;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    i.handle
+        .admin
+        .send(crate::issuer::run::Admin::Credit {
+            account,
+            units: credited,
+            reply,
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("the issuer stopped"))?;
+    answer.await?.map_err(anyhow::Error::msg)?;
+    // A fresh session for the login and purchase, as a returning user would have.
+    let mut c =
+        client::issuer_client::IssuerClient::connect(issuer_entry.endpoint, key, verification)
+            .await?;
+    client::tickets::login(&mut c, account, password).await?;
+    let connections = 4;
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let (prepaid, balance) = client::tickets::buy(&mut c, dir, connections, unix).await?;
+    let stock_path = i.state_dir.join("tokens.toml");
+    let mut stock = client::tickets::Stock::load(&stock_path)?;
+    stock.add(prepaid);
+    stock.save()?;
+    Ok(DemoIssuer {
+        handle: i.handle,
+        account,
+        credited,
+        connections_bought: connections,
+        balance,
+        stock: stock_path,
+        state_dir: i.state_dir,
+    })
 }

@@ -108,7 +108,9 @@ pub struct RelayHandle {
 
 impl Common {
     /// Binds the relay's socket and makes its empty session table.
-    async fn bind(&self) -> std::io::Result<(std::sync::Arc<tokio::net::UdpSocket>, SessionTable)> {
+    pub async fn bind(
+        &self,
+    ) -> std::io::Result<(std::sync::Arc<tokio::net::UdpSocket>, SessionTable)> {
         let socket = tokio::net::UdpSocket::bind(self.listen).await?;
         let now = std::time::Instant::now();
         let cfg = tunnel::SessionConfig {

@@ -1,0 +1,3 @@
+//! The token issuer role: `openrelay issuer` and its network edge.
+
+pub mod run;
