@@ -49,6 +49,10 @@ pub(crate) struct ClientArgs {
     /// (--unblock looks there too). Keep it on tmpfs.
     #[arg(long, value_name = "DIR", default_value = client::whole_host::STATE_DIR)]
     state_dir: PathBuf,
+    /// Where the token stock is (see `openrelay account tokens`) [default: as for
+    /// `openrelay account`].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
     /// Where the SOCKS5 proxy listens. Keep it on loopback: anyone who can reach it can
     /// use your tunnel.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1080")]
@@ -78,6 +82,12 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
         .load()
         .with_context(|| format!("the directory {} is refused", directory_path.display()))?;
     let mut settings = client::run::ClientSettings::new(dir, args.socks);
+    settings.stock = Some(crate::account_cmd::stock_path(
+        &args
+            .data_dir
+            .clone()
+            .unwrap_or_else(crate::account_cmd::default_data_dir),
+    ));
     settings.retry_after_attestation_failure = args.try_other_relays;
     settings.accept_out_of_date = args.accept_out_of_date;
     if args.accept_out_of_date {

@@ -1,5 +1,6 @@
 //! `openrelay`: the user's command for OpenRelay, an attested, two-hop, decentralized VPN.
 
+mod account_cmd;
 mod attest_cmd;
 mod client_cmd;
 
@@ -39,6 +40,15 @@ enum Command {
     /// Make, sign and inspect the signed list of relays.
     #[command(subcommand)]
     Directory(directory_cmd::DirectoryCommand),
+    /// Your anonymous account: create it, check credit, buy the tokens that pay for
+    /// connections. The password never leaves this machine; tokens cannot be linked to
+    /// the account that bought them.
+    #[command(subcommand)]
+    Account(account_cmd::AccountCommand),
+    /// Run the token issuer (an attested service like a relay), publish its keys, credit
+    /// accounts.
+    #[command(subcommand)]
+    Issuer(openrelay::issuer::cmd::IssuerCommand),
     /// Check TEE evidence (Intel SGX/TDX quotes, sim reports) by hand.
     #[command(subcommand)]
     Attest(attest_cmd::AttestCommand),
@@ -76,6 +86,8 @@ fn run() -> anyhow::Result<()> {
         Command::Relay(cmd) => Ok(runtime.block_on(relay::cli::run_until_signal(&cmd))?),
         Command::Directory(cmd) => directory_cmd::run(cmd),
         Command::Attest(cmd) => attest_cmd::run(cmd),
+        Command::Account(cmd) => runtime.block_on(account_cmd::run(cmd)),
+        Command::Issuer(cmd) => runtime.block_on(openrelay::issuer::cmd::run(cmd)),
         Command::Keygen { output } => {
             let key = tunnel::StaticSecret::generate();
             write_secret(&output, &key.to_base64())?;

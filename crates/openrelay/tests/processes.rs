@@ -186,11 +186,32 @@ fn sign_directory(
     egress_port: u16,
     output: &str,
 ) {
+    sign_directory_with(
+        dir,
+        ingress_key,
+        ingress_port,
+        egress_key,
+        egress_port,
+        output,
+        "",
+    );
+}
+
+/// [`sign_directory`] with `extra` appended to the body (an `[issuer]` section).
+fn sign_directory_with(
+    dir: &Path,
+    ingress_key: &str,
+    ingress_port: u16,
+    egress_key: &str,
+    egress_port: u16,
+    output: &str,
+    extra: &str,
+) {
     let relay = |name: &str, role: &str, key: &str, port: u16, op: &str| {
         format!("\n[[relay]]\nname = \"{name}\"\nrole = \"{role}\"\nwg_public_key = \"{key}\"\nendpoint = \"127.0.0.1:{port}\"\noperator = \"{op}\"\nbandwidth_mbps = 100\n")
     };
     let body = format!(
-        "version = 1\nserial = 1\nsim_vendors = [\"{}\"]\n{}{}\n[[image]]\nplatform = \"sim\"\nmeasurement = \"{}\"\n",
+        "version = 1\nserial = 1\nsim_vendors = [\"{}\"]\n{}{}\n[[image]]\nplatform = \"sim\"\nmeasurement = \"{}\"\n\n{extra}",
         sim_vendor(dir),
         relay("in", "ingress", ingress_key, ingress_port, "a"),
         relay("out", "egress", egress_key, egress_port, "b"),
@@ -720,5 +741,210 @@ fn client_stops_at_a_relay_without_evidence_and_says_which() {
     let _ = ingress.stop();
     assert_eq!(counter(&egress_log, "admitted"), 0, "{egress_log}");
     assert_eq!(counter(&egress_log, "forwarded"), 0, "{egress_log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `openrelay ARGS` with `input` on standard input.
+fn ok_with_stdin(args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "openrelay {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_user_creates_an_account_buys_tokens_and_connects_with_separate_processes() {
+    let dir = tempdir("accounts");
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    let ingress_pub = ok(&["keygen", "--output", &p("ingress.key")])
+        .trim()
+        .to_string();
+    let egress_pub = ok(&["keygen", "--output", &p("egress.key")])
+        .trim()
+        .to_string();
+    ok(&["keygen", "--output", &p("issuer.key")]);
+    ok(&["keygen", "--output", &p("sealing.key")]);
+    let signer = ok(&["directory", "keygen", "--output", &p("signing.key")])
+        .trim()
+        .to_string();
+    let (ingress_port, egress_port, issuer_port) =
+        (free_udp_port(), free_udp_port(), free_udp_port());
+
+    // The operator sets up the issuer and publishes its keys in the directory.
+    std::fs::write(
+        p("issuer.toml"),
+        format!(
+            "name = \"issuer.test\"\nprivate_key_file = \"{}\"\nlisten = \"127.0.0.1:{issuer_port}\"\nstate_dir = \"{}\"\nsealing_key_file = \"{}\"\n{}",
+            p("issuer.key"),
+            p("issuer-state"),
+            p("sealing.key"),
+            sim_tee(&dir)
+        ),
+    )
+    .unwrap();
+    let section = ok(&["issuer", "keys", "--config", &p("issuer.toml")]);
+    assert!(section.contains("[[issuer.key]]"), "{section}");
+    sign_directory_with(
+        &dir,
+        &ingress_pub,
+        ingress_port,
+        &egress_pub,
+        egress_port,
+        "directory.toml",
+        &section,
+    );
+    let relay_config = |key: &str, port: u16, extra: &str| {
+        format!(
+            "private_key_file = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nreport_interval_secs = 3600\ndirectory = \"{}\"\ndirectory_keys = [\"{signer}\"]\n{extra}{}",
+            p(key),
+            p("directory.toml"),
+            sim_tee(&dir)
+        )
+    };
+    std::fs::write(
+        p("egress.toml"),
+        relay_config(
+            "egress.key",
+            egress_port,
+            "allow_destinations = [\"127.0.0.1/32\"]\n",
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        p("ingress.toml"),
+        relay_config("ingress.key", ingress_port, ""),
+    )
+    .unwrap();
+    let issuer = Proc::spawn(&["issuer", "run", "--config", &p("issuer.toml")]);
+    let egress = Proc::spawn(&["relay", "egress", "--config", &p("egress.toml")]);
+    let ingress = Proc::spawn(&["relay", "ingress", "--config", &p("ingress.toml")]);
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The user creates an account; the password goes in on standard input.
+    let password = "tr0ub4dor & 3 distinctive-password-7731";
+    let common = [
+        "--directory",
+        &p("directory.toml"),
+        "--trust",
+        &signer,
+        "--data-dir",
+        &p("data"),
+    ];
+    let account = ok_with_stdin(
+        &[&["account", "create"][..], &common].concat(),
+        &format!("{password}\n"),
+    )
+    .trim()
+    .to_string();
+    assert_eq!(account.len(), 34, "{account}");
+
+    // No credit yet: buying is refused with a clear reason.
+    std::fs::write(p("password"), format!("{password}\n")).unwrap();
+    let pw_file = p("password");
+    let with_pw = [
+        &common[..],
+        &["--password-file", &pw_file, "--account", &account],
+    ]
+    .concat();
+    let out = run(&[&["account", "tokens"][..], &with_pw].concat());
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("insufficient credit"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The operator credits it (with the issuer stopped: it holds the store).
+    let issuer_log = issuer.stop();
+    let credited = ok(&[
+        "issuer",
+        "credit",
+        "--config",
+        &p("issuer.toml"),
+        &account,
+        "10",
+    ]);
+    assert!(credited.contains("10 credit units"), "{credited}");
+    let issuer = Proc::spawn(&["issuer", "run", "--config", &p("issuer.toml")]);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let bought = ok(&[&["account", "tokens", "--connections", "2"][..], &with_pw].concat());
+    assert!(
+        bought.contains("for 2 connections") && bought.contains("6 credit units left"),
+        "{bought}"
+    );
+    let status = ok(&[&["account", "status"][..], &with_pw].concat());
+    assert!(
+        status.contains("6 credit units") && status.contains("for 2 connections"),
+        "{status}"
+    );
+
+    // The client spends one connection's tickets and fetches a page.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let web: SocketAddr = rt.block_on(async {
+        let (l, a) = openrelay::demo::http::bind().await.unwrap();
+        tokio::spawn(openrelay::demo::http::serve(l));
+        a
+    });
+    let socks = format!("127.0.0.1:{}", free_udp_port());
+    let mut client = Proc::spawn(&[
+        "client",
+        "--directory",
+        &p("directory.toml"),
+        "--trust",
+        &signer,
+        "--data-dir",
+        &p("data"),
+        "--socks",
+        &socks,
+    ]);
+    client.wait_stdout("connected through in → out", Duration::from_secs(20));
+    let page = curl(&socks, &format!("http://{web}/"));
+    assert!(
+        page.status.success(),
+        "{}",
+        String::from_utf8_lossy(&page.stderr)
+    );
+    let stock = std::fs::read_to_string(dir.join("data/tokens.toml")).unwrap();
+    assert_eq!(
+        stock.matches("[[connection]]").count(),
+        1,
+        "one connection's tickets left"
+    );
+
+    let _ = client.stop();
+    let ingress_log = ingress.stop();
+    let egress_log = egress.stop();
+    let issuer_log2 = issuer.stop();
+    assert_eq!(counter(&ingress_log, "tokens"), 1, "{ingress_log}");
+    assert_eq!(counter(&egress_log, "tokens"), 1, "{egress_log}");
+    // The issuer never saw the password, and nobody logged an address or the account.
+    for log in [&issuer_log, &issuer_log2, &ingress_log, &egress_log] {
+        assert!(!log.contains(password));
+        assert!(!log.contains(&account));
+        assert!(!log.contains("127.0.0.1"), "{log}");
+    }
+    let state = std::fs::read_dir(dir.join("issuer-state")).unwrap();
+    for f in state {
+        let bytes = std::fs::read(f.unwrap().path()).unwrap_or_default();
+        assert!(!bytes.windows(8).any(|w| w == &password.as_bytes()[..8]));
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

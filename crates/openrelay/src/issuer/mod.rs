@@ -1,3 +1,4 @@
 //! The token issuer role: `openrelay issuer` and its network edge.
 
+pub mod cmd;
 pub mod run;
