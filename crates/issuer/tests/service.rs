@@ -203,3 +203,56 @@ fn garbage_gets_a_malformed_refusal() {
         );
     }
 }
+
+#[test]
+fn what_the_issuer_sees_shares_nothing_with_what_relays_see() {
+    let mut s = service("unlink", IssueLimits::default());
+    let source = SourceId(9);
+    let account = logged_in(&mut s, source);
+    s.accounts().credit(account, 10).unwrap();
+    // Everything that crosses the issuer's service port during issuance...
+    let mut reqs = Vec::new();
+    let mut pendings = Vec::new();
+    let mut challenges = Vec::new();
+    for i in 0..4u8 {
+        let c = Challenge::for_session("issuer.test", &[1; 32], &[i + 40; 32]);
+        let (r, p) = token::request(key().public(), &c).unwrap();
+        reqs.push(r);
+        pendings.push(p);
+        challenges.push(c);
+    }
+    let request = Request {
+        id: 1,
+        body: RequestBody::Issue(reqs),
+    }
+    .encode();
+    let response = s.handle(NOW, source, &request);
+    let ResponseBody::Issued { responses, .. } = Response::decode(&response).unwrap().body else {
+        panic!("not issued");
+    };
+    let issuer_saw = [request, response].concat();
+    // ...and every Redeem message the relays receive.
+    let mut relay_saw = Vec::new();
+    for ((p, r), c) in pendings.into_iter().zip(&responses).zip(&challenges) {
+        let t = p.finalize(key().public(), r).unwrap();
+        relay_saw.extend(
+            control::Message::Redeem {
+                challenge: c.encode(),
+                token: t.encode(),
+            }
+            .encode(),
+        );
+    }
+    let common = issuer_saw
+        .windows(8)
+        .filter(|w| relay_saw.windows(8).any(|x| x == *w))
+        .count();
+    assert_eq!(
+        common, 0,
+        "a value seen at issuance reappears at redemption"
+    );
+    // The account number is nowhere in what relays see.
+    assert!(!relay_saw
+        .windows(8)
+        .any(|w| account.as_bytes().windows(8).any(|a| a == w)));
+}

@@ -50,6 +50,7 @@ pub(crate) enum AccountCommand {
     /// no name; the password never leaves this machine (OPAQUE).
     Create(Common),
     /// Log in and show the account's credit and the tokens in stock.
+    #[command(alias = "login")]
     Status {
         #[command(flatten)]
         common: Common,
