@@ -459,6 +459,12 @@ fn next_tickets(
     let Some(p) = prepaid else {
         return Ok(None);
     };
+    if stock.len() < 2 {
+        tracing::warn!(
+            "tokens left for {} more connection(s); buy more ahead of time with `openrelay account tokens`",
+            stock.len()
+        );
+    }
     let find = |name: &str| {
         settings
             .directory

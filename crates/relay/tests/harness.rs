@@ -798,6 +798,15 @@ fn ticket(relay: &tunnel::PublicKey) -> client::connection::Ticket {
 
 /// Relays that require tokens, and a client holding `tickets` (changed by `spoil` first).
 fn tokened(tickets: bool, spoil: impl FnOnce(&mut [client::connection::Ticket; 2])) -> Net {
+    tokened_at(UNIX_NOW, tickets, spoil)
+}
+
+/// [`tokened`] with the relays' wall clock at `unix`.
+fn tokened_at(
+    unix: u64,
+    tickets: bool,
+    spoil: impl FnOnce(&mut [client::connection::Ticket; 2]),
+) -> Net {
     let mut net = Net::new();
     let redeemer = |key: &StaticSecret| {
         token::Redeemer::new(
@@ -810,14 +819,14 @@ fn tokened(tickets: bool, spoil: impl FnOnce(&mut [client::connection::Ticket; 2
         table(net.now, net.ingress_key.clone()).with_tokens(
             redeemer(&net.ingress_key),
             net.now,
-            UNIX_NOW,
+            unix,
         ),
         [EGRESS.parse().unwrap()],
     );
     net.egress = table(net.now, net.egress_key.clone()).with_tokens(
         redeemer(&net.egress_key),
         net.now,
-        UNIX_NOW,
+        unix,
     );
     let tickets = tickets.then(|| {
         let mut t = [
@@ -1006,4 +1015,33 @@ fn an_issuer_link_refuses_an_unapproved_issuer_before_sending_anything_else() {
     link.request(now, b"account number", &mut ev);
     assert!(ev.is_empty());
     assert_eq!(table.counters.sessions_admitted, 0);
+}
+
+#[test]
+fn a_malformed_token_is_refused() {
+    let net = tokened(true, |t| t[1].token.truncate(100));
+    refused_for_token(net, Hop::Egress, "malformed token");
+}
+
+#[test]
+fn a_token_from_a_key_the_directory_does_not_list_is_refused() {
+    let net = tokened(true, |t| {
+        // A genuine token, from an issuer key the relays were not given.
+        static OTHER: std::sync::OnceLock<token::IssuerKey> = std::sync::OnceLock::new();
+        let other = OTHER.get_or_init(|| token::IssuerKey::generate(token::Epoch(2900)).unwrap());
+        let c = token::Challenge::decode(&t[0].challenge).unwrap();
+        let (req, pending) = token::request(other.public(), &c).unwrap();
+        let tok = pending
+            .finalize(other.public(), &other.sign(&req).unwrap())
+            .unwrap();
+        t[0].token = tok.encode();
+    });
+    refused_for_token(net, Hop::Ingress, "not in the directory");
+}
+
+#[test]
+fn a_token_of_an_expired_week_is_refused() {
+    // Two weeks after the tokens' epoch: past its week and the grace week.
+    let net = tokened_at(UNIX_NOW + 2 * token::Epoch::SECONDS, true, |_| {});
+    refused_for_token(net, Hop::Ingress, "not redeemable now");
 }
