@@ -31,6 +31,7 @@ fn main() {
                 unapproved: vec![],
                 try_other_relays: false,
                 accounts: false,
+                offload: relay::udp::Offload::On,
             })
             .await
             .unwrap();

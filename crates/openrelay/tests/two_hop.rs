@@ -11,12 +11,17 @@ use tokio::net::UdpSocket;
 use tokio::process::Command;
 
 async fn start() -> DemoNetwork {
+    start_with(relay::udp::Offload::On).await
+}
+
+async fn start_with(offload: relay::udp::Offload) -> DemoNetwork {
     let mut net = DemoNetwork::start(DemoOptions {
         seed: None,
         extra_allowed: vec![],
         unapproved: vec![],
         try_other_relays: false,
         accounts: false,
+        offload,
     })
     .await
     .unwrap();
@@ -63,8 +68,17 @@ async fn curl_fetches_a_page_through_two_hops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_download_arrives_intact() {
-    let net = start().await;
-    let size = 50 * 1024 * 1024;
+    download_is_byte_exact(relay::udp::Offload::On, 50 * 1024 * 1024).await;
+}
+
+/// The relays' plain UDP path (no GSO/GRO, one datagram per call) carries the same bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_download_arrives_intact_with_offloads_off() {
+    download_is_byte_exact(relay::udp::Offload::Off, 10 * 1024 * 1024).await;
+}
+
+async fn download_is_byte_exact(offload: relay::udp::Offload, size: usize) {
+    let net = start_with(offload).await;
     let url = format!("http://{}/bytes/{size}", net.web);
     let direct = curl(&["--noproxy", "*", &url]).await;
     assert!(direct.status.success());
@@ -315,6 +329,7 @@ async fn refused(unapproved: &[&str]) -> (DemoNetwork, String) {
         unapproved: unapproved.iter().map(|s| s.to_string()).collect(),
         try_other_relays: false,
         accounts: false,
+        offload: relay::udp::Offload::On,
     })
     .await
     .unwrap();
@@ -391,6 +406,7 @@ async fn with_try_other_relays_the_client_moves_past_an_unapproved_egress() {
             unapproved: vec!["egress-east".into()],
             try_other_relays: true,
             accounts: false,
+            offload: relay::udp::Offload::On,
         })
         .await
         .unwrap();
@@ -421,6 +437,7 @@ async fn with_accounts_each_connection_spends_one_token_per_hop() {
         unapproved: vec![],
         try_other_relays: false,
         accounts: true,
+        offload: relay::udp::Offload::On,
     })
     .await
     .unwrap();

@@ -142,6 +142,14 @@ pub struct RelayConfig {
     pub sim_vendor_key_file: Option<PathBuf>,
     /// DCAP collateral (JSON from Intel's PCCS) bundled with SGX/TDX quotes.
     pub collateral_file: Option<PathBuf>,
+    /// Use the kernel's UDP segmentation offloads (GSO/GRO); `false` for kernels or
+    /// drivers whose offloads misbehave.
+    #[serde(default = "yes")]
+    pub offload: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl RelayConfig {
@@ -165,6 +173,7 @@ impl RelayConfig {
             tee: None,
             sim_vendor_key_file: None,
             collateral_file: None,
+            offload: true,
         }
     }
 
@@ -246,6 +255,11 @@ impl RelayConfig {
                     // The directory validated every key when it was loaded.
                     keys: issuer.token_keys().unwrap_or_default(),
                 }),
+            offload: if self.offload {
+                crate::udp::Offload::On
+            } else {
+                crate::udp::Offload::Off
+            },
         })
     }
 

@@ -31,6 +31,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         unapproved: vec![],
         try_other_relays: false,
         accounts: true,
+        offload: relay::udp::Offload::On,
     })
     .await?;
     println!(

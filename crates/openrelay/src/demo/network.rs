@@ -57,6 +57,7 @@ pub struct DemoNetwork {
     observer: mpsc::UnboundedSender<Observation>,
     ingress_evidence: Arc<dyn EvidenceSource>,
     tokens: Option<relay::run::Tokens>,
+    offload: relay::udp::Offload,
     /// The token issuer and what the demo account did, when accounts are on.
     pub issuer: Option<DemoIssuer>,
     web_task: tokio::task::JoinHandle<()>,
@@ -92,6 +93,8 @@ pub struct DemoOptions {
     pub unapproved: Vec<String>,
     /// Let the client try other relays after one fails attestation.
     pub try_other_relays: bool,
+    /// UDP segmentation offloads on the relays' sockets.
+    pub offload: relay::udp::Offload,
     /// Run a token issuer: relays require tokens, and the demo creates an account, credits
     /// it and buys tickets before connecting.
     pub accounts: bool,
@@ -110,6 +113,7 @@ fn common(
     observer: &mpsc::UnboundedSender<Observation>,
     evidence: &Arc<dyn EvidenceSource>,
     tokens: &Option<relay::run::Tokens>,
+    offload: &relay::udp::Offload,
 ) -> Common {
     Common {
         key,
@@ -120,6 +124,7 @@ fn common(
         observer: Some(observer.clone()),
         evidence: Some(evidence.clone()),
         tokens: tokens.clone(),
+        offload: *offload,
     }
 }
 
@@ -192,7 +197,14 @@ impl DemoNetwork {
             let evidence = evidence_of(name);
             let handle = outside_ephemeral(|listen| {
                 run_egress(EgressSettings {
-                    common: common(key.clone(), listen, &observer, &evidence, &tokens),
+                    common: common(
+                        key.clone(),
+                        listen,
+                        &observer,
+                        &evidence,
+                        &tokens,
+                        &opts.offload,
+                    ),
                     policy: DestinationPolicy::new(allowed.clone(), vec![]),
                 })
             })
@@ -217,6 +229,7 @@ impl DemoNetwork {
                     &observer,
                     &ingress_evidence,
                     &tokens,
+                    &opts.offload,
                 ),
                 egresses: egress_endpoints.clone(),
             })
@@ -294,6 +307,7 @@ impl DemoNetwork {
             observer,
             ingress_evidence,
             tokens,
+            offload: opts.offload,
             issuer,
             web_task,
         })
@@ -348,6 +362,7 @@ impl DemoNetwork {
                 &observer,
                 &e.evidence,
                 &self.tokens,
+                &self.offload,
             ),
             policy: DestinationPolicy::new(allowed, vec![]),
         })
@@ -372,6 +387,7 @@ impl DemoNetwork {
                 &self.observer,
                 &self.ingress_evidence,
                 &self.tokens,
+                &self.offload,
             ),
             egresses: self.egresses.iter().map(|e| e.endpoint).collect(),
         })
@@ -441,6 +457,7 @@ async fn start_issuer(evidence: &Arc<dyn EvidenceSource>) -> anyhow::Result<Star
         &tx,
         evidence,
         &None,
+        &relay::udp::Offload::On,
     );
     let handle = crate::issuer::run::run_issuer(common, service)
         .await

@@ -18,6 +18,8 @@ use crate::policy::DestinationPolicy;
 use crate::table::{SessionId, SessionTable, TableEvent};
 
 const MAX_DATAGRAM: usize = 65_535;
+/// Packets taken from the stacks' queue per turn of the loop, to send together.
+const BATCH: usize = 64;
 /// How long the egress waits for a destination to accept a TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A UDP flow with no traffic for this long releases its socket.
@@ -49,7 +51,7 @@ impl Drop for SessionStack {
 /// Starts an egress on the current tokio runtime.
 pub async fn run_egress(settings: EgressSettings) -> io::Result<RelayHandle> {
     let c = &settings.common;
-    let (socket, table) = c.bind().await?;
+    let (socket, table) = c.bind_batch().await?;
     let local_addr = socket.local_addr()?;
     let (counters_tx, counters) = watch::channel(table.counters);
     let (shutdown, shutdown_rx) = oneshot::channel();
@@ -75,7 +77,7 @@ pub async fn run_egress(settings: EgressSettings) -> io::Result<RelayHandle> {
 async fn event_loop(
     settings: EgressSettings,
     policy: DestinationPolicy,
-    socket: Arc<UdpSocket>,
+    mut socket: crate::udp::BatchSocket,
     mut table: SessionTable,
     counters_tx: watch::Sender<Counters>,
     mut shutdown: oneshot::Receiver<()>,
@@ -85,15 +87,16 @@ async fn event_loop(
     let flows = Arc::new(FlowCounters::default());
     let (out_tx, mut out_rx) = mpsc::channel::<(SessionId, Vec<u8>)>(4096);
     let mut stacks: HashMap<SessionId, SessionStack> = HashMap::new();
-    let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut events = Vec::new();
+    let mut sends: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     let mut report_tick = tokio::time::interval(c.report_interval);
     report_tick.tick().await;
     loop {
         let deadline = tokio::time::Instant::from_std(table.poll_timeout());
+        let mut received = false;
         tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => table.handle_datagram(Instant::now(), from, buf.get(..n).unwrap_or_default(), &mut events),
+            r = socket.recv() => match r {
+                Ok(()) => received = true,
                 Err(e) => tracing::debug!("receive error: {}", e.kind()),
             },
             Some((id, ip)) = out_rx.recv() => table.send(Instant::now(), id, &ip, &mut events),
@@ -101,11 +104,22 @@ async fn event_loop(
             _ = report_tick.tick() => report("egress", &merged(&table, &flows)),
             _ = &mut shutdown => break,
         }
+        if received {
+            let now = Instant::now();
+            for (from, d) in socket.received() {
+                table.handle_datagram(now, from, d, &mut events);
+            }
+        }
+        // Packets the stacks have ready go out together (one segmented send per peer).
+        for _ in 0..BATCH {
+            let Ok((id, ip)) = out_rx.try_recv() else {
+                break;
+            };
+            table.send(Instant::now(), id, &ip, &mut events);
+        }
         for ev in events.drain(..) {
             match ev {
-                TableEvent::Transmit { to, datagram } => {
-                    let _ = socket.send_to(&datagram, to).await;
-                }
+                TableEvent::Transmit { to, datagram } => sends.push((to, datagram)),
                 TableEvent::Admitted { id, addr } => {
                     let peer = table.peer_addr(id);
                     let ctx = FlowContext {
@@ -137,6 +151,8 @@ async fn event_loop(
                 }
             }
         }
+        socket.send_all(&sends).await;
+        sends.clear();
         counters_tx.send_replace(merged(&table, &flows));
     }
     report("egress", &merged(&table, &flows));

@@ -39,7 +39,7 @@ pub async fn run_egress_tun(
         ));
     }
     let c = &settings.common;
-    let (socket, table) = c.bind().await?;
+    let (socket, table) = c.bind_batch().await?;
     let local_addr = socket.local_addr()?;
     let dev = DeviceBuilder::new()
         .name(&exit_settings.tun)
@@ -151,23 +151,24 @@ async fn nft(ruleset: &str) -> io::Result<()> {
 
 async fn event_loop(
     settings: EgressSettings,
-    socket: Arc<tokio::net::UdpSocket>,
+    mut socket: crate::udp::BatchSocket,
     dev: Arc<AsyncDevice>,
     mut table: SessionTable,
     counters_tx: watch::Sender<Counters>,
     mut shutdown: oneshot::Receiver<()>,
 ) {
     let c = settings.common;
-    let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut tun_buf = vec![0u8; MAX_DATAGRAM];
     let mut events = Vec::new();
+    let mut sends: Vec<(std::net::SocketAddr, Vec<u8>)> = Vec::new();
     let mut report_tick = tokio::time::interval(c.report_interval);
     report_tick.tick().await;
     loop {
         let deadline = tokio::time::Instant::from_std(table.poll_timeout());
+        let mut received = false;
         tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => table.handle_datagram(Instant::now(), from, buf.get(..n).unwrap_or_default(), &mut events),
+            r = socket.recv() => match r {
+                Ok(()) => received = true,
                 Err(e) => tracing::debug!("receive error: {}", e.kind()),
             },
             r = dev.recv(&mut tun_buf) => match r {
@@ -187,11 +188,15 @@ async fn event_loop(
             _ = report_tick.tick() => report("egress", &table.counters),
             _ = &mut shutdown => break,
         }
+        if received {
+            let now = Instant::now();
+            for (from, d) in socket.received() {
+                table.handle_datagram(now, from, d, &mut events);
+            }
+        }
         for ev in events.drain(..) {
             match ev {
-                TableEvent::Transmit { to, datagram } => {
-                    let _ = socket.send_to(&datagram, to).await;
-                }
+                TableEvent::Transmit { to, datagram } => sends.push((to, datagram)),
                 TableEvent::Packet { ip, .. } => {
                     table.counters.forwarded += 1;
                     table.counters.forwarded_bytes += ip.len() as u64;
@@ -200,6 +205,8 @@ async fn event_loop(
                 TableEvent::Admitted { .. } | TableEvent::Closed { .. } => {}
             }
         }
+        socket.send_all(&sends).await;
+        sends.clear();
         counters_tx.send_replace(table.counters);
     }
     report("egress", &table.counters);

@@ -12,11 +12,13 @@ use crate::ingress::{Ingress, IngressOutput};
 use crate::table::SessionId;
 
 const MAX_DATAGRAM: usize = 65_535;
+/// Egress replies taken per turn of the loop, to send to clients together.
+const BATCH: usize = 64;
 
 /// Starts an ingress on the current tokio runtime.
 pub async fn run_ingress(settings: IngressSettings) -> io::Result<RelayHandle> {
     let c = &settings.common;
-    let (socket, table) = c.bind().await?;
+    let (socket, table) = c.bind_batch().await?;
     let local_addr = socket.local_addr()?;
     let ingress = Ingress::new(table, settings.egresses.clone());
     let (counters_tx, counters) = watch::channel(*ingress.counters());
@@ -39,7 +41,7 @@ pub async fn run_ingress(settings: IngressSettings) -> io::Result<RelayHandle> {
 
 async fn event_loop(
     settings: IngressSettings,
-    socket: Arc<UdpSocket>,
+    mut socket: crate::udp::BatchSocket,
     mut ingress: Ingress,
     counters_tx: watch::Sender<crate::counters::Counters>,
     mut shutdown: oneshot::Receiver<()>,
@@ -50,15 +52,16 @@ async fn event_loop(
     let mut forwards: HashMap<SessionId, (Arc<UdpSocket>, tokio::task::JoinHandle<()>)> =
         HashMap::new();
     let mut observed = std::collections::HashSet::new();
-    let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut out = Vec::new();
+    let mut to_clients: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     let mut report_tick = tokio::time::interval(c.report_interval);
     report_tick.tick().await;
     loop {
         let deadline = tokio::time::Instant::from_std(ingress.poll_timeout());
+        let mut received = false;
         tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => ingress.handle_client(Instant::now(), from, buf.get(..n).unwrap_or_default(), &mut out),
+            r = socket.recv() => match r {
+                Ok(()) => received = true,
                 Err(e) => tracing::debug!("receive error: {}", e.kind()),
             },
             Some((id, from, payload)) = fwd_rx.recv() => {
@@ -68,11 +71,22 @@ async fn event_loop(
             _ = report_tick.tick() => report("ingress", ingress.counters()),
             _ = &mut shutdown => break,
         }
+        if received {
+            let now = Instant::now();
+            for (from, d) in socket.received() {
+                ingress.handle_client(now, from, d, &mut out);
+            }
+        }
+        // Egress replies that are already waiting go back to clients together.
+        for _ in 0..BATCH {
+            let Ok((id, from, payload)) = fwd_rx.try_recv() else {
+                break;
+            };
+            ingress.handle_egress(Instant::now(), id, from, &payload, &mut out);
+        }
         for o in out.drain(..) {
             match o {
-                IngressOutput::ToClient { to, datagram } => {
-                    let _ = socket.send_to(&datagram, to).await;
-                }
+                IngressOutput::ToClient { to, datagram } => to_clients.push((to, datagram)),
                 IngressOutput::OpenForward(id) => match UdpSocket::bind((forward_ip, 0)).await {
                     Ok(s) => {
                         let s = Arc::new(s);
@@ -98,6 +112,8 @@ async fn event_loop(
                 }
             }
         }
+        socket.send_all(&to_clients).await;
+        to_clients.clear();
         counters_tx.send_replace(*ingress.counters());
     }
     report("ingress", ingress.counters());

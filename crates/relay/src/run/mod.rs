@@ -65,6 +65,8 @@ pub struct Common {
     pub evidence: Option<std::sync::Arc<dyn crate::evidence::EvidenceSource>>,
     /// The token issuer whose tokens admit sessions; `None`: admit without tokens.
     pub tokens: Option<Tokens>,
+    /// UDP segmentation offloads on the relay's socket.
+    pub offload: crate::udp::Offload,
 }
 
 /// Which tokens a relay accepts: the directory's issuer and its keys.
@@ -112,6 +114,16 @@ impl Common {
         &self,
     ) -> std::io::Result<(std::sync::Arc<tokio::net::UdpSocket>, SessionTable)> {
         let socket = tokio::net::UdpSocket::bind(self.listen).await?;
+        Ok((std::sync::Arc::new(socket), self.table()))
+    }
+
+    /// Binds the relay's socket for batched I/O and makes its empty session table.
+    pub async fn bind_batch(&self) -> std::io::Result<(crate::udp::BatchSocket, SessionTable)> {
+        let socket = crate::udp::BatchSocket::bind(self.listen, self.offload).await?;
+        Ok((socket, self.table()))
+    }
+
+    fn table(&self) -> SessionTable {
         let now = std::time::Instant::now();
         let cfg = tunnel::SessionConfig {
             persistent_keepalive: None,
@@ -133,9 +145,11 @@ impl Common {
                 .map_or(0, |d| d.as_secs());
             table = table.with_tokens(redeemer, now, unix);
         }
-        Ok((std::sync::Arc::new(socket), table))
+        table
     }
 }
+
+
 
 fn report(role: &str, counters: &Counters) {
     tracing::info!(target: "openrelay::counters", "{role} counters: {counters}");
