@@ -492,7 +492,10 @@ async fn connect_once(
     status: &watch::Sender<Status>,
     reconnects: u32,
 ) -> io::Result<(bool, ConnectionError)> {
-    let socket = ingress_socket(ingress.endpoint, settings.fwmark).await?;
+    let mut socket = udpio::BatchSocket::new(
+        ingress_socket(ingress.endpoint, settings.fwmark).await?,
+        udpio::Offload::On,
+    )?;
     let now = Instant::now();
     let mut conn = Connection::new(
         now,
@@ -506,15 +509,14 @@ async fn connect_once(
     );
     let mut events = Vec::new();
     conn.start(now, &mut events);
-    let mut buf = vec![0u8; 65_535];
+    let mut sends: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     let mut ready = false;
     loop {
         for ev in events.drain(..) {
             match ev {
-                ConnEvent::ToIngress(d) => {
-                    // A send error (no route, refused) is transient; WireGuard retries.
-                    let _ = socket.send(&d).await;
-                }
+                // Sent together below; a send error (no route, refused) is transient, and
+                // WireGuard retries.
+                ConnEvent::ToIngress(d) => sends.push((ingress.endpoint, d)),
                 ConnEvent::Packet(ip) => local.deliver(ip),
                 ConnEvent::Ready {
                     inner,
@@ -548,22 +550,40 @@ async fn connect_once(
                         attesting,
                     });
                 }
-                ConnEvent::Lost(e) => return Ok((ready, e)),
-            }
-        }
-        let deadline = tokio::time::Instant::from_std(conn.poll_timeout());
-        tokio::select! {
-            r = socket.recv(&mut buf) => {
-                // ICMP errors (ingress down) surface here; the timers decide when to give up.
-                if let Ok(n) = r {
-                    conn.receive(Instant::now(), buf.get(..n).unwrap_or_default(), &mut events);
+                ConnEvent::Lost(e) => {
+                    socket.send_all(&sends).await;
+                    return Ok((ready, e));
                 }
             }
+        }
+        socket.send_all(&sends).await;
+        sends.clear();
+        let deadline = tokio::time::Instant::from_std(conn.poll_timeout());
+        let mut received = false;
+        tokio::select! {
+            // ICMP errors (ingress down) surface here; the timers decide when to give up.
+            r = socket.recv() => received = r.is_ok(),
             Some(ip) = from_local.recv() => conn.send(Instant::now(), &ip, &mut events),
             _ = tokio::time::sleep_until(deadline) => conn.handle_timeout(Instant::now(), &mut events),
         }
+        let now = Instant::now();
+        if received {
+            for (_, d) in socket.received() {
+                conn.receive(now, d, &mut events);
+            }
+        }
+        // User packets already waiting go out together (one segmented send).
+        for _ in 0..LOCAL_BATCH {
+            let Ok(ip) = from_local.try_recv() else {
+                break;
+            };
+            conn.send(now, &ip, &mut events);
+        }
     }
 }
+
+/// User packets taken from the local side per turn of the loop, to send together.
+const LOCAL_BATCH: usize = 64;
 
 /// The UDP socket towards the ingress. In TUN mode it carries `fwmark`, so policy routing
 /// sends it out of the physical interface instead of back into the tunnel.

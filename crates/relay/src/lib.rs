@@ -16,4 +16,4 @@ pub mod policy;
 mod pool;
 pub mod run;
 pub mod table;
-pub mod udp;
+pub use udpio as udp;

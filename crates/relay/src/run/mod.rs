@@ -149,8 +149,6 @@ impl Common {
     }
 }
 
-
-
 fn report(role: &str, counters: &Counters) {
     tracing::info!(target: "openrelay::counters", "{role} counters: {counters}");
 }
