@@ -10,8 +10,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{report, IngressSettings, Observation, RelayHandle};
 use crate::ingress::{Ingress, IngressOutput};
 use crate::table::SessionId;
+use crate::udp::BatchSocket;
 
-const MAX_DATAGRAM: usize = 65_535;
 /// Egress replies taken per turn of the loop, to send to clients together.
 const BATCH: usize = 64;
 
@@ -49,8 +49,10 @@ async fn event_loop(
     let c = settings.common;
     let forward_ip: IpAddr = c.listen.ip();
     let (fwd_tx, mut fwd_rx) = mpsc::channel::<(SessionId, SocketAddr, Vec<u8>)>(1024);
-    let mut forwards: HashMap<SessionId, (Arc<UdpSocket>, tokio::task::JoinHandle<()>)> =
+    let mut forwards: HashMap<SessionId, (Arc<BatchSocket>, tokio::task::JoinHandle<()>)> =
         HashMap::new();
+    // Datagrams to egresses this turn, per session's socket, sent together.
+    let mut to_egress: HashMap<SessionId, Vec<(SocketAddr, Vec<u8>)>> = HashMap::new();
     let mut observed = std::collections::HashSet::new();
     let mut out = Vec::new();
     let mut to_clients: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
@@ -89,20 +91,27 @@ async fn event_loop(
                 IngressOutput::ToClient { to, datagram } => to_clients.push((to, datagram)),
                 IngressOutput::OpenForward(id) => match UdpSocket::bind((forward_ip, 0)).await {
                     Ok(s) => {
-                        let s = Arc::new(s);
-                        let reader = tokio::spawn(read_forward(id, s.clone(), fwd_tx.clone()));
-                        forwards.insert(id, (s, reader));
+                        let (reader, sender) = match forward_socket(s, c.offload) {
+                            Ok(pair) => pair,
+                            Err(e) => {
+                                tracing::warn!("cannot open a forwarding socket: {e}");
+                                continue;
+                            }
+                        };
+                        let sender = Arc::new(sender);
+                        let task = tokio::spawn(read_forward(id, reader, fwd_tx.clone()));
+                        forwards.insert(id, (sender, task));
                     }
                     Err(e) => tracing::warn!("cannot open a forwarding socket: {e}"),
                 },
                 IngressOutput::Forward { id, to, payload } => {
-                    if let Some((s, _)) = forwards.get(&id) {
+                    if forwards.contains_key(&id) {
                         if let (Some(obs), true) = (&c.observer, observed.insert(id)) {
                             if let Some(client) = ingress.table().peer_addr(id) {
                                 let _ = obs.send(Observation::Ingress { client, egress: to });
                             }
                         }
-                        let _ = s.send_to(&payload, to).await;
+                        to_egress.entry(id).or_default().push((to, payload));
                     }
                 }
                 IngressOutput::CloseForward(id) => {
@@ -114,6 +123,13 @@ async fn event_loop(
         }
         socket.send_all(&to_clients).await;
         to_clients.clear();
+        for (id, batch) in to_egress.iter_mut() {
+            if let Some((s, _)) = forwards.get(id) {
+                s.send_all(batch).await;
+            }
+            batch.clear();
+        }
+        to_egress.retain(|id, _| forwards.contains_key(id));
         counters_tx.send_replace(*ingress.counters());
     }
     report("ingress", ingress.counters());
@@ -122,21 +138,33 @@ async fn event_loop(
     }
 }
 
+/// A session's socket towards the egress, as a receiving and a sending half (one OS
+/// socket: the egress answers the port it saw).
+fn forward_socket(
+    socket: UdpSocket,
+    offload: crate::udp::Offload,
+) -> io::Result<(BatchSocket, BatchSocket)> {
+    let std = socket.into_std()?;
+    let twin = UdpSocket::from_std(std.try_clone()?)?;
+    Ok((
+        BatchSocket::new(UdpSocket::from_std(std)?, offload)?,
+        BatchSocket::new(twin, offload)?,
+    ))
+}
+
 async fn read_forward(
     id: SessionId,
-    socket: Arc<UdpSocket>,
+    mut socket: BatchSocket,
     tx: mpsc::Sender<(SessionId, SocketAddr, Vec<u8>)>,
 ) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
     loop {
-        match socket.recv_from(&mut buf).await {
-            Ok((n, from)) => {
-                let payload = buf.get(..n).unwrap_or_default().to_vec();
-                if tx.send((id, from, payload)).await.is_err() {
-                    return;
-                }
+        if socket.recv().await.is_err() {
+            continue;
+        }
+        for (from, d) in socket.received() {
+            if tx.send((id, from, d.to_vec())).await.is_err() {
+                return;
             }
-            Err(_) => continue,
         }
     }
 }
