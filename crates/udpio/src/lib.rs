@@ -135,7 +135,12 @@ impl BatchSocket {
                 } else {
                     m.stride
                 };
-                data.chunks(stride).map(move |d| (m.addr, d))
+                // An empty datagram is still one datagram (relays count it as malformed).
+                let count = data.len().div_ceil(stride).max(1);
+                (0..count).map(move |i| {
+                    let end = ((i + 1) * stride).min(data.len());
+                    (m.addr, data.get(i * stride..end).unwrap_or_default())
+                })
             })
     }
 
@@ -263,6 +268,14 @@ mod tests {
                 assert_eq!(rx.coalesced, 0);
                 assert_eq!(tx.segmented.load(std::sync::atomic::Ordering::Relaxed), 0);
             }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_empty_datagram_is_received_as_one() {
+        for offload in [Offload::On, Offload::Off] {
+            let (got, _, _) = round_trip(offload, vec![vec![], vec![7; 10]]).await;
+            assert_eq!(got, vec![vec![], vec![7; 10]], "{offload:?}");
         }
     }
 

@@ -1,0 +1,353 @@
+//! `openrelay-loadgen`: opens many client sessions against one egress relay process and
+//! reports handshakes per CPU-second of the relay and its resident memory per idle session.
+//!
+//! ```text
+//! cargo build --release -p openrelay -p openrelay-loadgen
+//! target/release/openrelay-loadgen --sessions 10000
+//! ```
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use loadgen::client::Traffic;
+use loadgen::proc::{self, Sample};
+use loadgen::{drive, Outcome, Plan, Sink};
+use tunnel::{PublicKey, StaticSecret};
+
+/// Opens client sessions against one egress (handshake, admission, a few UDP packets, then
+/// idle) and reports handshakes per CPU-second and resident memory per idle session.
+#[derive(Debug, Parser)]
+#[command(name = "openrelay-loadgen", version)]
+struct Args {
+    /// Client sessions to open.
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
+    /// The `openrelay` executable whose `relay egress` is measured.
+    #[arg(long, default_value = "target/release/openrelay")]
+    openrelay: PathBuf,
+    /// Measure a running egress with this process id instead of starting one (needs
+    /// --endpoint and --relay-key; its config must allow 127.0.0.1 destinations).
+    #[arg(long, requires_all = ["endpoint", "relay_key"])]
+    attach_pid: Option<u32>,
+    /// The running egress's UDP endpoint (with --attach-pid).
+    #[arg(long)]
+    endpoint: Option<SocketAddr>,
+    /// The running egress's WireGuard public key, base64 (with --attach-pid).
+    #[arg(long)]
+    relay_key: Option<String>,
+    /// UDP sockets the sessions share.
+    #[arg(long, default_value_t = 16)]
+    sockets: usize,
+    /// New handshakes per second (relays ask for cookies above 1000 per second from one
+    /// address).
+    #[arg(long, default_value_t = 800.0)]
+    rate: f64,
+    /// Most sessions under way (not yet admitted) at once.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// UDP packets each admitted session sends to the sink.
+    #[arg(long, default_value_t = 3)]
+    packets: usize,
+    /// Payload bytes of those packets.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Seconds to wait after the last admission before measuring idle memory and CPU.
+    #[arg(long, default_value_t = 5)]
+    settle_secs: u64,
+    /// Seconds without progress before a session retries.
+    #[arg(long, default_value_t = 2)]
+    retry_secs: u64,
+    /// Keep the started egress's directory (config, key, log) instead of removing it.
+    #[arg(long)]
+    keep: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let sink = Sink::start().await.context("cannot bind the UDP sink")?;
+    let ticks = proc::ticks_per_sec();
+    let mut egress = match (args.attach_pid, args.endpoint, &args.relay_key) {
+        (Some(pid), Some(endpoint), Some(key)) => Egress::attached(pid, endpoint, key)?,
+        _ => Egress::spawn(&args.openrelay, args.sessions)?,
+    };
+    let result = measure(&args, &sink, &mut egress, ticks).await;
+    egress.stop(args.keep);
+    result
+}
+
+async fn measure(args: &Args, sink: &Sink, egress: &mut Egress, ticks: u64) -> anyhow::Result<()> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = proc::sample(egress.pid, ticks).context("cannot read the egress's /proc")?;
+    let plan = Plan {
+        target: egress.endpoint,
+        relay_key: egress.key,
+        sessions: args.sessions,
+        sockets: args.sockets,
+        rate: args.rate,
+        window: args.window,
+        traffic: Traffic {
+            sink: sink.addr(),
+            packets: args.packets,
+            payload_len: args.payload,
+        },
+        retry_after: Duration::from_secs(args.retry_secs),
+        max_attempts: 5,
+        deadline: Duration::from_secs_f64(args.sessions as f64 / args.rate.max(1.0) + 120.0),
+    };
+    eprintln!(
+        "opening {} sessions against {} (pid {}) at up to {}/s, at most {} pending, over {} sockets",
+        args.sessions, egress.endpoint, egress.pid, args.rate, args.window, args.sockets
+    );
+    let outcome = drive(&plan).await.context("load generation failed")?;
+    let loaded = proc::sample(egress.pid, ticks)?;
+    let settle = Duration::from_secs(args.settle_secs);
+    tokio::time::sleep(settle).await;
+    let idle = proc::sample(egress.pid, ticks)?;
+    let counters = egress.counters();
+    print_report(&Report {
+        args,
+        outcome: &outcome,
+        before,
+        loaded,
+        idle,
+        settle,
+        sink_received: sink.received(),
+        counters,
+    });
+    if outcome.failed > 0 {
+        bail!("{} sessions were not admitted", outcome.failed);
+    }
+    Ok(())
+}
+
+struct Report<'a> {
+    args: &'a Args,
+    outcome: &'a Outcome,
+    before: Sample,
+    loaded: Sample,
+    idle: Sample,
+    settle: Duration,
+    sink_received: u64,
+    counters: Option<String>,
+}
+
+fn print_report(r: &Report<'_>) {
+    let o = r.outcome;
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let cpu = r.loaded.cpu.saturating_sub(r.before.cpu).as_secs_f64();
+    let secs = o.elapsed.as_secs_f64();
+    let per_cpu = if cpu > 0.0 {
+        format!("{:.0}", o.admitted as f64 / cpu)
+    } else {
+        "n/a".into()
+    };
+    let grown = r.idle.rss.saturating_sub(r.before.rss);
+    let per_session = grown as f64 / o.admitted.max(1) as f64 / 1024.0;
+    let idle_cpu = r.idle.cpu.saturating_sub(r.loaded.cpu).as_secs_f64();
+    let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
+    println!(
+        "openrelay-loadgen: {} sessions, one egress",
+        r.args.sessions
+    );
+    println!(
+        "  admitted         {} (failed {}; retried: {} handshakes, {} Hellos; cookie replies {}, refused {}, bad datagrams {}, unrouted {}, send errors {})",
+        o.admitted, o.failed, o.handshake_retries, o.hello_retries, o.cookie_replies, o.refused, o.bad_datagrams, o.unrouted, o.send_errors
+    );
+    println!(
+        "  setup            {secs:.2} s for all at {}/s paced: {:.0} admitted/s; per session p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        r.args.rate,
+        o.admitted as f64 / secs.max(1e-9),
+        ms(o.latency(0.5)),
+        ms(o.latency(0.99)),
+        ms(o.latency(1.0)),
+    );
+    println!(
+        "  egress CPU       {cpu:.2} s over the setup ({:.0}% of one core): {per_cpu} handshakes+admissions per CPU-second (per core)",
+        100.0 * cpu / secs.max(1e-9)
+    );
+    println!(
+        "  egress idle CPU  {idle_cpu:.2} s over {} s idle ({:.1}% of one core)",
+        r.settle.as_secs(),
+        100.0 * idle_cpu / r.settle.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "  egress RSS       {:.1} MiB before, {:.1} MiB right after, {:.1} MiB idle after {} s: {:.1} KiB per idle session ({:.1} MiB per 10,000)",
+        mib(r.before.rss),
+        mib(r.loaded.rss),
+        mib(r.idle.rss),
+        r.settle.as_secs(),
+        per_session,
+        per_session * 10_000.0 / 1024.0
+    );
+    println!(
+        "  UDP sink         {} of {} datagrams arrived",
+        r.sink_received,
+        o.admitted * r.args.packets
+    );
+    if let Some(c) = &r.counters {
+        println!("  egress counters  {c}");
+    }
+}
+
+/// The egress being measured: a child process this program started, or one it attached to.
+struct Egress {
+    pid: u32,
+    endpoint: SocketAddr,
+    key: PublicKey,
+    child: Option<(Child, PathBuf)>,
+}
+
+impl Egress {
+    fn attached(pid: u32, endpoint: SocketAddr, key: &str) -> anyhow::Result<Self> {
+        let key = PublicKey::from_base64(key).context("--relay-key is not a WireGuard key")?;
+        Ok(Self {
+            pid,
+            endpoint,
+            key,
+            child: None,
+        })
+    }
+
+    /// Writes a key and config to a new directory and starts `openrelay relay egress`,
+    /// waiting until it listens.
+    fn spawn(openrelay: &Path, sessions: usize) -> anyhow::Result<Self> {
+        if !openrelay.is_file() {
+            bail!(
+                "{} not found; build it with `cargo build --release -p openrelay` or pass --openrelay",
+                openrelay.display()
+            );
+        }
+        let dir = std::env::temp_dir().join(format!("openrelay-loadgen-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let secret = StaticSecret::generate();
+        let key_file = dir.join("egress.key");
+        write_private(&key_file, &secret.to_base64())?;
+        let port = free_udp_port()?;
+        let endpoint: SocketAddr = ([127, 0, 0, 1], port).into();
+        let config = dir.join("egress.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "private_key_file = {key:?}\nlisten = \"{endpoint}\"\nmax_sessions = {max}\n\
+                 report_interval_secs = 1\nallow_destinations = [\"127.0.0.1/32\"]\n",
+                key = key_file.display().to_string(),
+                max = (sessions * 2).max(20_000),
+            ),
+        )?;
+        let log = dir.join("egress.log");
+        let child = Command::new(openrelay)
+            .args(["relay", "egress", "--config"])
+            .arg(&config)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("cannot start {}", openrelay.display()))?;
+        let mut egress = Self {
+            pid: child.id(),
+            endpoint,
+            key: secret.public_key(),
+            child: Some((child, dir)),
+        };
+        egress.wait_listening()?;
+        Ok(egress)
+    }
+
+    fn log(&self) -> String {
+        self.child
+            .as_ref()
+            .and_then(|(_, dir)| std::fs::read_to_string(dir.join("egress.log")).ok())
+            .unwrap_or_default()
+    }
+
+    fn wait_listening(&mut self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if self.log().contains("egress listening") {
+                return Ok(());
+            }
+            if let Some((child, _)) = &mut self.child {
+                if let Some(status) = child.try_wait()? {
+                    bail!("the egress exited ({status}):\n{}", self.log());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the egress did not start listening:\n{}", self.log())
+    }
+
+    /// The latest counters line the started egress logged (it reports every second).
+    fn counters(&self) -> Option<String> {
+        self.child.as_ref()?;
+        std::thread::sleep(Duration::from_millis(1100));
+        let log = self.log();
+        let line = log.lines().rev().find(|l| l.contains("egress counters:"))?;
+        let (_, counters) = line.split_once("egress counters:")?;
+        Some(counters.trim().to_string())
+    }
+
+    /// Stops a started egress (SIGTERM, then kill) and removes its directory.
+    fn stop(&mut self, keep: bool) {
+        let Some((mut child, dir)) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        if keep {
+            eprintln!("egress files kept in {}", dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+impl Drop for Egress {
+    /// A started egress never outlives the generator, even when measuring failed.
+    fn drop(&mut self) {
+        self.stop(false);
+    }
+}
+
+/// A loopback UDP port that was free a moment ago.
+fn free_udp_port() -> anyhow::Result<u16> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").context("cannot find a free UDP port")?;
+    Ok(s.local_addr()?.port())
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(f, "{text}")?;
+    Ok(())
+}
