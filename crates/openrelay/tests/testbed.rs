@@ -97,6 +97,11 @@ impl Setup {
         );
         std::fs::write(p("egress.toml"), &egress).unwrap();
         std::fs::write(p("egress-tun.toml"), format!("{egress}tun = \"orexit0\"\n")).unwrap();
+        std::fs::write(
+            p("egress-tun-plain.toml"),
+            format!("{egress}tun = \"orexit0\"\noffload = false\n"),
+        )
+        .unwrap();
         std::fs::create_dir_all(dir.join("www")).unwrap();
         std::fs::write(dir.join("www/page.html"), format!("<p>{MARKER}</p>\n")).unwrap();
         Self { dir, signer }
@@ -873,4 +878,122 @@ fn whole_host_client_reconnects_after_an_egress_restart_while_the_kill_switch_ho
     );
     signal(pid, "-TERM");
     wait_gone(pid);
+}
+
+/// In the destination host: TCP 9000 answers the SHA-256 of everything it receives; UDP
+/// 9001 echoes every datagram.
+const HASH_ECHO_SERVER: &str = r#"
+import hashlib, socket, sys, threading
+addr = sys.argv[1]
+def tcp():
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, 9000)); s.listen(4)
+    while True:
+        c, _ = s.accept(); h = hashlib.sha256()
+        while True:
+            b = c.recv(65536)
+            if not b: break
+            h.update(b)
+        c.sendall(h.hexdigest().encode()); c.close()
+threading.Thread(target=tcp, daemon=True).start()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind((addr, 9001))
+while True:
+    d, a = u.recvfrom(65535); u.sendto(d, a)
+"#;
+
+/// In the client host: sends 8 MiB over TCP and compares hashes, then UDP datagrams of
+/// sizes around the tunnel MTU, checking bytes and order of the echoes.
+const HASH_ECHO_CLIENT: &str = r#"
+import hashlib, random, socket, struct, sys
+dest = sys.argv[1]; mtu = int(sys.argv[2])
+rnd = random.Random(7); data = bytes(rnd.getrandbits(8) for _ in range(1 << 16)) * 128
+s = socket.create_connection((dest, 9000), timeout=60); s.sendall(data); s.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    b = s.recv(100)
+    if not b: break
+    got += b
+assert got.decode() == hashlib.sha256(data).hexdigest(), "TCP upload differs"
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(3); u.connect((dest, 9001))
+top = mtu - 28
+sizes = [8, 500, top - 1, top] * 25
+for seq, n in enumerate(sizes):
+    u.send(struct.pack(">I", seq) + bytes((seq + i) % 256 for i in range(n - 4)))
+last = -1; count = 0
+try:
+    while count < len(sizes):
+        d = u.recv(65535); seq = struct.unpack(">I", d[:4])[0]
+        assert d[4:] == bytes((seq + i) % 256 for i in range(sizes[seq] - 4)), "UDP bytes differ"
+        assert seq > last, "UDP datagrams reordered"
+        last = seq; count += 1
+except socket.timeout:
+    pass
+assert count >= len(sizes) * 9 // 10, f"only {count} of {len(sizes)} UDP echoes"
+print("ok", count)
+"#;
+
+/// Whole-host client, ingress and a TUN-mode egress (`egress_config`); TCP and UDP through
+/// both hops must arrive byte-exact and in order.
+fn tun_path_is_byte_exact(egress_config: &str, name: &str) {
+    if !require_root() {
+        return;
+    }
+    let bed = Testbed::new().unwrap();
+    let s = Setup::new(&bed, name);
+    // A 16 MiB file for the download.
+    let big: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(s.dir.join("www/big.bin"), &big).unwrap();
+    start_web(&bed, &s, &bed.dest.addr.to_string());
+    let dest = bed.dest.addr.to_string();
+    bed.spawn(
+        &bed.dest,
+        &["python3", "-c", HASH_ECHO_SERVER, &dest],
+        Stdio::null(),
+        Stdio::inherit(),
+    )
+    .unwrap();
+    start_egress(&bed, &s, egress_config);
+    start_ingress(&bed, &s);
+    let (client, _lines) = start_whole_host_client(&bed, &s);
+
+    let out = direct_curl(
+        &bed,
+        &["--max-time", "60", &format!("http://{dest}/big.bin")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), big.len());
+    assert!(out.stdout == big, "the download through both hops differs");
+
+    let mtu = bed
+        .exec(&bed.client.ns, &["cat", "/sys/class/net/ortun0/mtu"])
+        .unwrap();
+    let out = bed
+        .command(&bed.client, "python3")
+        .args(["-c", HASH_ECHO_CLIENT, &dest, mtu.trim()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).starts_with("ok"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    signal(client, "-TERM");
+    wait_gone(client);
+}
+
+#[test]
+fn tcp_and_udp_through_a_tun_egress_with_offloads_are_byte_exact_and_in_order() {
+    tun_path_is_byte_exact("egress-tun.toml", "exact");
+}
+
+#[test]
+fn tcp_and_udp_through_a_tun_egress_without_offloads_are_byte_exact_and_in_order() {
+    tun_path_is_byte_exact("egress-tun-plain.toml", "exact-plain");
 }

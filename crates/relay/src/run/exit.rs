@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{oneshot, watch};
-use tun_rs::{AsyncDevice, DeviceBuilder};
+use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, VIRTIO_NET_HDR_LEN};
 
 use super::{report, EgressSettings, RelayHandle};
 use crate::counters::{Counters, Drop};
@@ -14,6 +14,8 @@ use crate::exit;
 use crate::table::{SessionTable, TableEvent};
 
 const MAX_DATAGRAM: usize = 65_535;
+/// Packets one TUN read can split into (64 KiB of TCP at the smallest MSS we allow).
+const TUN_SEGMENTS: usize = 128;
 
 /// The TUN device gets the relay's in-tunnel address, so the kernel routes clients' replies
 /// (100.64.0.0/10) back into it and DNS can be answered there.
@@ -45,6 +47,9 @@ pub async fn run_egress_tun(
         .name(&exit_settings.tun)
         .ipv4(EXIT_ADDR, 10, None)
         .mtu(c.admit.mtu)
+        // TSO/GRO through the virtio-net header: the kernel hands over up to 64 KiB of one
+        // TCP flow per read and takes coalesced writes.
+        .offload(c.offload == crate::udp::Offload::On)
         .build_async()
         .map_err(|e| {
             io::Error::new(
@@ -158,7 +163,14 @@ async fn event_loop(
     mut shutdown: oneshot::Receiver<()>,
 ) {
     let c = settings.common;
-    let mut tun_buf = vec![0u8; MAX_DATAGRAM];
+    // A TUN read: the raw buffer (virtio header and up to 64 KiB), split into packets.
+    let mut tun_raw = vec![0u8; VIRTIO_NET_HDR_LEN + MAX_DATAGRAM];
+    let seg_len = usize::from(c.admit.mtu).max(1500) + 64;
+    let mut tun_bufs: Vec<Vec<u8>> = (0..TUN_SEGMENTS).map(|_| vec![0u8; seg_len]).collect();
+    let mut tun_sizes = vec![0usize; TUN_SEGMENTS];
+    // Packets for the kernel, each with room for the virtio header in front.
+    let mut to_tun: Vec<Vec<u8>> = Vec::new();
+    let mut gro = GROTable::default();
     let mut events = Vec::new();
     let mut sends: Vec<(std::net::SocketAddr, Vec<u8>)> = Vec::new();
     let mut report_tick = tokio::time::interval(c.report_interval);
@@ -171,15 +183,18 @@ async fn event_loop(
                 Ok(()) => received = true,
                 Err(e) => tracing::debug!("receive error: {}", e.kind()),
             },
-            r = dev.recv(&mut tun_buf) => match r {
+            r = dev.recv_multiple(&mut tun_raw, &mut tun_bufs, &mut tun_sizes, 0) => match r {
                 Ok(n) => {
-                    let ip = tun_buf.get(..n).unwrap_or_default();
-                    match tunnel::wire::ip_addrs(ip) {
-                        Some((_, IpAddr::V4(dst))) => match table.session_for_addr(dst) {
-                            Some(id) => table.send(Instant::now(), id, ip, &mut events),
-                            None => table.counters.drop(Drop::NoSession),
-                        },
-                        _ => table.counters.drop(Drop::NotIp),
+                    let now = Instant::now();
+                    for (buf, &len) in tun_bufs.iter().zip(&tun_sizes).take(n) {
+                        let ip = buf.get(..len).unwrap_or_default();
+                        match tunnel::wire::ip_addrs(ip) {
+                            Some((_, IpAddr::V4(dst))) => match table.session_for_addr(dst) {
+                                Some(id) => table.send(now, id, ip, &mut events),
+                                None => table.counters.drop(Drop::NoSession),
+                            },
+                            _ => table.counters.drop(Drop::NotIp),
+                        }
                     }
                 }
                 Err(e) => tracing::debug!("TUN read error: {}", e.kind()),
@@ -200,13 +215,26 @@ async fn event_loop(
                 TableEvent::Packet { ip, .. } => {
                     table.counters.forwarded += 1;
                     table.counters.forwarded_bytes += ip.len() as u64;
-                    let _ = dev.send(&ip).await;
+                    let mut b = Vec::with_capacity(VIRTIO_NET_HDR_LEN + ip.len());
+                    b.resize(VIRTIO_NET_HDR_LEN, 0);
+                    b.extend_from_slice(&ip);
+                    to_tun.push(b);
                 }
                 TableEvent::Admitted { .. } | TableEvent::Closed { .. } => {}
             }
         }
         socket.send_all(&sends).await;
         sends.clear();
+        if !to_tun.is_empty() {
+            // Coalesced into as few writes as the kernel takes (GRO for TCP and UDP).
+            if let Err(e) = dev
+                .send_multiple(&mut gro, &mut to_tun, VIRTIO_NET_HDR_LEN)
+                .await
+            {
+                tracing::debug!("TUN write error: {}", e.kind());
+            }
+            to_tun.clear();
+        }
         counters_tx.send_replace(table.counters);
     }
     report("egress", &table.counters);
