@@ -259,6 +259,9 @@ pub enum Classified {
 /// advance: the initiator's key is read from the handshake itself (`parse_handshake_anon`).
 pub struct Responder {
     secret: StaticSecret,
+    /// Derived once: a scalar multiplication per datagram would cost more than the
+    /// decryption (it did: half of an egress's CPU).
+    public: x25519::PublicKey,
     indices: IndexTable,
     limiter: Arc<RateLimiter>,
     clock: SessionClock,
@@ -274,13 +277,14 @@ impl Responder {
             indices: IndexTable::from_os_rng(),
             clock: SessionClock::new(now),
             secret,
+            public,
             cfg,
         }
     }
 
     /// The relay's public key.
     pub fn public_key(&self) -> PublicKey {
-        self.secret.public_key()
+        PublicKey::from_bytes(self.public.to_bytes())
     }
 
     /// Checks a datagram's type, size and MAC, applies the handshake rate limit and says
@@ -309,10 +313,9 @@ impl Responder {
             }
             Err(_) => return Err(TunnelError::NotWireGuard { len }),
         };
-        let public = x25519::PublicKey::from(self.secret.x25519());
         Ok(match msg {
             WgKind::HandshakeInit(p) => {
-                let half = parse_handshake_anon(self.secret.x25519(), &public, &p)?;
+                let half = parse_handshake_anon(self.secret.x25519(), &self.public, &p)?;
                 Classified::Handshake {
                     peer: PublicKey::from_bytes(half.peer_static_public),
                     msg: Incoming(WgKind::HandshakeInit(p)),
