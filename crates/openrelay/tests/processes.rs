@@ -563,7 +563,16 @@ fn demo_ends_with_the_success_line() {
 #[test]
 fn help_explains_every_command() {
     let top = ok(&["--help"]);
-    for cmd in ["demo", "client", "relay", "directory", "keygen"] {
+    for cmd in [
+        "demo",
+        "client",
+        "relay",
+        "directory",
+        "account",
+        "issuer",
+        "attest",
+        "keygen",
+    ] {
         assert!(top.contains(cmd), "{top}");
     }
     for sub in [
@@ -572,6 +581,11 @@ fn help_explains_every_command() {
         &["client", "--help"],
         &["directory", "sign", "--help"],
         &["demo", "--help"],
+        &["account", "create", "--help"],
+        &["account", "tokens", "--help"],
+        &["issuer", "run", "--help"],
+        &["issuer", "keys", "--help"],
+        &["attest", "verify", "--help"],
     ] {
         let h = ok(sub);
         assert!(h.len() > 200, "help for {sub:?} is too thin: {h}");
