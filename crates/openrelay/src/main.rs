@@ -5,6 +5,7 @@ mod attest_cmd;
 mod client_cmd;
 
 mod directory_cmd;
+mod image_cmd;
 
 use std::io::Write;
 use std::path::Path;
@@ -49,6 +50,9 @@ enum Command {
     /// accounts.
     #[command(subcommand)]
     Issuer(openrelay::issuer::cmd::IssuerCommand),
+    /// The identity of a relay executable: its hash and the measurement clients approve.
+    #[command(subcommand)]
+    Image(image_cmd::ImageCommand),
     /// Check TEE evidence (Intel SGX/TDX quotes, sim reports) by hand.
     #[command(subcommand)]
     Attest(attest_cmd::AttestCommand),
@@ -86,6 +90,7 @@ fn run() -> anyhow::Result<()> {
         Command::Relay(cmd) => Ok(runtime.block_on(relay::cli::run_until_signal(&cmd))?),
         Command::Directory(cmd) => directory_cmd::run(cmd),
         Command::Attest(cmd) => attest_cmd::run(cmd),
+        Command::Image(cmd) => image_cmd::run(cmd),
         Command::Account(cmd) => runtime.block_on(account_cmd::run(cmd)),
         Command::Issuer(cmd) => runtime.block_on(openrelay::issuer::cmd::run(cmd)),
         Command::Keygen { output } => {

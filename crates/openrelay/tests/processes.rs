@@ -962,3 +962,14 @@ fn a_user_creates_an_account_buys_tokens_and_connects_with_separate_processes() 
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn image_hash_prints_the_measurement_clients_approve() {
+    let out = ok(&["image", "hash", BIN]);
+    let m = measurement();
+    assert!(out.contains(&format!("sha256 {m}")), "{out}");
+    assert!(out.contains(&format!("measurement = \"{m}\"")), "{out}");
+    let missing = run(&["image", "hash", "/nonexistent/relay"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/relay"));
+}
