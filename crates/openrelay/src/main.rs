@@ -5,6 +5,7 @@ mod attest_cmd;
 mod client_cmd;
 
 mod directory_cmd;
+mod image_build;
 mod image_cmd;
 
 use std::io::Write;
