@@ -6,18 +6,22 @@
 //! of verification come from the caller.
 
 mod binding;
+#[cfg(feature = "verify")]
 mod dcap;
 mod encoding;
 mod error;
 mod policy;
 mod sim;
+#[cfg(feature = "verify")]
 mod snp;
 
 pub use binding::{binding, BINDING_LABEL};
+#[cfg(feature = "verify")]
 pub use dcap::verify_dcap;
-pub use error::{AttestError, PolicyError};
+pub use error::{AttestError, DcapFailure, PolicyError, SnpFailure};
 pub use policy::{Approved, Policy};
 pub use sim::{verify_sim, SimVendor, SIM_MAGIC};
+#[cfg(feature = "verify")]
 pub use snp::verify_snp;
 
 /// Evidence as a relay sends it: which TEE, the quote or report, and (for DCAP) the
@@ -38,6 +42,7 @@ pub const SNP_REPORT_LEN: usize = 0x4a0;
 /// Verifies a quote or report whose platform is not announced: sim reports by their
 /// magic, SEV-SNP reports by their size (with the VCEK as collateral), anything else as a
 /// DCAP quote (which says itself whether it is SGX or TDX).
+#[cfg(feature = "verify")]
 pub fn verify_detect(
     quote: &[u8],
     collateral: Option<&[u8]>,
@@ -58,6 +63,7 @@ pub fn verify_detect(
 
 /// Verifies evidence of any supported platform at `now_secs`; sim evidence is accepted
 /// only from `trusted_sim_vendors`.
+#[cfg(feature = "verify")]
 pub fn verify(
     evidence: &Evidence,
     now_secs: u64,
@@ -156,4 +162,40 @@ pub struct Claims {
     pub tcb_status: TcbStatus,
     /// Intel security advisories that apply to this platform's TCB.
     pub advisories: Vec<String>,
+    /// SEV-SNP: the TCB versions the report was signed for (the VCEK is derived from them).
+    pub snp_tcb: Option<SnpTcb>,
+}
+
+/// The security version numbers of an SEV-SNP platform's firmware components, as its
+/// report's REPORTED_TCB gives them. A policy sets a floor for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SnpTcb {
+    /// The PSP bootloader's SVN.
+    pub bootloader: u8,
+    /// The PSP operating system's SVN.
+    pub tee: u8,
+    /// The SNP firmware's SVN.
+    pub snp: u8,
+    /// The lowest microcode patch level of all cores.
+    pub microcode: u8,
+}
+
+impl SnpTcb {
+    /// Whether every component is at least `floor`'s.
+    pub fn meets(&self, floor: &SnpTcb) -> bool {
+        self.bootloader >= floor.bootloader
+            && self.tee >= floor.tee
+            && self.snp >= floor.snp
+            && self.microcode >= floor.microcode
+    }
+}
+
+impl std::fmt::Display for SnpTcb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "bootloader {}, tee {}, snp {}, microcode {}",
+            self.bootloader, self.tee, self.snp, self.microcode
+        )
+    }
 }

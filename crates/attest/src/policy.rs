@@ -1,6 +1,6 @@
 //! Which verified claims a client accepts (the directory's approved images and TCB rules).
 
-use crate::{Claims, Platform, PolicyError, TcbStatus};
+use crate::{Claims, Platform, PolicyError, SnpTcb, TcbStatus};
 
 /// One approved image measurement on one platform, with the Intel advisories accepted for
 /// it (a platform needing hardening against only those still passes).
@@ -14,6 +14,9 @@ pub struct Approved {
     pub accepted_advisories: Vec<String>,
     /// Accept this image on `OutOfDate` platforms (the directory's choice; clients warn).
     pub accept_out_of_date: bool,
+    /// SEV-SNP: the lowest firmware versions accepted for this image (none: any version
+    /// that AMD's VCEK vouches for).
+    pub min_snp_tcb: Option<SnpTcb>,
 }
 
 /// A client's policy.
@@ -43,9 +46,18 @@ impl Policy {
             })?;
         match &claims.tcb_status {
             TcbStatus::UpToDate => {}
-            // SEV-SNP: the VCEK is issued for the reported TCB versions; minimum versions
-            // are not yet part of the policy.
-            TcbStatus::Unrated if claims.platform == Platform::SevSnp => {}
+            // SEV-SNP carries versions, not a status: the image's floor decides.
+            TcbStatus::Unrated if claims.platform == Platform::SevSnp => {
+                if let Some(floor) = &approved.min_snp_tcb {
+                    let reported = claims.snp_tcb.unwrap_or_default();
+                    if !reported.meets(floor) {
+                        return Err(PolicyError::SnpTcbBelowMinimum {
+                            reported,
+                            minimum: *floor,
+                        });
+                    }
+                }
+            }
             TcbStatus::OutOfDate | TcbStatus::OutOfDateConfigurationNeeded
                 if self.accept_out_of_date || approved.accept_out_of_date => {}
             TcbStatus::SwHardeningNeeded | TcbStatus::ConfigurationAndSwHardeningNeeded => {

@@ -74,5 +74,6 @@ pub fn verify_sim(report: &[u8], trusted: &[VerifyingKey]) -> Result<Claims, Att
         report_data,
         tcb_status: TcbStatus::UpToDate,
         advisories: Vec::new(),
+        snp_tcb: None,
     })
 }

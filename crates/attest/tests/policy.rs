@@ -36,6 +36,7 @@ fn sim_policy() -> Policy {
             measurement: IMAGE.to_vec(),
             accepted_advisories: vec![],
             accept_out_of_date: false,
+            min_snp_tcb: None,
         }],
         accept_out_of_date: false,
     }
@@ -130,6 +131,7 @@ fn sgx_sample_passes_only_when_its_advisories_are_accepted() {
             measurement: claims.measurement.clone(),
             accepted_advisories: advisories.iter().map(|a| a.to_string()).collect(),
             accept_out_of_date: false,
+            min_snp_tcb: None,
         }],
         accept_out_of_date: false,
     };
@@ -170,6 +172,7 @@ fn tdx_sample_passes_an_up_to_date_policy() {
             measurement: claims.measurement.clone(),
             accepted_advisories: vec![],
             accept_out_of_date: false,
+            min_snp_tcb: None,
         }],
         accept_out_of_date: false,
     };
@@ -210,6 +213,7 @@ fn out_of_date_passes_only_when_the_image_or_the_user_accepts_it() {
         report_data: binding(&RELAY, &CLIENT, &NONCE),
         tcb_status: attest::TcbStatus::OutOfDate,
         advisories: vec!["INTEL-SA-00837".into()],
+        snp_tcb: None,
     };
     let expected = binding(&RELAY, &CLIENT, &NONCE);
     let mut policy = sim_policy();

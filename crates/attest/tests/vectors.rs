@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use attest::{verify_dcap, AttestError, Platform, TcbStatus};
+use attest::{verify_dcap, AttestError, DcapFailure, Platform, TcbStatus};
 
 fn vector(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -68,7 +68,10 @@ fn outdated_tdx_quote_is_rejected() {
         MARCH_2026,
     );
     match r {
-        Err(AttestError::Quote(msg)) => assert!(msg.contains("TCB level"), "{msg}"),
+        Err(AttestError::Dcap {
+            kind: DcapFailure::Tcb,
+            detail,
+        }) => assert!(detail.contains("TCB level"), "{detail}"),
         Ok(c) => assert_eq!(c.tcb_status, TcbStatus::OutOfDate),
         Err(e) => panic!("{e}"),
     }
@@ -82,32 +85,69 @@ fn expired_collateral_is_rejected() {
         AUGUST_2025,
     )
     .unwrap_err();
-    assert!(matches!(err, AttestError::Quote(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            AttestError::Dcap {
+                kind: DcapFailure::Expired,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+fn kind(r: Result<attest::Claims, AttestError>) -> DcapFailure {
+    match r {
+        Err(AttestError::Dcap { kind, .. }) => kind,
+        other => panic!("expected a DCAP failure, got {other:?}"),
+    }
 }
 
 #[test]
-fn one_flipped_byte_anywhere_is_rejected() {
+fn one_flipped_byte_anywhere_is_rejected_with_the_right_kind() {
     for (quote, collateral) in [
         ("dcap/sgx_quote", "dcap/sgx_quote_collateral.json"),
         ("dcap/tdx_quote", "dcap/tdx_quote_collateral.json"),
     ] {
         let q = vector(quote);
         let col = vector(collateral);
-        // Header, report body, signature area, and the PCK leaf certificate of the chain
-        // (the root at the end of the chain is not trusted from the quote: Intel's root is
-        // pinned, so a changed copy of it does not matter).
+        // The signed part: header (after the fields checked for support), the enclave or
+        // TD report, the ECDSA signature over both, and the QE report that certifies the
+        // attestation key. Where the signature section starts: header 48 + body (384 for
+        // SGX, 584 for a TDX v4 TD report) + its 4-byte length.
+        let sig = if quote.contains("sgx") { 436 } else { 636 };
+        for at in [10, 60, 200, 400, sig + 10, sig + 100, sig + 200, sig + 300] {
+            let mut bad = q.clone();
+            bad[at] ^= 0x01;
+            assert_eq!(
+                kind(verify_dcap(&bad, &col, JUNE_2025)),
+                DcapFailure::Signature,
+                "{quote}: byte {at}"
+            );
+        }
+        // The PCK certificate chain in the quote (the root at its end is not trusted from
+        // the quote: Intel's root is pinned, so a changed copy of it does not matter).
         let leaf = q
             .windows(27)
             .position(|w| w == b"-----BEGIN CERTIFICATE-----")
             .unwrap();
-        for at in [10, 60, 200, 400, q.len() / 2, leaf + 100, leaf + 500] {
+        for at in [leaf + 100, leaf + 500, q.len() / 2] {
             let mut bad = q.clone();
             bad[at] ^= 0x01;
-            assert!(
-                verify_dcap(&bad, &col, JUNE_2025).is_err(),
-                "{quote}: flipped byte {at} accepted"
+            assert_eq!(
+                kind(verify_dcap(&bad, &col, JUNE_2025)),
+                DcapFailure::Certificate,
+                "{quote}: certificate byte {at}"
             );
         }
+        // The header's version: not a quote this verifier supports.
+        let mut bad = q.clone();
+        bad[0] ^= 0x40;
+        assert_eq!(
+            kind(verify_dcap(&bad, &col, JUNE_2025)),
+            DcapFailure::Malformed
+        );
         // The collateral's signed TCB info and QE identity: one changed character each.
         for field in ["tcb_info", "qe_identity"] {
             let mut json: serde_json::Value = serde_json::from_slice(&col).unwrap();
@@ -116,9 +156,31 @@ fn one_flipped_byte_anywhere_is_rejected() {
             assert_ne!(tampered, text);
             json[field] = serde_json::Value::String(tampered);
             let bytes = serde_json::to_vec(&json).unwrap();
-            assert!(
-                verify_dcap(&q, &bytes, JUNE_2025).is_err(),
-                "{collateral}: tampered {field} accepted"
+            assert_eq!(
+                kind(verify_dcap(&q, &bytes, JUNE_2025)),
+                DcapFailure::Collateral,
+                "{collateral}: tampered {field}"
+            );
+        }
+        // The signatures over TCB info and QE identity, and the CRLs (hex DER): the last
+        // hex digit of each changed.
+        for field in [
+            "tcb_info_signature",
+            "qe_identity_signature",
+            "pck_crl",
+            "root_ca_crl",
+        ] {
+            let mut json: serde_json::Value = serde_json::from_slice(&col).unwrap();
+            let mut text = json[field].as_str().unwrap().to_string();
+            let last = text.pop().unwrap();
+            text.push(if last == '0' { '1' } else { '0' });
+            json[field] = serde_json::Value::String(text);
+            let bytes = serde_json::to_vec(&json).unwrap();
+            let r = verify_dcap(&q, &bytes, JUNE_2025);
+            assert_eq!(
+                kind(r),
+                DcapFailure::Collateral,
+                "{collateral}: tampered {field}"
             );
         }
         assert!(matches!(
@@ -126,4 +188,16 @@ fn one_flipped_byte_anywhere_is_rejected() {
             Err(AttestError::Collateral(_))
         ));
     }
+}
+
+#[test]
+fn errors_say_what_failed_and_what_to_do() {
+    let err = verify_dcap(
+        &vector("dcap/tdx_quote"),
+        &vector("dcap/tdx_quote_collateral.json"),
+        AUGUST_2025,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("fresh collateral"), "{err}");
 }

@@ -69,6 +69,7 @@ impl IssuerClient {
                 report_data: [0; 64],
                 tcb_status: attest::TcbStatus::UpToDate,
                 advisories: Vec::new(),
+                snp_tcb: None,
             },
         };
         loop {

@@ -88,6 +88,12 @@ pub fn verification(
                 measurement: i.measurement_bytes()?,
                 accepted_advisories: i.accepted_advisories.clone(),
                 accept_out_of_date: i.accept_out_of_date,
+                min_snp_tcb: i.min_tcb.map(|t| attest::SnpTcb {
+                    bootloader: t.bootloader,
+                    tee: t.tee,
+                    snp: t.snp,
+                    microcode: t.microcode,
+                }),
             })
         })
         .collect();

@@ -55,6 +55,24 @@ pub struct Image {
     /// Accept this image on platforms whose TCB is `OutOfDate` (clients warn each time).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub accept_out_of_date: bool,
+    /// sev-snp only: the lowest firmware versions accepted (AMD publishes which fix what).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_tcb: Option<SnpMinTcb>,
+}
+
+/// The lowest SEV-SNP firmware security versions an image accepts, per component of the
+/// report's REPORTED_TCB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnpMinTcb {
+    /// PSP bootloader SVN.
+    pub bootloader: u8,
+    /// PSP operating system SVN.
+    pub tee: u8,
+    /// SNP firmware SVN.
+    pub snp: u8,
+    /// Microcode patch level.
+    pub microcode: u8,
 }
 
 impl Image {
@@ -145,6 +163,11 @@ impl Directory {
                 return Err(ValidationError::BadImage {
                     platform: image.platform.clone(),
                     measurement: image.measurement.clone(),
+                });
+            }
+            if image.min_tcb.is_some() && image.platform != "sev-snp" {
+                return Err(ValidationError::MinTcbNotSnp {
+                    platform: image.platform.clone(),
                 });
             }
         }
@@ -265,12 +288,14 @@ pub(crate) mod tests {
             measurement: "ab".repeat(32),
             accepted_advisories: vec![],
             accept_out_of_date: false,
+            min_tcb: None,
         });
         d.images.push(Image {
             platform: "sgx".into(),
             measurement: "01".repeat(32),
             accepted_advisories: vec!["INTEL-SA-00615".into()],
             accept_out_of_date: true,
+            min_tcb: None,
         });
         d.sim_vendors.push(crate::encode_verifying_key(
             &crate::generate_signing_key().verifying_key(),
@@ -291,6 +316,7 @@ pub(crate) mod tests {
                 measurement,
                 accepted_advisories: vec![],
                 accept_out_of_date: false,
+                min_tcb: None,
             });
             assert!(
                 matches!(bad.validate(), Err(ValidationError::BadImage { .. })),

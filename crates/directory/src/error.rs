@@ -50,6 +50,12 @@ pub enum ValidationError {
         /// The measurement given.
         measurement: String,
     },
+    /// `min_tcb` on an image of a platform that has no such versions.
+    #[error("image on {platform:?} sets min_tcb, which only sev-snp images take (Intel platforms are judged by their TCB status and accepted_advisories)")]
+    MinTcbNotSnp {
+        /// The platform given.
+        platform: String,
+    },
     /// The issuer entry is unusable.
     #[error("the [issuer] entry is unusable: {problem}")]
     BadIssuer {

@@ -16,7 +16,7 @@ mod relay;
 mod select;
 mod source;
 
-pub use directory::{Directory, Image, FORMAT_VERSION, MAX_BANDWIDTH_MBPS};
+pub use directory::{Directory, Image, SnpMinTcb, FORMAT_VERSION, MAX_BANDWIDTH_MBPS};
 pub use error::{Error, KeyError, SelectError, ValidationError};
 pub use file::{sign, verify};
 pub use issuer::{Issuer, IssuerKey};

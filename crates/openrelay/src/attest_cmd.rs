@@ -32,6 +32,10 @@ pub(crate) enum AttestCommand {
         /// Accept an OutOfDate TCB (not recommended).
         #[arg(long)]
         accept_out_of_date: bool,
+        /// SEV-SNP: the lowest firmware versions to accept, as
+        /// BOOTLOADER,TEE,SNP,MICROCODE (e.g. 3,0,8,115), as an image's min_tcb does.
+        #[arg(long, value_name = "B,T,S,M", value_parser = parse_snp_tcb)]
+        min_snp_tcb: Option<attest::SnpTcb>,
         /// A sim vendor key (base64 ed25519) to trust. Sim evidence proves nothing about
         /// hardware; only for development.
         #[arg(long, value_name = "KEY")]
@@ -49,6 +53,26 @@ fn parse_time(s: &str) -> anyhow::Result<u64> {
     Ok(t.duration_since(UNIX_EPOCH)?.as_secs())
 }
 
+fn parse_snp_tcb(s: &str) -> Result<attest::SnpTcb, String> {
+    let parts: Vec<u8> = s
+        .split(',')
+        .map(|p| p.trim().parse::<u8>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{s:?}: {e}; expected four numbers 0-255, e.g. 3,0,8,115"))?;
+    let [bootloader, tee, snp, microcode] = parts[..] else {
+        return Err(format!(
+            "{s:?} has {} numbers; expected four: BOOTLOADER,TEE,SNP,MICROCODE",
+            parts.len()
+        ));
+    };
+    Ok(attest::SnpTcb {
+        bootloader,
+        tee,
+        snp,
+        microcode,
+    })
+}
+
 pub(crate) fn run(cmd: AttestCommand) -> anyhow::Result<()> {
     let AttestCommand::Verify {
         evidence,
@@ -56,6 +80,7 @@ pub(crate) fn run(cmd: AttestCommand) -> anyhow::Result<()> {
         at,
         accept_advisory,
         accept_out_of_date,
+        min_snp_tcb,
         trust_sim_vendor,
     } = cmd;
     let mut quote =
@@ -87,6 +112,9 @@ pub(crate) fn run(cmd: AttestCommand) -> anyhow::Result<()> {
     println!("measurement:  {}", hex::encode(&claims.measurement));
     println!("report data:  {}", hex::encode(claims.report_data));
     println!("TCB status:   {:?}", claims.tcb_status);
+    if let Some(tcb) = &claims.snp_tcb {
+        println!("SNP TCB:      {tcb}");
+    }
     println!(
         "advisories:   {}",
         if claims.advisories.is_empty() {
@@ -101,6 +129,7 @@ pub(crate) fn run(cmd: AttestCommand) -> anyhow::Result<()> {
             measurement: claims.measurement.clone(),
             accepted_advisories: accept_advisory,
             accept_out_of_date: false,
+            min_snp_tcb,
         }],
         accept_out_of_date,
     };

@@ -64,6 +64,7 @@ fn verification() -> client::connection::Verification {
                 measurement: measurement.to_vec(),
                 accepted_advisories: vec![],
                 accept_out_of_date: false,
+                min_snp_tcb: None,
             }],
             accept_out_of_date: false,
         },
@@ -625,6 +626,7 @@ fn a_relay_answers_attest_with_evidence_bound_to_both_keys_and_the_nonce() {
             measurement: measurement.to_vec(),
             accepted_advisories: vec![],
             accept_out_of_date: false,
+            min_snp_tcb: None,
         }],
         accept_out_of_date: false,
     };

@@ -261,6 +261,7 @@ impl DemoNetwork {
             measurement: hex::encode(measurement),
             accepted_advisories: vec![],
             accept_out_of_date: false,
+            min_tcb: None,
         });
         dir.sim_vendors
             .push(directory::encode_verifying_key(&vendor.verifying_key()));
