@@ -281,6 +281,38 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn min_tcb_is_for_sev_snp_images_only() {
+        let floor = SnpMinTcb {
+            bootloader: 3,
+            tee: 0,
+            snp: 8,
+            microcode: 115,
+        };
+        let mut d = sample();
+        d.images.push(Image {
+            platform: "sev-snp".into(),
+            measurement: "ab".repeat(48),
+            accepted_advisories: vec![],
+            accept_out_of_date: false,
+            min_tcb: Some(floor),
+        });
+        let again = Directory::from_body_toml(&d.to_body_toml().unwrap()).unwrap();
+        assert_eq!(again.images[0].min_tcb, Some(floor));
+        let mut bad = sample();
+        bad.images.push(Image {
+            platform: "tdx".into(),
+            measurement: "ab".repeat(48),
+            accepted_advisories: vec![],
+            accept_out_of_date: false,
+            min_tcb: Some(floor),
+        });
+        assert!(matches!(
+            bad.validate(),
+            Err(ValidationError::MinTcbNotSnp { .. })
+        ));
+    }
+
+    #[test]
     fn images_and_sim_vendors_round_trip_and_are_checked() {
         let mut d = sample();
         d.images.push(Image {
