@@ -51,8 +51,21 @@ fn run(cmd: &mut Command, what: &str) -> anyhow::Result<String> {
 /// Builds `commit` of the repository at `repo` in a fresh checkout under `work`, and
 /// describes the result.
 pub(crate) fn build(repo: &Path, commit: &str, work: &Path) -> anyhow::Result<Manifest> {
+    let (inputs, src) = prepare(repo, commit, work)?;
+    compile(inputs, &src, work)
+}
+
+/// Clones `commit` into `work/src` and describes its build inputs (no hash yet).
+pub(crate) fn prepare(
+    repo: &Path,
+    commit: &str,
+    work: &Path,
+) -> anyhow::Result<(Manifest, PathBuf)> {
     let src = work.join("src");
-    let target = work.join("target");
+    if src.exists() {
+        std::fs::remove_dir_all(&src)
+            .with_context(|| format!("cannot remove the old checkout {}", src.display()))?;
+    }
     eprintln!("[1/4] cloning {} at {commit}", repo.display());
     run(
         Command::new("git")
@@ -82,6 +95,34 @@ pub(crate) fn build(repo: &Path, commit: &str, work: &Path) -> anyhow::Result<Ma
             .args(["rev-parse", "HEAD^{tree}"]),
         "git rev-parse",
     )?;
+    let toolchain = vec![
+        run(
+            in_checkout("rustc", &src).arg("--version"),
+            "rustc --version",
+        )?,
+        run(
+            in_checkout("cargo", &src).arg("--version"),
+            "cargo --version",
+        )?,
+    ];
+    let lock = std::fs::read_to_string(src.join("Cargo.lock")).context("cannot read Cargo.lock")?;
+    let inputs = Manifest {
+        format: 1,
+        binary: BINARY.into(),
+        sha256: String::new(),
+        sim_measurement: String::new(),
+        commit,
+        source_tree,
+        toolchain,
+        rustflags: "--remap-path-prefix=<checkout>=/openrelay --remap-path-prefix=<CARGO_HOME>=/cargo -C strip=symbols".into(),
+        crates: locked_crates(&lock),
+    };
+    Ok((inputs, src))
+}
+
+/// Builds the checkout at `src` (from [`prepare`]) and fills in the hash.
+pub(crate) fn compile(mut inputs: Manifest, src: &Path, work: &Path) -> anyhow::Result<Manifest> {
+    let target = work.join("target");
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
@@ -92,8 +133,7 @@ pub(crate) fn build(repo: &Path, commit: &str, work: &Path) -> anyhow::Result<Ma
         cargo_home.display()
     );
     eprintln!("[2/4] building {BINARY} (release, --locked, paths remapped, stripped)");
-    let status = Command::new("cargo")
-        .current_dir(&src)
+    let status = in_checkout("cargo", src)
         .args([
             "build",
             "--release",
@@ -121,23 +161,18 @@ pub(crate) fn build(repo: &Path, commit: &str, work: &Path) -> anyhow::Result<Ma
     let digest =
         relay::evidence::measure(&exe).with_context(|| format!("cannot hash {}", exe.display()))?;
     let sha256 = hex::encode(digest);
-    eprintln!("[4/4] listing build inputs");
-    let toolchain = vec![
-        run(Command::new("rustc").arg("--version"), "rustc --version")?,
-        run(Command::new("cargo").arg("--version"), "cargo --version")?,
-    ];
-    let lock = std::fs::read_to_string(src.join("Cargo.lock")).context("cannot read Cargo.lock")?;
-    Ok(Manifest {
-        format: 1,
-        binary: BINARY.into(),
-        sim_measurement: sha256.clone(),
-        sha256,
-        commit,
-        source_tree,
-        toolchain,
-        rustflags: "--remap-path-prefix=<checkout>=/openrelay --remap-path-prefix=<CARGO_HOME>=/cargo -C strip=symbols".into(),
-        crates: locked_crates(&lock),
-    })
+    eprintln!("[4/4] done");
+    inputs.sim_measurement = sha256.clone();
+    inputs.sha256 = sha256;
+    Ok(inputs)
+}
+
+/// A toolchain command run in the checkout, so the commit's rust-toolchain.toml picks the
+/// compiler (not a toolchain the caller's rustup chose for itself).
+fn in_checkout(program: &str, src: &Path) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.current_dir(src).env_remove("RUSTUP_TOOLCHAIN");
+    cmd
 }
 
 /// "name version checksum" for every package of Cargo.lock that has a checksum.
@@ -157,6 +192,14 @@ fn locked_crates(lock: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// The first build input in which two manifests differ (the hash aside).
+pub(crate) fn first_input_difference(want: &Manifest, got: &Manifest) -> Option<String> {
+    let mut a = want.clone();
+    a.sha256 = got.sha256.clone();
+    a.sim_measurement = got.sim_measurement.clone();
+    first_difference(&a, got)
 }
 
 /// The first field in which two manifests differ, as "field: expected … got …".

@@ -29,6 +29,9 @@ pub(crate) enum ImageCommand {
         /// Where to write the manifest.
         #[arg(long, value_name = "FILE", default_value = "image.json")]
         output: PathBuf,
+        /// Build in DIR and keep it, instead of a temporary directory that is removed.
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
     },
     /// Rebuild the commit a manifest names and compare every field; prints the first
     /// difference and exits with an error unless everything matches.
@@ -39,27 +42,42 @@ pub(crate) enum ImageCommand {
         /// The git repository to clone from.
         #[arg(long, value_name = "DIR", default_value = ".")]
         repo: PathBuf,
+        /// Build in DIR and keep it, instead of a temporary directory that is removed. The
+        /// checkout in DIR/src is made anew each time, but compiled crates in DIR/target
+        /// are reused, so verifying several commits is faster (a first verify of a release
+        /// should start from an empty DIR).
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
     },
 }
 
-/// A scratch directory for one build, removed afterwards.
-struct Scratch(PathBuf);
+/// The directory of one build: a temporary one removed afterwards, or the user's, kept.
+struct Scratch {
+    dir: PathBuf,
+    keep: bool,
+}
 
 impl Scratch {
-    fn new() -> anyhow::Result<Self> {
-        let d = std::env::temp_dir().join(format!(
-            "openrelay-image-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
-        Ok(Self(d))
+    fn new(work_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        let keep = work_dir.is_some();
+        let dir = work_dir.unwrap_or_else(|| {
+            std::env::temp_dir().join(format!(
+                "openrelay-image-{}-{}",
+                std::process::id(),
+                rand::random::<u32>()
+            ))
+        });
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self { dir, keep })
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -81,9 +99,10 @@ pub(crate) fn run(cmd: ImageCommand) -> anyhow::Result<()> {
             commit,
             repo,
             output,
+            work_dir,
         } => {
-            let scratch = Scratch::new()?;
-            let m = crate::image_build::build(&repo, &commit, &scratch.0)?;
+            let scratch = Scratch::new(work_dir)?;
+            let m = crate::image_build::build(&repo, &commit, &scratch.dir)?;
             let text = serde_json::to_string_pretty(&m)?;
             std::fs::write(&output, format!("{text}\n"))
                 .with_context(|| format!("cannot write {}", output.display()))?;
@@ -95,13 +114,22 @@ pub(crate) fn run(cmd: ImageCommand) -> anyhow::Result<()> {
                 m.crates.len()
             );
         }
-        ImageCommand::Verify { manifest, repo } => {
+        ImageCommand::Verify {
+            manifest,
+            repo,
+            work_dir,
+        } => {
             let text = std::fs::read_to_string(&manifest)
                 .with_context(|| format!("cannot read {}", manifest.display()))?;
             let want: crate::image_build::Manifest = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not an image manifest", manifest.display()))?;
-            let scratch = Scratch::new()?;
-            let got = crate::image_build::build(&repo, &want.commit, &scratch.0)?;
+            let scratch = Scratch::new(work_dir)?;
+            // The inputs first: a differing crate or toolchain is reported before building.
+            let (inputs, src) = crate::image_build::prepare(&repo, &want.commit, &scratch.dir)?;
+            if let Some(d) = crate::image_build::first_input_difference(&want, &inputs) {
+                anyhow::bail!("the build inputs differ: {d}");
+            }
+            let got = crate::image_build::compile(inputs, &src, &scratch.dir)?;
             if let Some(d) = crate::image_build::first_difference(&want, &got) {
                 anyhow::bail!("the rebuild differs: {d}");
             }

@@ -46,13 +46,17 @@ fn two_builds_of_one_commit_in_different_places_are_identical() {
     assert!(m["crates"].as_array().unwrap().len() > 50, "{m}");
     assert_eq!(m["source_tree"].as_str().unwrap().len(), 40);
 
-    // The rebuild in another place, at another time, on one core, by another user.
+    // The rebuild in another place, at another time, on one core, by another user. Its
+    // directory is kept for the one-line change below, which then rebuilds only what the
+    // change touches.
+    let kept = b.join("work");
     let out = Command::new(BIN)
         .args(["image", "verify", "--manifest"])
         .arg(&manifest)
         .arg("--repo")
         .arg(repo())
-        .env("TMPDIR", &b)
+        .arg("--work-dir")
+        .arg(&kept)
         .env("SOURCE_DATE_EPOCH", "1700000000")
         .env("CARGO_BUILD_JOBS", "1")
         .env("USER", "bob")
@@ -66,5 +70,115 @@ fn two_builds_of_one_commit_in_different_places_are_identical() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("match: {sha}")));
+
+    // A manifest whose locked crate checksum differs is reported before building.
+    let mut tampered = m.clone();
+    let first = tampered["crates"][0].as_str().unwrap().to_string();
+    let last = if first.ends_with('0') { '1' } else { '0' };
+    let changed = format!("{}{last}", &first[..first.len() - 1]);
+    tampered["crates"][0] = serde_json::Value::String(changed.clone());
+    let bad = base.join("tampered.json");
+    std::fs::write(&bad, tampered.to_string()).unwrap();
+    let out = verify(&bad, &repo());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("build inputs differ: crates") && err.contains(&changed),
+        "{err}"
+    );
+
+    // A manifest built with another compiler: named before building.
+    let mut other_rustc = m.clone();
+    other_rustc["toolchain"][0] = "rustc 1.0.0 (a28077b28 2015-05-13)".into();
+    let bad = base.join("other-rustc.json");
+    std::fs::write(&bad, other_rustc.to_string()).unwrap();
+    let out = verify(&bad, &repo());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("build inputs differ: toolchain: the manifest says rustc 1.0.0"),
+        "{err}"
+    );
+    // The toolchain is the one rust-toolchain.toml pins.
+    let pinned = std::fs::read_to_string(repo().join("rust-toolchain.toml")).unwrap();
+    let channel = pinned
+        .lines()
+        .find_map(|l| l.strip_prefix("channel = "))
+        .unwrap()
+        .trim_matches('"');
+    assert!(
+        m["toolchain"][0]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("rustc {channel} ")),
+        "{m}"
+    );
+
+    // A one-line source change: another commit, and another hash, which verify reports.
+    let fork = base.join("fork");
+    git(&[
+        "clone",
+        "--quiet",
+        repo().to_str().unwrap(),
+        fork.to_str().unwrap(),
+    ]);
+    let file = fork.join("crates/relay/src/run/egress.rs");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("\"egress listening\"", "\"egress up\"")).unwrap();
+    let f = fork.to_str().unwrap();
+    git(&[
+        "-C",
+        f,
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@t",
+        "commit",
+        "-q",
+        "-am",
+        "one line",
+    ]);
+    let mut changed = m.clone();
+    changed["commit"] = git(&["-C", f, "rev-parse", "HEAD"]).into();
+    changed["source_tree"] = git(&["-C", f, "rev-parse", "HEAD^{tree}"]).into();
+    let other = base.join("other.json");
+    std::fs::write(&other, changed.to_string()).unwrap();
+    let out = Command::new(BIN)
+        .args(["image", "verify", "--manifest"])
+        .arg(&other)
+        .arg("--repo")
+        .arg(&fork)
+        .arg("--work-dir")
+        .arg(&kept)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "the rebuild differs: sha256: the manifest says {sha}"
+        )),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&base);
+}
+
+fn verify(manifest: &std::path::Path, repo: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["image", "verify", "--manifest"])
+        .arg(manifest)
+        .arg("--repo")
+        .arg(repo)
+        .output()
+        .unwrap()
+}
+
+fn git(args: &[&str]) -> String {
+    let out = Command::new("git").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }

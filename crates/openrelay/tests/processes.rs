@@ -555,6 +555,18 @@ fn demo_ends_with_the_success_line() {
     assert_eq!(attested.len(), 2, "{stdout}");
     assert!(attested[0].contains("ingress-north: Sim"), "{stdout}");
     assert!(attested[1].contains("egress-") && attested[1].contains("TCB UpToDate"));
+    // What both hops proved is exactly what `openrelay image hash` says of the executable
+    // the demo runs its relays in.
+    let hash = ok(&["image", "hash", BIN]);
+    let approved = hash
+        .lines()
+        .find_map(|l| l.strip_prefix("measurement = "))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    for line in &attested {
+        assert!(line.contains(&format!("measurement {approved}")), "{line}");
+    }
     // An account, credit and tokens: one token spent at each hop.
     assert!(stdout.contains("created with OPAQUE"), "{stdout}");
     assert!(stdout.contains("tokens spent: 2 "), "{stdout}");
@@ -687,6 +699,29 @@ fn attest_verify_prints_claims_and_applies_the_advisory_policy() {
         &snp("vcek_milan.der"),
     ]);
     assert!(out.contains("SevSnp") && out.contains("accepted"), "{out}");
+    assert!(
+        out.contains("SNP TCB:      bootloader 3, tee 0, snp 8, microcode 115"),
+        "{out}"
+    );
+    // A firmware floor above the report's microcode: rejected, naming both versions.
+    let snp_args = [
+        "attest",
+        "verify",
+        "--evidence",
+        &snp("report_milan.hex"),
+        "--collateral",
+        &snp("vcek_milan.der"),
+    ];
+    let mut strict = snp_args.to_vec();
+    strict.extend(["--min-snp-tcb", "3,0,8,116"]);
+    let out = run(&strict);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("below the minimum"), "{err}");
+    let mut bad = snp_args.to_vec();
+    bad.extend(["--min-snp-tcb", "3,0,8"]);
+    let out = run(&bad);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected four"));
 }
 
 #[test]
