@@ -21,7 +21,7 @@ async fn three_hundred_sessions_are_admitted_and_send_their_packets() {
     // directory (so no tokens), 127.0.0.1 reachable for the sink.
     let config = format!(
         "private_key = \"{}\"\nlisten = \"127.0.0.1:0\"\nmax_sessions = 1000\n\
-         report_interval_secs = 3600\nallow_destinations = [\"127.0.0.1/32\"]\n",
+         report_interval_secs = 3600\nallow_destinations = [\"127.0.0.1/32\"]\nworkers = 2\n",
         key.to_base64()
     );
     let settings = RelayConfig::parse(&config, Path::new("loadgen-test.toml"))
@@ -34,7 +34,8 @@ async fn three_hundred_sessions_are_admitted_and_send_their_packets() {
         target: egress.local_addr,
         relay_key: key.public_key(),
         sessions: SESSIONS,
-        sockets: 4,
+        // Sessions from 16 ports: the kernel spreads them over both workers.
+        sockets: 16,
         rate: 200.0,
         window: 64,
         traffic: Traffic {
@@ -66,6 +67,17 @@ async fn three_hundred_sessions_are_admitted_and_send_their_packets() {
     .to_owned();
     assert_eq!(c.sessions_admitted, SESSIONS as u64);
     assert_eq!(c.dropped_capacity, 0);
+    // Both workers served sessions, and each session stayed on its worker: a session that
+    // moved would have been dropped as unknown by the other.
+    assert_eq!(egress.workers.len(), 2);
+    let per: Vec<u64> = egress
+        .workers
+        .iter()
+        .map(|w| w.borrow().sessions_admitted)
+        .collect();
+    assert!(per.iter().all(|&n| n > 0), "{per:?}");
+    assert_eq!(per.iter().sum::<u64>(), SESSIONS as u64);
+    assert_eq!(c.dropped_no_session, 0);
     let want = (SESSIONS * PACKETS) as u64;
     let arrived = tokio::time::timeout(Duration::from_secs(10), async {
         while sink.received() < want {

@@ -18,6 +18,8 @@
 //! own_addresses = ["203.0.113.5"]
 //! # Egress: kernel forwarding with NAT through this TUN device (root, nftables).
 //! # tun = "orexit0"
+//! # Event loops, one per core by default (0); each serves its own sessions.
+//! # workers = 0
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -146,6 +148,10 @@ pub struct RelayConfig {
     /// drivers whose offloads misbehave.
     #[serde(default = "yes")]
     pub offload: bool,
+    /// Event loops (each with its own socket on the port and its own sessions); 0, the
+    /// default, runs one per core. TUN-mode egresses run one.
+    #[serde(default)]
+    pub workers: usize,
 }
 
 fn yes() -> bool {
@@ -174,6 +180,7 @@ impl RelayConfig {
             sim_vendor_key_file: None,
             collateral_file: None,
             offload: true,
+            workers: 0,
         }
     }
 
@@ -260,6 +267,7 @@ impl RelayConfig {
             } else {
                 crate::udp::Offload::Off
             },
+            workers: self.workers,
         })
     }
 

@@ -118,6 +118,35 @@ impl Counters {
     }
 }
 
+/// Totals of several workers.
+impl std::ops::AddAssign for Counters {
+    fn add_assign(&mut self, o: Self) {
+        self.rx_datagrams += o.rx_datagrams;
+        self.tx_datagrams += o.tx_datagrams;
+        self.handshakes += o.handshakes;
+        self.sessions_created += o.sessions_created;
+        self.sessions_admitted += o.sessions_admitted;
+        self.sessions_closed += o.sessions_closed;
+        self.forwarded += o.forwarded;
+        self.forwarded_bytes += o.forwarded_bytes;
+        self.control += o.control;
+        self.attestations += o.attestations;
+        self.tokens_redeemed += o.tokens_redeemed;
+        self.tokens_refused += o.tokens_refused;
+        self.dropped_malformed += o.dropped_malformed;
+        self.dropped_auth += o.dropped_auth;
+        self.dropped_replay += o.dropped_replay;
+        self.dropped_no_session += o.dropped_no_session;
+        self.dropped_unadmitted += o.dropped_unadmitted;
+        self.dropped_bad_control += o.dropped_bad_control;
+        self.dropped_not_egress += o.dropped_not_egress;
+        self.dropped_spoofed += o.dropped_spoofed;
+        self.dropped_policy += o.dropped_policy;
+        self.dropped_not_ip += o.dropped_not_ip;
+        self.dropped_capacity += o.dropped_capacity;
+    }
+}
+
 impl fmt::Display for Counters {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

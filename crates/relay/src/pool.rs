@@ -9,16 +9,28 @@ const FIRST: u32 = u32::from_be_bytes([100, 64, 0, 2]);
 const LAST: u32 = u32::from_be_bytes([100, 127, 255, 254]);
 
 /// Hands out addresses from 100.64.0.0/10, reusing released ones first.
+///
+/// A relay with several workers gives each its own share, every `n`-th address from its
+/// own offset, so workers never hand out the same address.
 #[derive(Debug)]
 pub(crate) struct AddressPool {
     next: u32,
+    stride: u32,
     free: BTreeSet<u32>,
 }
 
 impl AddressPool {
     pub(crate) fn new() -> Self {
+        Self::share(0, 1)
+    }
+
+    /// Worker `k`'s share of `n`.
+    pub(crate) fn share(k: usize, n: usize) -> Self {
+        let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+        let k = u32::try_from(k).unwrap_or(0) % n;
         Self {
-            next: FIRST,
+            next: FIRST + k,
+            stride: n,
             free: BTreeSet::new(),
         }
     }
@@ -31,7 +43,7 @@ impl AddressPool {
             return None;
         }
         let a = self.next;
-        self.next += 1;
+        self.next = self.next.saturating_add(self.stride);
         Some(Ipv4Addr::from(a))
     }
 
@@ -53,5 +65,17 @@ mod tests {
         assert_ne!(a, b);
         p.release(a);
         assert_eq!(p.allocate(), Some(a));
+    }
+
+    #[test]
+    fn shares_are_disjoint() {
+        let mut seen = std::collections::HashSet::new();
+        for k in 0..3 {
+            let mut p = AddressPool::share(k, 3);
+            for _ in 0..100 {
+                let a = p.allocate().unwrap();
+                assert!(seen.insert(a), "{a} handed out twice");
+            }
+        }
     }
 }

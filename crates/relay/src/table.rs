@@ -143,6 +143,14 @@ impl SessionTable {
         self
     }
 
+    /// Makes this table worker `k`'s of `n`: its share of the tunnel addresses and at most
+    /// `max_sessions` sessions.
+    pub fn share(mut self, k: usize, n: usize, max_sessions: usize) -> Self {
+        self.pool = AddressPool::share(k, n);
+        self.max_sessions = max_sessions;
+        self
+    }
+
     /// New issuer keys (from a new directory); spent tokens stay spent.
     pub fn set_issuer_keys(&mut self, keys: Vec<token::IssuerPublicKey>) {
         if let Some(t) = &mut self.tokens {

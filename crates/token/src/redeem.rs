@@ -1,16 +1,21 @@
 //! The relay's side: verify a token for this relay and session, once.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::{Challenge, Epoch, IssuerPublicKey, RedeemError, Token};
 
 /// Checks tokens at one relay and remembers the spent ones (RAM only, per epoch).
-#[derive(Debug)]
+///
+/// Clones share the spent sets: a relay that serves its sessions on several threads gives
+/// each a clone, and a token spent on one is spent on all. The lock is taken once per
+/// redemption (once per session), never per packet.
+#[derive(Debug, Clone)]
 pub struct Redeemer {
     issuer_name: String,
     origin: String,
     keys: HashMap<[u8; 32], IssuerPublicKey>,
-    spent: HashMap<Epoch, HashSet<[u8; 32]>>,
+    spent: Arc<Mutex<HashMap<Epoch, HashSet<[u8; 32]>>>>,
 }
 
 impl Redeemer {
@@ -21,7 +26,7 @@ impl Redeemer {
             issuer_name: issuer_name.to_string(),
             origin: Challenge::origin(relay_key),
             keys: keys.into_iter().map(|k| (k.key_id(), k)).collect(),
-            spent: HashMap::new(),
+            spent: Arc::default(),
         }
     }
 
@@ -65,9 +70,11 @@ impl Redeemer {
             .verify(&signature, None, token.input())
             .map_err(|_| RedeemError::BadSignature)?;
         let epoch = key.epoch;
-        // Spent sets of epochs that can no longer be redeemed are dropped.
-        self.spent.retain(|e, _| e.redeemable_at(now_secs));
-        if !self.spent.entry(epoch).or_default().insert(token.nonce) {
+        // Spent sets of epochs that can no longer be redeemed are dropped. A poisoned lock
+        // still holds every token spent before the panic, so it is used as it is.
+        let mut spent = self.spent.lock().unwrap_or_else(PoisonError::into_inner);
+        spent.retain(|e, _| e.redeemable_at(now_secs));
+        if !spent.entry(epoch).or_default().insert(token.nonce) {
             return Err(RedeemError::Spent);
         }
         Ok(epoch)
@@ -75,6 +82,11 @@ impl Redeemer {
 
     /// Tokens spent and remembered.
     pub fn spent(&self) -> usize {
-        self.spent.values().map(HashSet::len).sum()
+        self.spent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .map(HashSet::len)
+            .sum()
     }
 }

@@ -64,6 +64,24 @@ fn a_token_is_redeemed_once_at_its_relay_for_its_session() {
 }
 
 #[test]
+fn a_token_spent_on_one_thread_is_spent_on_every_clone() {
+    let c = Challenge::for_session(ISSUER, &RELAY, &SESSION);
+    let t = issue(2900, &c);
+    let mut first = redeemer();
+    let mut second = first.clone();
+    let (challenge, token) = (c.encode(), t.encode());
+    let other = std::thread::spawn(move || second.redeem(NOW, &challenge, &token, &SESSION))
+        .join()
+        .unwrap();
+    assert_eq!(other, Ok(Epoch(2900)));
+    assert_eq!(
+        first.redeem(NOW, &c.encode(), &t.encode(), &SESSION),
+        Err(RedeemError::Spent)
+    );
+    assert_eq!(first.spent(), 1);
+}
+
+#[test]
 fn each_bad_token_gets_its_own_refusal() {
     let c = Challenge::for_session(ISSUER, &RELAY, &SESSION);
     let t = issue(2900, &c);

@@ -69,6 +69,30 @@ impl BatchSocket {
         Self::new(UdpSocket::bind(addr).await?, offload)
     }
 
+    /// Binds `n` sockets at `addr` that share its port (`SO_REUSEPORT`): the kernel gives
+    /// each peer address and port to one of them, always the same, so each can serve its
+    /// own peers on its own thread.
+    ///
+    /// The port must be free: it is first bound alone, so a second relay started on a port
+    /// that one already uses fails with `AddrInUse` instead of quietly taking half of its
+    /// peers (the kernel lets sockets of one user join a `SO_REUSEPORT` group).
+    pub fn bind_group(addr: SocketAddr, n: usize, offload: Offload) -> io::Result<Vec<Self>> {
+        let addr = std::net::UdpSocket::bind(addr)?.local_addr()?;
+        (0..n.max(1))
+            .map(|_| Self::bind_shared(addr, offload))
+            .collect()
+    }
+
+    /// Binds one socket of a `SO_REUSEPORT` group (see [`BatchSocket::bind_group`]).
+    fn bind_shared(addr: SocketAddr, offload: Offload) -> io::Result<Self> {
+        let domain = socket2::Domain::for_address(addr);
+        let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        Self::new(UdpSocket::from_std(s.into())?, offload)
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.io.local_addr()
@@ -277,6 +301,70 @@ mod tests {
             let (got, _, _) = round_trip(offload, vec![vec![], vec![7; 10]]).await;
             assert_eq!(got, vec![vec![], vec![7; 10]], "{offload:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_group_splits_peers_and_keeps_each_peer_on_one_socket() {
+        let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut group = BatchSocket::bind_group(lo, 2, Offload::On).unwrap();
+        let mut b = group.pop().unwrap();
+        let mut a = group.pop().unwrap();
+        let port = a.local_addr().unwrap();
+        assert_eq!(b.local_addr().unwrap(), port);
+        // 32 peers send 3 datagrams each: every peer lands on exactly one socket.
+        let mut peers = Vec::new();
+        for _ in 0..32 {
+            let p = BatchSocket::bind(lo, Offload::Off).await.unwrap();
+            let batch: Vec<(SocketAddr, Vec<u8>)> = (0..3u8).map(|i| (port, vec![i])).collect();
+            p.send_all(&batch).await;
+            peers.push(p.local_addr().unwrap());
+        }
+        let mut seen: std::collections::HashMap<SocketAddr, (usize, usize)> = Default::default();
+        let mut total = 0;
+        while total < 96 {
+            tokio::select! {
+                r = a.recv() => {
+                    r.unwrap();
+                    for (from, _) in a.received() {
+                        seen.entry(from).or_default().0 += 1;
+                        total += 1;
+                    }
+                }
+                r = b.recv() => {
+                    r.unwrap();
+                    for (from, _) in b.received() {
+                        seen.entry(from).or_default().1 += 1;
+                        total += 1;
+                    }
+                }
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {
+                    panic!("only {total} of 96 arrived")
+                }
+            }
+        }
+        assert_eq!(seen.len(), 32);
+        for p in &peers {
+            let (on_a, on_b) = seen[p];
+            assert!(on_a == 0 || on_b == 0, "{p} was split: {on_a} and {on_b}");
+            assert_eq!(on_a + on_b, 3);
+        }
+        let on_a = seen.values().filter(|(x, _)| *x > 0).count();
+        assert!(on_a > 0 && on_a < 32, "all 32 peers on one socket");
+    }
+
+    #[tokio::test]
+    async fn a_group_needs_a_free_port() {
+        let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let group = BatchSocket::bind_group(lo, 2, Offload::On).unwrap();
+        let taken = group[0].local_addr().unwrap();
+        let again = BatchSocket::bind_group(taken, 2, Offload::On);
+        assert_eq!(
+            again.err().map(|e| e.kind()),
+            Some(io::ErrorKind::AddrInUse)
+        );
+        let plain = BatchSocket::bind(lo, Offload::Off).await.unwrap();
+        let held = BatchSocket::bind_group(plain.local_addr().unwrap(), 1, Offload::On);
+        assert_eq!(held.err().map(|e| e.kind()), Some(io::ErrorKind::AddrInUse));
     }
 
     #[tokio::test]

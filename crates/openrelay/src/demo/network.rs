@@ -125,6 +125,7 @@ fn common(
         evidence: Some(evidence.clone()),
         tokens: tokens.clone(),
         offload: *offload,
+        workers: 0,
     }
 }
 

@@ -56,6 +56,7 @@ pub async fn run_issuer(common: Common, service: Service) -> io::Result<IssuerHa
     Ok(IssuerHandle {
         relay: RelayHandle {
             local_addr,
+            workers: vec![counters.clone()],
             counters,
             shutdown,
             task,

@@ -12,7 +12,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::{report, EgressSettings, Observation, Observer, RelayHandle};
+use super::{EgressSettings, Observation, Observer, RelayHandle};
 use crate::counters::Counters;
 use crate::policy::DestinationPolicy;
 use crate::table::{SessionId, SessionTable, TableEvent};
@@ -48,30 +48,37 @@ impl Drop for SessionStack {
     }
 }
 
-/// Starts an egress on the current tokio runtime.
+/// Starts an egress on the current tokio runtime: one event loop per worker.
 pub async fn run_egress(settings: EgressSettings) -> io::Result<RelayHandle> {
     let c = &settings.common;
-    let (socket, table) = c.bind_batch().await?;
-    let local_addr = socket.local_addr()?;
-    let (counters_tx, counters) = watch::channel(table.counters);
-    let (shutdown, shutdown_rx) = oneshot::channel();
+    let n = super::workers::count(c.workers);
+    let shards = c.bind_workers(n)?;
+    let local_addr = shards
+        .first()
+        .map(|(s, _)| s.local_addr())
+        .transpose()?
+        .ok_or_else(|| io::Error::other("no worker"))?;
     let mut policy = settings.policy.clone();
     policy.add_own(local_addr.ip());
-    let task = tokio::spawn(event_loop(
-        settings,
-        policy,
-        socket,
-        table,
-        counters_tx,
-        shutdown_rx,
-    ));
-    tracing::info!("egress listening");
-    Ok(RelayHandle {
+    let report_interval = c.report_interval;
+    let handle = super::spawn_workers(
+        "egress",
         local_addr,
-        counters,
-        shutdown,
-        task,
-    })
+        report_interval,
+        shards,
+        |socket, table, counters_tx, shutdown_rx| {
+            event_loop(
+                settings.clone(),
+                policy.clone(),
+                socket,
+                table,
+                counters_tx,
+                shutdown_rx,
+            )
+        },
+    );
+    tracing::info!("egress listening ({n} workers)");
+    Ok(handle)
 }
 
 async fn event_loop(
@@ -89,8 +96,6 @@ async fn event_loop(
     let mut stacks: HashMap<SessionId, SessionStack> = HashMap::new();
     let mut events = Vec::new();
     let mut sends: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
-    let mut report_tick = tokio::time::interval(c.report_interval);
-    report_tick.tick().await;
     loop {
         let deadline = tokio::time::Instant::from_std(table.poll_timeout());
         let mut received = false;
@@ -101,7 +106,6 @@ async fn event_loop(
             },
             Some((id, ip)) = out_rx.recv() => table.send(Instant::now(), id, &ip, &mut events),
             _ = tokio::time::sleep_until(deadline) => table.handle_timeout(Instant::now(), &mut events),
-            _ = report_tick.tick() => report("egress", &merged(&table, &flows)),
             _ = &mut shutdown => break,
         }
         if received {
@@ -155,7 +159,6 @@ async fn event_loop(
         sends.clear();
         counters_tx.send_replace(merged(&table, &flows));
     }
-    report("egress", &merged(&table, &flows));
 }
 
 fn merged(table: &SessionTable, flows: &FlowCounters) -> Counters {

@@ -41,6 +41,8 @@ pub async fn run_egress_tun(
         ));
     }
     let c = &settings.common;
+    // One worker: the TUN device has one queue, and replies must reach the worker that
+    // owns their destination address.
     let (socket, table) = c.bind_batch().await?;
     let local_addr = socket.local_addr()?;
     let dev = DeviceBuilder::new()
@@ -104,6 +106,7 @@ pub async fn run_egress_tun(
     tracing::info!("egress listening (TUN mode)");
     Ok(RelayHandle {
         local_addr,
+        workers: vec![counters.clone()],
         counters,
         shutdown,
         task,

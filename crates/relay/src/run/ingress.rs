@@ -7,7 +7,7 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{report, IngressSettings, Observation, RelayHandle};
+use super::{IngressSettings, Observation, RelayHandle};
 use crate::ingress::{Ingress, IngressOutput};
 use crate::table::SessionId;
 use crate::udp::BatchSocket;
@@ -15,28 +15,28 @@ use crate::udp::BatchSocket;
 /// Egress replies taken per turn of the loop, to send to clients together.
 const BATCH: usize = 64;
 
-/// Starts an ingress on the current tokio runtime.
+/// Starts an ingress on the current tokio runtime: one event loop per worker.
 pub async fn run_ingress(settings: IngressSettings) -> io::Result<RelayHandle> {
     let c = &settings.common;
-    let (socket, table) = c.bind_batch().await?;
-    let local_addr = socket.local_addr()?;
-    let ingress = Ingress::new(table, settings.egresses.clone());
-    let (counters_tx, counters) = watch::channel(*ingress.counters());
-    let (shutdown, shutdown_rx) = oneshot::channel();
-    let task = tokio::spawn(event_loop(
-        settings,
-        socket,
-        ingress,
-        counters_tx,
-        shutdown_rx,
-    ));
-    tracing::info!("ingress listening");
-    Ok(RelayHandle {
+    let n = super::workers::count(c.workers);
+    let shards = c.bind_workers(n)?;
+    let local_addr = shards
+        .first()
+        .map(|(s, _)| s.local_addr())
+        .transpose()?
+        .ok_or_else(|| io::Error::other("no worker"))?;
+    let handle = super::spawn_workers(
+        "ingress",
         local_addr,
-        counters,
-        shutdown,
-        task,
-    })
+        c.report_interval,
+        shards,
+        |socket, table, counters_tx, shutdown_rx| {
+            let ingress = Ingress::new(table, settings.egresses.clone());
+            event_loop(settings.clone(), socket, ingress, counters_tx, shutdown_rx)
+        },
+    );
+    tracing::info!("ingress listening ({n} workers)");
+    Ok(handle)
 }
 
 async fn event_loop(
@@ -56,8 +56,6 @@ async fn event_loop(
     let mut observed = std::collections::HashSet::new();
     let mut out = Vec::new();
     let mut to_clients: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
-    let mut report_tick = tokio::time::interval(c.report_interval);
-    report_tick.tick().await;
     loop {
         let deadline = tokio::time::Instant::from_std(ingress.poll_timeout());
         let mut received = false;
@@ -70,7 +68,6 @@ async fn event_loop(
                 ingress.handle_egress(Instant::now(), id, from, &payload, &mut out);
             }
             _ = tokio::time::sleep_until(deadline) => ingress.handle_timeout(Instant::now(), &mut out),
-            _ = report_tick.tick() => report("ingress", ingress.counters()),
             _ = &mut shutdown => break,
         }
         if received {
@@ -132,7 +129,6 @@ async fn event_loop(
         to_egress.retain(|id, _| forwards.contains_key(id));
         counters_tx.send_replace(*ingress.counters());
     }
-    report("ingress", ingress.counters());
     for (_, (_, reader)) in forwards {
         reader.abort();
     }

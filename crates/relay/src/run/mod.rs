@@ -4,6 +4,7 @@ mod egress;
 mod exit;
 mod ingress;
 mod resolve;
+mod workers;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -67,6 +68,9 @@ pub struct Common {
     pub tokens: Option<Tokens>,
     /// UDP segmentation offloads on the relay's socket.
     pub offload: crate::udp::Offload,
+    /// Event loops, each with its own socket on the port and its own sessions; 0: one per
+    /// core.
+    pub workers: usize,
 }
 
 /// Which tokens a relay accepts: the directory's issuer and its keys.
@@ -100,8 +104,10 @@ pub struct EgressSettings {
 pub struct RelayHandle {
     /// The bound UDP address (useful with port 0).
     pub local_addr: SocketAddr,
-    /// Latest counters, updated as the relay runs.
+    /// Latest counters (all workers together), updated as the relay runs.
     pub counters: tokio::sync::watch::Receiver<Counters>,
+    /// Each worker's own counters.
+    pub workers: Vec<tokio::sync::watch::Receiver<Counters>>,
     /// Stops the relay when dropped or sent.
     pub shutdown: tokio::sync::oneshot::Sender<()>,
     /// Completes when the relay has stopped.
@@ -123,7 +129,38 @@ impl Common {
         Ok((socket, self.table()))
     }
 
+    /// One socket on the relay's port and one session table per worker. The tables
+    /// share the token spent set and split the tunnel addresses and the session limit.
+    pub fn bind_workers(
+        &self,
+        n: usize,
+    ) -> std::io::Result<Vec<(crate::udp::BatchSocket, SessionTable)>> {
+        let n = n.max(1);
+        let sockets = crate::udp::BatchSocket::bind_group(self.listen, n, self.offload)?;
+        let redeemer = self.redeemer();
+        let limit = self.max_sessions.div_ceil(n);
+        Ok(sockets
+            .into_iter()
+            .enumerate()
+            .map(|(k, s)| (s, self.table_with(redeemer.clone()).share(k, n, limit)))
+            .collect())
+    }
+
     fn table(&self) -> SessionTable {
+        self.table_with(self.redeemer())
+    }
+
+    fn redeemer(&self) -> Option<token::Redeemer> {
+        self.tokens.as_ref().map(|t| {
+            token::Redeemer::new(
+                self.key.public_key().as_bytes(),
+                &t.issuer_name,
+                t.keys.clone(),
+            )
+        })
+    }
+
+    fn table_with(&self, redeemer: Option<token::Redeemer>) -> SessionTable {
         let now = std::time::Instant::now();
         let cfg = tunnel::SessionConfig {
             persistent_keepalive: None,
@@ -134,18 +171,53 @@ impl Common {
         if let Some(source) = &self.evidence {
             table = table.with_evidence(source.clone());
         }
-        if let Some(t) = &self.tokens {
-            let redeemer = token::Redeemer::new(
-                self.key.public_key().as_bytes(),
-                &t.issuer_name,
-                t.keys.clone(),
-            );
+        if let Some(redeemer) = redeemer {
             let unix = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             table = table.with_tokens(redeemer, now, unix);
         }
         table
+    }
+}
+
+/// Spawns one event loop per socket and table, and supervises them as one relay.
+fn spawn_workers<F, Fut>(
+    role: &'static str,
+    local_addr: std::net::SocketAddr,
+    report_interval: Duration,
+    shards: Vec<(crate::udp::BatchSocket, SessionTable)>,
+    mut event_loop: F,
+) -> RelayHandle
+where
+    F: FnMut(
+        crate::udp::BatchSocket,
+        SessionTable,
+        tokio::sync::watch::Sender<Counters>,
+        tokio::sync::oneshot::Receiver<()>,
+    ) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let workers = shards
+        .into_iter()
+        .map(|(socket, table)| {
+            let (counters_tx, counters) = tokio::sync::watch::channel(table.counters);
+            let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
+            let task = tokio::spawn(event_loop(socket, table, counters_tx, shutdown_rx));
+            workers::Worker {
+                counters,
+                shutdown,
+                task,
+            }
+        })
+        .collect();
+    let s = workers::supervise(role, workers, report_interval);
+    RelayHandle {
+        local_addr,
+        counters: s.counters,
+        workers: s.per_worker,
+        shutdown: s.shutdown,
+        task: s.task,
     }
 }
 

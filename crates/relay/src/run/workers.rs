@@ -1,0 +1,159 @@
+//! A relay on every core: several copies of a role's event loop, each with its own socket
+//! on the shared port (`SO_REUSEPORT`) and its own sessions.
+//!
+//! The kernel sends every datagram of one peer address and port to the same socket, so a
+//! session lives on one worker from its handshake on and the per-packet path takes no lock.
+//! What workers share is per session, not per packet: the token spent set (one lock per
+//! redemption) and the evidence source. Each worker hands out its own share of tunnel
+//! addresses. A client whose address or port changes reaches another worker, which does
+//! not know its session: the client's next handshake starts a new one there.
+
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::counters::Counters;
+
+/// How many workers a relay runs: `configured`, or one per core when it is 0.
+pub(crate) fn count(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// One running copy of the event loop.
+pub(crate) struct Worker {
+    pub(crate) counters: watch::Receiver<Counters>,
+    pub(crate) shutdown: oneshot::Sender<()>,
+    pub(crate) task: JoinHandle<()>,
+}
+
+/// What the relay's handle gets: summed counters, one stop for all, one task to await.
+pub(crate) struct Supervised {
+    pub(crate) counters: watch::Receiver<Counters>,
+    pub(crate) per_worker: Vec<watch::Receiver<Counters>>,
+    pub(crate) shutdown: oneshot::Sender<()>,
+    pub(crate) task: JoinHandle<()>,
+}
+
+/// Publishes the workers' summed counters as they change, logs them every
+/// `report_interval`, and stops every worker when the returned sender fires or is dropped.
+pub(crate) fn supervise(
+    role: &'static str,
+    workers: Vec<Worker>,
+    report_interval: Duration,
+) -> Supervised {
+    let per_worker: Vec<_> = workers.iter().map(|w| w.counters.clone()).collect();
+    let (counters_tx, counters) = watch::channel(sum(&per_worker));
+    let (shutdown, mut shutdown_rx) = oneshot::channel::<()>();
+    let mut watched = per_worker.clone();
+    let task = tokio::spawn(async move {
+        let mut stops = Vec::new();
+        let mut tasks = Vec::new();
+        for w in workers {
+            stops.push(w.shutdown);
+            tasks.push(w.task);
+        }
+        let mut report_tick = tokio::time::interval(report_interval);
+        report_tick.tick().await;
+        loop {
+            let changed = any_changed(&mut watched);
+            tokio::select! {
+                alive = changed => {
+                    counters_tx.send_replace(sum(&watched));
+                    if !alive {
+                        break;
+                    }
+                }
+                _ = report_tick.tick() => super::report(role, &sum(&watched)),
+                _ = &mut shutdown_rx => break,
+            }
+        }
+        for s in stops {
+            let _ = s.send(());
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let total = sum(&watched);
+        counters_tx.send_replace(total);
+        super::report(role, &total);
+    });
+    Supervised {
+        counters,
+        per_worker,
+        shutdown,
+        task,
+    }
+}
+
+/// Waits until any worker's counters change; `false` once a worker has stopped.
+async fn any_changed(watched: &mut [watch::Receiver<Counters>]) -> bool {
+    if watched.is_empty() {
+        return std::future::pending().await;
+    }
+    let waits = watched.iter_mut().map(|w| Box::pin(w.changed()));
+    let (result, _, _) = futures_util::future::select_all(waits).await;
+    result.is_ok()
+}
+
+fn sum(workers: &[watch::Receiver<Counters>]) -> Counters {
+    let mut total = Counters::default();
+    for w in workers {
+        total += *w.borrow();
+    }
+    total
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn counters_are_summed_and_shutdown_reaches_every_worker() {
+        let mut senders = Vec::new();
+        let mut workers = Vec::new();
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..3u64 {
+            let (tx, rx) = watch::channel(Counters::default());
+            let (stop, stop_rx) = oneshot::channel::<()>();
+            let done = done_tx.clone();
+            let task = tokio::spawn(async move {
+                let _ = stop_rx.await;
+                let _ = done.send(i);
+            });
+            senders.push(tx);
+            workers.push(Worker {
+                counters: rx,
+                shutdown: stop,
+                task,
+            });
+        }
+        let s = supervise("test", workers, Duration::from_secs(3600));
+        let mut total = s.counters.clone();
+        for (i, tx) in senders.iter().enumerate() {
+            tx.send_modify(|c| c.forwarded = 10 * (i as u64 + 1));
+        }
+        let c = tokio::time::timeout(
+            Duration::from_secs(5),
+            total.wait_for(|c| c.forwarded == 60),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .to_owned();
+        assert_eq!(c.forwarded, 60);
+        assert_eq!(s.per_worker.len(), 3);
+        s.shutdown.send(()).unwrap();
+        s.task.await.unwrap();
+        let mut stopped = Vec::new();
+        while let Ok(i) = done_rx.try_recv() {
+            stopped.push(i);
+        }
+        stopped.sort();
+        assert_eq!(stopped, [0, 1, 2]);
+    }
+}
