@@ -13,10 +13,11 @@ use netstack::{Mode, Stack, StackConfig};
 use rand::SeedableRng;
 use socks::{DatagramSocket, Dialer, Target};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tunnel::PublicKey;
 
 use crate::connection::{ConnEvent, Connection, ConnectionError, Hop, RouteKeys};
+use crate::refill::{RefillSettings, RefillStatus};
 
 /// How long a SOCKS5 request waits for the tunnel to be up.
 const WAIT_FOR_TUNNEL: Duration = Duration::from_secs(15);
@@ -49,6 +50,8 @@ pub struct ClientSettings {
     /// Accept relays on `OutOfDate` TEE platforms (known, fixed vulnerabilities not yet
     /// patched there); a warning is logged for each.
     pub accept_out_of_date: bool,
+    /// Refill `stock` from this account by itself (when the directory lists an issuer).
+    pub refill: Option<RefillSettings>,
 }
 
 impl ClientSettings {
@@ -62,6 +65,7 @@ impl ClientSettings {
             retry_after_attestation_failure: false,
             accept_out_of_date: false,
             stock: None,
+            refill: None,
         }
     }
 }
@@ -232,6 +236,8 @@ pub struct ClientHandle {
     pub socks: SocketAddr,
     /// The latest status.
     pub status: watch::Receiver<Status>,
+    /// What the token refill last did (stays [`RefillStatus::Idle`] without a refill).
+    pub refill: watch::Receiver<RefillStatus>,
     /// Stops the client.
     pub shutdown: oneshot::Sender<()>,
     /// Completes when the client has stopped.
@@ -247,6 +253,7 @@ pub async fn run_client(settings: ClientSettings) -> io::Result<ClientHandle> {
     let (status_tx, status) = watch::channel(Status::Retrying {
         reason: "starting".into(),
     });
+    let (refill_tx, refill) = watch::channel(RefillStatus::Idle);
     let (shutdown, shutdown_rx) = oneshot::channel();
     let task = tokio::spawn(async move {
         let proxy = tokio::spawn(socks::serve(listener, dialer));
@@ -261,6 +268,7 @@ pub async fn run_client(settings: ClientSettings) -> io::Result<ClientHandle> {
             &mut local,
             &mut from_local,
             status_tx,
+            refill_tx,
             shutdown_rx,
         )
         .await;
@@ -269,6 +277,7 @@ pub async fn run_client(settings: ClientSettings) -> io::Result<ClientHandle> {
     Ok(ClientHandle {
         socks: socks_addr,
         status,
+        refill,
         shutdown,
         task,
     })
@@ -316,13 +325,58 @@ impl Local for SocksLocal {
     }
 }
 
-/// Picks routes and keeps a connection up until shutdown.
+/// Keeps a connection up until shutdown and, when configured, refills the token stock.
+///
+/// The refill runs in this task, joined with the connection loop: its changes to the stock
+/// and the loop's (taking a connection's tickets) never interleave. At shutdown a refill
+/// that is paying for a batch finishes and saves it first, so nothing paid is lost.
 pub(crate) async fn supervise(
     settings: &ClientSettings,
     local: &mut impl Local,
     from_local: &mut mpsc::Receiver<Vec<u8>>,
     status: watch::Sender<Status>,
+    refill_status: watch::Sender<RefillStatus>,
+    shutdown: oneshot::Receiver<()>,
+) {
+    let (level_tx, level_rx) = watch::channel(None);
+    let (stopping_tx, stopping_rx) = watch::channel(false);
+    let refilled = Notify::new();
+    let connections = async {
+        keep_connected(
+            settings, local, from_local, status, shutdown, &level_tx, &refilled,
+        )
+        .await;
+        stopping_tx.send_replace(true);
+    };
+    let refill = async {
+        let (Some(refill), Some(stock), Some(_)) = (
+            &settings.refill,
+            &settings.stock,
+            &settings.directory.issuer,
+        ) else {
+            return;
+        };
+        let links = crate::refill::run::Links {
+            level: level_rx,
+            stopping: stopping_rx,
+            report: &refill_status,
+            refilled: &refilled,
+        };
+        crate::refill::run::drive(settings, refill, stock, links).await;
+    };
+    tokio::join!(connections, refill);
+}
+
+/// Picks routes and keeps a connection up until shutdown. Reports the stock level (in
+/// connections) after each change to `stock_level`; `refilled` ends a wait for tokens.
+async fn keep_connected(
+    settings: &ClientSettings,
+    local: &mut impl Local,
+    from_local: &mut mpsc::Receiver<Vec<u8>>,
+    status: watch::Sender<Status>,
     mut shutdown: oneshot::Receiver<()>,
+    stock_level: &watch::Sender<Option<usize>>,
+    refilled: &Notify,
 ) {
     let mut rng = match settings.seed {
         Some(s) => rand::rngs::StdRng::seed_from_u64(s),
@@ -335,18 +389,26 @@ pub(crate) async fn supervise(
     loop {
         let mut tickets = None;
         if settings.directory.issuer.is_some() {
-            match next_tickets(settings) {
-                Ok(Some((route, t))) => {
+            let next = next_tickets(settings);
+            if let Ok((_, left)) = &next {
+                stock_level.send_replace(Some(*left));
+            }
+            match next {
+                Ok((Some((route, t)), _)) => {
                     tickets = Some((route, t));
                 }
                 other => {
                     let reason = match other {
                         Err(e) => e.to_string(),
+                        Ok(_) if settings.refill.is_some() => {
+                            "no tokens left; waiting for the refill (see its `tokens:` line)".into()
+                        }
                         Ok(_) => "no tokens left; buy some with `openrelay account tokens`".into(),
                     };
                     status.send_replace(Status::NoTokens { reason });
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                        _ = refilled.notified() => continue,
                         _ = &mut shutdown => return,
                     }
                 }
@@ -442,33 +504,32 @@ pub(crate) async fn supervise(
     }
 }
 
-/// One connection, from the first handshake until it is lost. Returns whether it was ever
-/// ready, and why it ended.
+/// A connection's route and its tickets.
+type Tickets = (directory::Route, [crate::connection::Ticket; 2]);
+
 /// The next connection's route and tickets from the stock, which is saved without them
-/// first, so a ticket is never spent twice even if this process dies.
+/// first (under the stock's lock), so a ticket is never spent twice even if this process
+/// dies; and the connections left in the stock.
 fn next_tickets(
     settings: &ClientSettings,
-) -> Result<Option<(directory::Route, [crate::connection::Ticket; 2])>, crate::tickets::AccountError>
-{
+) -> Result<(Option<Tickets>, usize), crate::tickets::AccountError> {
     let Some(path) = &settings.stock else {
-        return Ok(None);
+        return Ok((None, 0));
     };
-    let mut stock = crate::tickets::Stock::load(path)?;
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let pruned = stock.prune(&settings.directory, unix);
-    let prepaid = stock.take();
-    if pruned > 0 || prepaid.is_some() {
-        stock.save()?;
-    }
+    let (prepaid, left) = crate::tickets::Stock::update(path, |stock| {
+        stock.prune(&settings.directory, unix);
+        let prepaid = stock.take();
+        (prepaid, stock.len())
+    })?;
     let Some(p) = prepaid else {
-        return Ok(None);
+        return Ok((None, left));
     };
-    if stock.len() < 2 {
+    if left < 2 && settings.refill.is_none() {
         tracing::warn!(
-            "tokens left for {} more connection(s); buy more ahead of time with `openrelay account tokens`",
-            stock.len()
+            "tokens left for {left} more connection(s); buy more ahead of time with `openrelay account tokens`"
         );
     }
     let find = |name: &str| {
@@ -480,13 +541,16 @@ fn next_tickets(
             .cloned()
     };
     match (find(&p.ingress), find(&p.egress)) {
-        (Some(ingress), Some(egress)) => {
-            Ok(Some((directory::Route { ingress, egress }, p.tickets)))
-        }
-        _ => Ok(None),
+        (Some(ingress), Some(egress)) => Ok((
+            Some((directory::Route { ingress, egress }, p.tickets)),
+            left,
+        )),
+        _ => Ok((None, left)),
     }
 }
 
+/// One connection, from the first handshake until it is lost. Returns whether it was ever
+/// ready, and why it ended.
 #[allow(clippy::too_many_arguments)]
 async fn connect_once(
     settings: &ClientSettings,

@@ -140,12 +140,14 @@ pub async fn buy(
     unix_secs: u64,
 ) -> Result<(Vec<Prepaid>, u64), AccountError> {
     let (issuer_name, key) = current_key(dir, unix_secs)?;
-    let mut rng = rand::rng();
     // Every hop of every connection: (route index, hop, session secret, challenge).
     let mut hops = Vec::new();
     let mut routes = Vec::new();
     for i in 0..connections {
-        let route = directory::pick_route(dir, &mut rng, &[])
+        // The thread's generator, taken per pick: held across the awaits below, it would
+        // keep this future from moving between threads (the client's supervisor task,
+        // which runs refills, is spawned).
+        let route = directory::pick_route(dir, &mut rand::rng(), &[])
             .map_err(|e| AccountError::Directory(e.to_string()))?;
         for relay in [&route.ingress, &route.egress] {
             let secret = StaticSecret::generate();
@@ -215,10 +217,17 @@ pub async fn buy(
 }
 
 /// The tickets kept on disk between runs (mode 0600: they are bearer tokens).
+///
+/// Several writers share the file: the client's supervisor (taking tickets), its refill
+/// (adding them), `openrelay account tokens`, another client. They change it with
+/// [`Stock::update`], which holds a lock for the load, change and save, so none of them
+/// loses another's tickets or takes a ticket that another took.
 #[derive(Debug)]
 pub struct Stock {
     path: PathBuf,
     entries: Vec<Prepaid>,
+    /// Changed since loading (saved by [`Stock::update`] only then).
+    dirty: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -283,7 +292,21 @@ impl Stock {
         Ok(Self {
             path: path.to_path_buf(),
             entries,
+            dirty: false,
         })
+    }
+
+    /// Loads the stock at `path`, lets `change` change it, and saves it if it changed, all
+    /// under an exclusive lock on `<path>.lock` (held by this process only for the file
+    /// operations, so the wait is short).
+    pub fn update<T>(path: &Path, change: impl FnOnce(&mut Stock) -> T) -> Result<T, AccountError> {
+        let _lock = lock(path)?;
+        let mut stock = Self::load(path)?;
+        let out = change(&mut stock);
+        if stock.dirty {
+            stock.save()?;
+        }
+        Ok(out)
     }
 
     /// Writes the stock (atomically, readable by this user only).
@@ -337,6 +360,7 @@ impl Stock {
 
     /// Adds bought tickets.
     pub fn add(&mut self, prepaid: Vec<Prepaid>) {
+        self.dirty |= !prepaid.is_empty();
         self.entries.extend(prepaid);
     }
 
@@ -359,11 +383,132 @@ impl Stock {
                 && dir.relays.iter().any(|r| r.name == p.ingress)
                 && dir.relays.iter().any(|r| r.name == p.egress)
         });
-        before - self.entries.len()
+        let pruned = before - self.entries.len();
+        self.dirty |= pruned > 0;
+        pruned
     }
 
     /// Takes one connection's tickets (oldest first), to spend now.
     pub fn take(&mut self) -> Option<Prepaid> {
-        (!self.entries.is_empty()).then(|| self.entries.remove(0))
+        let taken = (!self.entries.is_empty()).then(|| self.entries.remove(0));
+        self.dirty |= taken.is_some();
+        taken
+    }
+}
+
+/// An exclusive lock on the stock at `path`, released when dropped. The lock file stays
+/// (removing it would let two writers lock two different files).
+fn lock(path: &Path) -> Result<std::fs::File, AccountError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |problem: String| AccountError::Stock {
+        path: path.to_path_buf(),
+        problem,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path.with_extension("lock"))
+        .map_err(|e| err(format!("cannot open its lock file: {e}")))?;
+    file.lock()
+        .map_err(|e| err(format!("cannot lock it: {e}")))?;
+    Ok(file)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn prepaid(name: &str) -> Prepaid {
+        let ticket = || Ticket {
+            session_secret: StaticSecret::generate(),
+            challenge: vec![1, 2, 3],
+            token: vec![4, 5, 6],
+        };
+        Prepaid {
+            ingress: name.to_string(),
+            egress: "egress".into(),
+            epoch: Epoch(1),
+            tickets: [ticket(), ticket()],
+        }
+    }
+
+    /// Writers in several threads (as the supervisor, a refill and `openrelay account
+    /// tokens` are, in one process or several) add and take at the same time: every
+    /// ticket is either still in the stock or was taken exactly once.
+    #[test]
+    fn concurrent_updates_never_lose_or_repeat_a_ticket() {
+        let dir = std::env::temp_dir().join(format!(
+            "openrelay-stock-test-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let path = dir.join("tokens.toml");
+        let (adders, per_adder) = (3, 20);
+        let taken = std::thread::scope(|s| {
+            for a in 0..adders {
+                let path = &path;
+                s.spawn(move || {
+                    for i in 0..per_adder {
+                        Stock::update(path, |st| st.add(vec![prepaid(&format!("{a}-{i}"))]))
+                            .unwrap();
+                    }
+                });
+            }
+            let takers: Vec<_> = (0..2)
+                .map(|_| {
+                    let path = &path;
+                    s.spawn(move || {
+                        let mut got = Vec::new();
+                        for _ in 0..per_adder {
+                            if let Some(p) = Stock::update(path, Stock::take).unwrap() {
+                                got.push(p.ingress);
+                            }
+                        }
+                        got
+                    })
+                })
+                .collect();
+            takers
+                .into_iter()
+                .flat_map(|t| t.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        let left: Vec<String> = Stock::load(&path)
+            .unwrap()
+            .entries
+            .into_iter()
+            .map(|p| p.ingress)
+            .collect();
+        let mut all: Vec<String> = taken.iter().chain(&left).cloned().collect();
+        all.sort();
+        let mut expected: Vec<String> = (0..adders)
+            .flat_map(|a| (0..per_adder).map(move |i| format!("{a}-{i}")))
+            .collect();
+        expected.sort();
+        assert_eq!(all, expected, "a ticket was lost or taken twice");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_update_that_changes_nothing_writes_nothing() {
+        let dir = std::env::temp_dir().join(format!(
+            "openrelay-stock-test-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let path = dir.join("tokens.toml");
+        assert!(Stock::update(&path, Stock::take).unwrap().is_none());
+        assert!(!path.exists());
+        Stock::update(&path, |s| s.add(vec![prepaid("a")])).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the stock holds bearer tokens");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

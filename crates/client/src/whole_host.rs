@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use host::{BlockPolicy, Dns, Firewall, RoutePlan, Routes, Runner};
 use tokio::sync::{oneshot, watch};
 
+use crate::refill::RefillStatus;
 use crate::run::{supervise, ClientSettings, Status};
 use crate::tun::TunLocal;
 
@@ -58,10 +59,12 @@ pub enum WholeHostError {
     Tun(std::io::Error),
 }
 
-/// Runs until `shutdown`, then restores routes and DNS and lifts the kill switch.
+/// Runs until `shutdown`, then restores routes and DNS and lifts the kill switch. Reports
+/// the connection on `status` and the token refill on `refill`.
 pub async fn run_whole_host(
     mut settings: WholeHostSettings,
     status: watch::Sender<Status>,
+    refill: watch::Sender<RefillStatus>,
     shutdown: oneshot::Receiver<()>,
 ) -> Result<(), WholeHostError> {
     let plan = settings.plan();
@@ -77,7 +80,7 @@ pub async fn run_whole_host(
         allowed_endpoints: ingresses,
         tunnel_interface: Some(settings.tun.clone()),
     })?;
-    let result = run_blocked(&settings, &plan, status, shutdown).await;
+    let result = run_blocked(&settings, &plan, status, refill, shutdown).await;
     // Only an orderly exit lifts the block; the routes and DNS are back by now.
     firewall.unblock()?;
     result
@@ -87,6 +90,7 @@ async fn run_blocked(
     settings: &WholeHostSettings,
     plan: &RoutePlan,
     status: watch::Sender<Status>,
+    refill: watch::Sender<RefillStatus>,
     shutdown: oneshot::Receiver<()>,
 ) -> Result<(), WholeHostError> {
     let (mut local, mut from_tun) =
@@ -106,6 +110,7 @@ async fn run_blocked(
         &mut local,
         &mut from_tun,
         status,
+        refill,
         shutdown,
     )
     .await;

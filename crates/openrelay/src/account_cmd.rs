@@ -74,23 +74,7 @@ pub(crate) enum AccountCommand {
 }
 
 fn password(common: &Common) -> anyhow::Result<Vec<u8>> {
-    let line = match &common.password_file {
-        Some(p) => std::fs::read_to_string(p)
-            .with_context(|| format!("cannot read the password file {}", p.display()))?,
-        None => {
-            eprint!("password: ");
-            let mut line = String::new();
-            std::io::stdin()
-                .read_line(&mut line)
-                .context("cannot read the password from standard input")?;
-            line
-        }
-    };
-    let pw = line.lines().next().unwrap_or_default().as_bytes().to_vec();
-    if pw.is_empty() {
-        anyhow::bail!("the password is empty; give one on standard input or with --password-file");
-    }
-    Ok(pw)
+    crate::password::read(common.password_file.as_deref())
 }
 
 async fn connect(
@@ -162,20 +146,42 @@ pub(crate) async fn run(cmd: AccountCommand) -> anyhow::Result<()> {
             let unix = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)?
                 .as_secs();
-            let (prepaid, balance) = client::tickets::buy(&mut c, &dir, connections, unix).await?;
             let data = common.data_dir.clone().unwrap_or_else(default_data_dir);
             let path = stock_path(&data);
-            let mut stock = client::tickets::Stock::load(&path)?;
-            let bought = prepaid.len();
-            stock.add(prepaid);
-            stock.save()?;
-            println!(
-                "bought tokens for {bought} connections ({} tokens); {} credit units left; {} connections in stock at {}",
-                2 * bought,
-                balance,
-                stock.len(),
-                path.display()
-            );
+            // One issuer request at a time (two connections), each saved before the next is
+            // paid for, so a refusal midway (credit, weekly cap) loses nothing bought.
+            let (mut bought, mut balance, mut in_stock) = (0, None, 0);
+            let mut refused = None;
+            while bought < connections {
+                let batch = (connections - bought).min(issuer::MAX_BATCH / 2);
+                let (prepaid, left) = match client::tickets::buy(&mut c, &dir, batch, unix).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        refused = Some(e);
+                        break;
+                    }
+                };
+                bought += prepaid.len();
+                balance = Some(left);
+                // Under the stock's lock: a running client may be taking or adding tickets.
+                in_stock = client::tickets::Stock::update(&path, |stock| {
+                    stock.add(prepaid);
+                    stock.len()
+                })?;
+            }
+            if bought > 0 {
+                println!(
+                    "bought tokens for {bought} connections ({} tokens); {} credit units left; {in_stock} connections in stock at {}",
+                    2 * bought,
+                    balance.unwrap_or_default(),
+                    path.display()
+                );
+            }
+            if let Some(e) = refused {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "bought {bought} of {connections} connections' tokens, then the issuer refused"
+                )));
+            }
         }
     }
     Ok(())

@@ -1,7 +1,9 @@
 //! `openrelay client`: the SOCKS5 proxy over two hops.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -18,7 +20,19 @@ the nftables table `inet openrelay`, from the moment it starts until it exits cl
 leaked: the tunnel carries IPv4.\n\n\
 If the client crashes or is killed with SIGKILL, the block stays and the host is offline \
 on purpose. Run `openrelay client --unblock` (as root) to remove the block, the routes \
-and the DNS change.")]
+and the DNS change.\n\n\
+TOKENS AND REFILLING\n\n\
+When the directory lists a token issuer, every connection spends two prepaid tokens \
+(one per relay) from the stock in --data-dir. With --refill-account and --password-file \
+the client buys more by itself: once fewer than half of --keep connections are left, it \
+waits a random time between 1 and 20 minutes, logs in (OPAQUE: the password never leaves \
+this machine) and buys tokens up to --keep connections, in batches. Tokens are bought \
+ahead of time, in batches, at a random delay, so the issuer, which sees when an account \
+buys and from which address, cannot tie a purchase to a connection. A larger --keep \
+means fewer, larger purchases. After a failure (no credit, issuer unreachable) it retries \
+after 1 minute, doubling up to an hour; after a wrong password it stops refilling and \
+says so. The password file must be readable by you only (`chmod 600 FILE`), or the \
+client refuses to start.")]
 pub(crate) struct ClientArgs {
     /// The signed relay directory.
     #[arg(long, value_name = "FILE", required_unless_present = "unblock")]
@@ -53,10 +67,49 @@ pub(crate) struct ClientArgs {
     /// `openrelay account`].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Refill the token stock by itself from this account (the number `openrelay account
+    /// create` printed), ahead of need and at random times; see below.
+    #[arg(long, value_name = "NUMBER", requires = "password_file")]
+    refill_account: Option<String>,
+    /// The refill account's password: the first line of FILE, which must be readable by
+    /// you only (chmod 600 FILE).
+    #[arg(long, value_name = "FILE", requires = "refill_account")]
+    password_file: Option<PathBuf>,
+    /// Connections to keep tokens for when refilling: a refill starts once fewer than
+    /// half are left, and buys up to this many.
+    #[arg(long, value_name = "N", default_value_t = 8, requires = "refill_account",
+          value_parser = clap::value_parser!(u16).range(1..=MAX_KEEP))]
+    keep: u16,
     /// Where the SOCKS5 proxy listens. Keep it on loopback: anyone who can reach it can
     /// use your tunnel.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1080")]
     socks: SocketAddr,
+}
+
+/// The random wait before each refill: long enough that a purchase says nothing about the
+/// connection that made the stock run low.
+const REFILL_DELAY: RangeInclusive<Duration> =
+    Duration::from_secs(60)..=Duration::from_secs(20 * 60);
+
+/// The largest --keep: the issuer's default weekly cap is 500 tokens, 250 connections.
+const MAX_KEEP: i64 = 250;
+
+/// The refill settings from the arguments; refuses a password file others can read before
+/// anything else happens.
+fn refill_settings(args: &ClientArgs) -> anyhow::Result<Option<client::refill::RefillSettings>> {
+    let (Some(account), Some(file)) = (&args.refill_account, &args.password_file) else {
+        return Ok(None);
+    };
+    let account = account
+        .parse::<account::AccountNumber>()
+        .context("--refill-account is not an account number")?;
+    let password = crate::password::read_private(Path::new(file))?;
+    Ok(Some(client::refill::RefillSettings {
+        account,
+        password: client::refill::Password::new(password),
+        keep: usize::from(args.keep),
+        delay: REFILL_DELAY,
+    }))
 }
 
 pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
@@ -69,6 +122,7 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
         println!("the network is back to normal");
         return Ok(());
     }
+    let refill = refill_settings(&args)?;
     let Some(directory_path) = args.directory.clone() else {
         anyhow::bail!("--directory is required");
     };
@@ -88,6 +142,10 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(crate::account_cmd::default_data_dir),
     ));
+    if refill.is_some() && settings.directory.issuer.is_none() {
+        say("note: the directory lists no token issuer, so its relays need no tokens; --refill-account does nothing");
+    }
+    settings.refill = refill;
     settings.retry_after_attestation_failure = args.try_other_relays;
     settings.accept_out_of_date = args.accept_out_of_date;
     if args.accept_out_of_date {
@@ -101,9 +159,15 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {} for SOCKS5", args.socks))?;
     println!("SOCKS5 proxy on {}", handle.socks);
     let mut status = handle.status.clone();
+    let mut refill = handle.refill.clone();
+    let mut refill_open = true;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
+            r = refill.changed(), if refill_open => match r {
+                Ok(()) => say(&refill.borrow_and_update().to_string()),
+                Err(_) => refill_open = false,
+            },
             r = status.changed() => {
                 if r.is_err() {
                     break;
@@ -137,8 +201,11 @@ async fn whole_host(
     let (status_tx, mut status) = tokio::sync::watch::channel(client::run::Status::Retrying {
         reason: "starting".into(),
     });
+    let (refill_tx, mut refill) = tokio::sync::watch::channel(client::refill::RefillStatus::Idle);
     let (stop, stop_rx) = tokio::sync::oneshot::channel();
-    let mut task = tokio::spawn(client::whole_host::run_whole_host(wh, status_tx, stop_rx));
+    let mut task = tokio::spawn(client::whole_host::run_whole_host(
+        wh, status_tx, refill_tx, stop_rx,
+    ));
     println!(
         "whole-host mode: kill switch on; all traffic goes through the tunnel device {}",
         client::whole_host::TUN_NAME
@@ -152,6 +219,12 @@ async fn whole_host(
                     continue;
                 }
                 say(&describe(&status.borrow_and_update()));
+            }
+            r = refill.changed(), if stop.is_some() => {
+                if r.is_err() {
+                    continue;
+                }
+                say(&refill.borrow_and_update().to_string());
             }
             _ = tokio::signal::ctrl_c(), if stop.is_some() => { let _ = stop.take().map(|s| s.send(())); }
             _ = term.recv(), if stop.is_some() => { let _ = stop.take().map(|s| s.send(())); }
@@ -175,4 +248,69 @@ fn say(line: &str) {
 
 pub(crate) fn describe(s: &client::run::Status) -> String {
     s.to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ClientArgs,
+    }
+
+    fn args(extra: &[&str]) -> ClientArgs {
+        let mut argv = vec!["client", "--directory", "d.toml", "--trust", "k"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn refilling_needs_an_account_and_a_private_password_file() {
+        assert!(refill_settings(&args(&[])).unwrap().is_none());
+        assert!(Cli::try_parse_from([
+            "client",
+            "--directory",
+            "d",
+            "--trust",
+            "k",
+            "--refill-account",
+            "x"
+        ])
+        .is_err());
+        assert!(
+            Cli::try_parse_from(["client", "--directory", "d", "--trust", "k", "--keep", "3"])
+                .is_err()
+        );
+
+        let account = account::AccountNumber::from_bytes([9; 16]).to_string();
+        let file = std::env::temp_dir().join(format!(
+            "openrelay-refill-password-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::write(&file, "pw\n").unwrap();
+        let path = file.to_str().unwrap();
+        let refill = ["--refill-account", &account, "--password-file", path];
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = refill_settings(&args(&refill)).unwrap_err().to_string();
+        assert!(err.contains(&format!("chmod 600 {path}")), "{err}");
+
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let settings = refill_settings(&args(&refill)).unwrap().unwrap();
+        assert_eq!(settings.keep, 8);
+        assert_eq!(settings.delay, REFILL_DELAY);
+        assert_eq!(settings.password.expose(), b"pw");
+        let mut with_keep = refill.to_vec();
+        with_keep.extend(["--keep", "20"]);
+        assert_eq!(
+            refill_settings(&args(&with_keep)).unwrap().unwrap().keep,
+            20
+        );
+        let _ = std::fs::remove_file(&file);
+    }
 }

@@ -7,6 +7,7 @@ mod client_cmd;
 mod directory_cmd;
 mod image_build;
 mod image_cmd;
+mod password;
 
 use std::io::Write;
 use std::path::Path;

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::process::Output;
 use std::time::Duration;
 
+use client::refill::RefillStatus;
+use openrelay::demo::network::DemoAccount;
 use openrelay::demo::{http, DemoNetwork, DemoOptions};
 use sha2::{Digest, Sha256};
 use tokio::net::UdpSocket;
@@ -182,7 +184,11 @@ async fn udp_associate_round_trips() {
             }
         }
     }
-    assert!(order.len() >= 150, "only {} of 300 echoes came back", order.len());
+    assert!(
+        order.len() >= 150,
+        "only {} of 300 echoes came back",
+        order.len()
+    );
     assert!(
         order.windows(2).all(|w| w[0] < w[1]),
         "reordered or duplicated: {order:?}"
@@ -518,5 +524,177 @@ async fn with_accounts_each_connection_spends_one_token_per_hop() {
         1,
         "the restarted ingress"
     );
+    net.shutdown().await;
+}
+
+fn with_accounts() -> DemoOptions {
+    DemoOptions {
+        seed: None,
+        extra_allowed: vec![],
+        unapproved: vec![],
+        try_other_relays: false,
+        accounts: true,
+        offload: relay::udp::Offload::On,
+    }
+}
+
+/// Connections in the stock file.
+fn in_stock(net: &DemoNetwork) -> usize {
+    let path = &net.issuer.as_ref().unwrap().stock;
+    client::tickets::Stock::load(path).unwrap().len()
+}
+
+/// Waits for the refill's first report.
+async fn first_refill_report(net: &DemoNetwork) -> RefillStatus {
+    let mut refill = net.client.refill.clone();
+    let report = tokio::time::timeout(
+        Duration::from_secs(40),
+        refill.wait_for(|r| *r != RefillStatus::Idle),
+    )
+    .await
+    .expect("the refill reported within 40 s")
+    .unwrap()
+    .clone();
+    report
+}
+
+/// Tokens redeemed at the ingress and at the egresses.
+fn redeemed(net: &DemoNetwork) -> (u64, u64) {
+    (
+        net.ingress.counters.borrow().tokens_redeemed,
+        net.egresses
+            .iter()
+            .filter_map(|e| e.handle.as_ref())
+            .map(|h| h.counters.borrow().tokens_redeemed)
+            .sum::<u64>(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_refill_the_client_buys_up_to_keep_while_it_fetches() {
+    // One connection's tickets to start with; keeping 4, the stock is below the mark (2) as
+    // soon as the client spends it.
+    let keep = 4;
+    let mut net = DemoNetwork::start_with(
+        with_accounts(),
+        DemoAccount {
+            credit: 20,
+            connections: 1,
+            refill: Some((keep, Duration::ZERO..=Duration::ZERO)),
+        },
+    )
+    .await
+    .unwrap();
+    let before = net.issuer.as_ref().unwrap().balance;
+    assert_eq!(before, 20 - 2);
+    net.wait_connected(Duration::from_secs(20)).await.unwrap();
+    let report = first_refill_report(&net).await;
+    let price = 2 * keep as u64;
+    assert_eq!(
+        report,
+        RefillStatus::Bought {
+            connections: keep,
+            credit_left: before - price,
+        }
+    );
+    assert_eq!(
+        report.to_string(),
+        format!(
+            "tokens: bought {keep} connections ({} tokens), {} credit units left",
+            2 * keep,
+            before - price
+        )
+    );
+    assert_eq!(in_stock(&net), keep);
+    // The connection that spent the first ticket carries a page through both hops.
+    let url = format!("http://{}/", net.web);
+    let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(http::PAGE_MARKER));
+    assert_eq!(redeemed(&net), (1, 1), "one connection, one token per hop");
+    // The issuer charged exactly two tokens per connection bought, once.
+    assert_eq!(net.account_credit().await.unwrap(), before - price);
+    // At `keep`, above the mark: nothing more is bought.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(in_stock(&net), keep);
+    assert_eq!(*net.client.refill.borrow(), report);
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_credit_the_refill_says_why_and_the_client_keeps_working() {
+    // Two connections bought with all the credit; keeping 8, the refill starts at once.
+    let mut net = DemoNetwork::start_with(
+        with_accounts(),
+        DemoAccount {
+            credit: 4,
+            connections: 2,
+            refill: Some((8, Duration::ZERO..=Duration::ZERO)),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(net.issuer.as_ref().unwrap().balance, 0);
+    net.wait_connected(Duration::from_secs(20)).await.unwrap();
+    let report = first_refill_report(&net).await;
+    assert_eq!(
+        report.to_string(),
+        "tokens: refill failed: not enough credit (0 units); add credit, then it retries"
+    );
+    // The client goes on with what it has: the connection works, the one ticket left stays.
+    let url = format!("http://{}/", net.web);
+    let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(matches!(
+        *net.client.status.borrow(),
+        client::run::Status::Connected { .. }
+    ));
+    assert_eq!(in_stock(&net), 1);
+    assert_eq!(net.account_credit().await.unwrap(), 0);
+    net.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refill_that_runs_out_of_credit_keeps_what_it_paid_for() {
+    // After the first connection: 6 units, enough for one batch (two connections, 4
+    // tokens) of the 8 connections wanted, not for the second.
+    let mut net = DemoNetwork::start_with(
+        with_accounts(),
+        DemoAccount {
+            credit: 8,
+            connections: 1,
+            refill: Some((8, Duration::ZERO..=Duration::ZERO)),
+        },
+    )
+    .await
+    .unwrap();
+    net.wait_connected(Duration::from_secs(20)).await.unwrap();
+    let report = first_refill_report(&net).await;
+    assert_eq!(
+        report,
+        RefillStatus::Failed {
+            bought: 2,
+            reason: "not enough credit (2 units); add credit, then it retries".into(),
+        }
+    );
+    assert_eq!(
+        report.to_string(),
+        "tokens: bought 2 connections (4 tokens), then the refill failed: not enough credit \
+         (2 units); add credit, then it retries"
+    );
+    // The paid batch is in the stock, and paid once.
+    assert_eq!(in_stock(&net), 2);
+    assert_eq!(net.account_credit().await.unwrap(), 2);
+    let url = format!("http://{}/", net.web);
+    let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
+    assert!(out.status.success());
     net.shutdown().await;
 }

@@ -2,6 +2,7 @@
 //! what the integration tests drive.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -100,6 +101,33 @@ pub struct DemoOptions {
     pub accounts: bool,
 }
 
+/// The demo account's password (a demo has no secrets; tests log in with it).
+pub const DEMO_PASSWORD: &[u8] = b"demo password, never sent to the issuer";
+
+/// The demo account, when accounts are on: its credit, the stock bought before the client
+/// starts, and whether the client refills it.
+#[derive(Debug, Clone)]
+pub struct DemoAccount {
+    /// Credit the operator grants.
+    pub credit: u64,
+    /// Connections bought before the client starts (two tokens each).
+    pub connections: usize,
+    /// Let the client refill the stock by itself: keep this many connections, waiting a
+    /// random time in this range first.
+    pub refill: Option<(usize, RangeInclusive<Duration>)>,
+}
+
+impl Default for DemoAccount {
+    /// What `openrelay demo` does: 10 units, 4 connections bought, no refill.
+    fn default() -> Self {
+        Self {
+            credit: 10,
+            connections: 4,
+            refill: None,
+        }
+    }
+}
+
 fn admit() -> AdmitPolicy {
     AdmitPolicy {
         mtu: 1420,
@@ -153,6 +181,11 @@ where
 impl DemoNetwork {
     /// Starts the web server, two egresses, the ingress and the client.
     pub async fn start(opts: DemoOptions) -> anyhow::Result<Self> {
+        Self::start_with(opts, DemoAccount::default()).await
+    }
+
+    /// As [`DemoNetwork::start`], with this account when `opts.accounts` is on.
+    pub async fn start_with(opts: DemoOptions, demo_account: DemoAccount) -> anyhow::Result<Self> {
         let (listener, web) = http::bind()
             .await
             .context("cannot start the demo web server")?;
@@ -287,8 +320,16 @@ impl DemoNetwork {
         settings.retry_after_attestation_failure = opts.try_other_relays;
         let issuer = match issuer {
             Some(i) => {
-                let demo = open_account(i, &directory).await?;
+                let demo = open_account(i, &directory, &demo_account).await?;
                 settings.stock = Some(demo.stock.clone());
+                settings.refill = demo_account.refill.clone().map(|(keep, delay)| {
+                    client::refill::RefillSettings {
+                        account: demo.account,
+                        password: client::refill::Password::new(DEMO_PASSWORD.to_vec()),
+                        keep,
+                        delay,
+                    }
+                });
                 Some(demo)
             }
             None => None,
@@ -398,6 +439,25 @@ impl DemoNetwork {
         Ok(())
     }
 
+    /// Logs in to the demo account, as its owner would, and returns its credit.
+    pub async fn account_credit(&self) -> anyhow::Result<u64> {
+        let demo = self.issuer.as_ref().context("accounts are off")?;
+        let entry = self
+            .directory
+            .issuer
+            .as_ref()
+            .context("the directory lists no issuer")?;
+        let mut c = client::issuer_client::IssuerClient::connect(
+            entry.endpoint,
+            tunnel::PublicKey::from_bytes(entry.wg_public_key.0),
+            client::run::verification(&self.directory, false),
+        )
+        .await?;
+        Ok(client::tickets::login(&mut c, demo.account, DEMO_PASSWORD)
+            .await?
+            .credit)
+    }
+
     /// The egress the client is using, from its status.
     pub fn egress_index(&self, name: &str) -> Option<usize> {
         self.egresses.iter().position(|e| e.name == name)
@@ -475,7 +535,11 @@ async fn start_issuer(evidence: &Arc<dyn EvidenceSource>) -> anyhow::Result<Star
 
 /// What a new user does: create an account (the issuer picks the number), get credit (here
 /// from the operator, later by payment), log in and buy tickets for a few connections.
-async fn open_account(i: StartedIssuer, dir: &Directory) -> anyhow::Result<DemoIssuer> {
+async fn open_account(
+    i: StartedIssuer,
+    dir: &Directory,
+    demo_account: &DemoAccount,
+) -> anyhow::Result<DemoIssuer> {
     let issuer_entry = dir
         .issuer
         .as_ref()
@@ -488,9 +552,9 @@ async fn open_account(i: StartedIssuer, dir: &Directory) -> anyhow::Result<DemoI
         verification.clone(),
     )
     .await?;
-    let password = b"demo password, never sent to the issuer";
+    let password = DEMO_PASSWORD;
     let account = client::tickets::create_account(&mut c, password).await?;
-    let credited = 10;
+    let credited = demo_account.credit;
     let (reply, answer) = tokio::sync::oneshot::channel();
     i.handle
         .admin
@@ -507,7 +571,7 @@ async fn open_account(i: StartedIssuer, dir: &Directory) -> anyhow::Result<DemoI
         client::issuer_client::IssuerClient::connect(issuer_entry.endpoint, key, verification)
             .await?;
     client::tickets::login(&mut c, account, password).await?;
-    let connections = 4;
+    let connections = demo_account.connections;
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
