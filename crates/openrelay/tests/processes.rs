@@ -934,14 +934,25 @@ fn a_user_creates_an_account_buys_tokens_and_connects_with_separate_processes() 
     let issuer = Proc::spawn(&["issuer", "run", "--config", &p("issuer.toml")]);
     std::thread::sleep(Duration::from_millis(500));
 
-    let bought = ok(&[&["account", "tokens", "--connections", "2"][..], &with_pw].concat());
+    // Six connections cost 12 units: two requests of two connections are paid, the third
+    // is refused, and what was paid for is kept.
+    let out = run(&[&["account", "tokens", "--connections", "6"][..], &with_pw].concat());
+    let (bought, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{bought}");
     assert!(
-        bought.contains("for 2 connections") && bought.contains("6 credit units left"),
+        bought.contains("for 4 connections") && bought.contains("2 credit units left"),
         "{bought}"
+    );
+    assert!(
+        err.contains("bought 4 of 6") && err.contains("insufficient credit"),
+        "{err}"
     );
     let status = ok(&[&["account", "status"][..], &with_pw].concat());
     assert!(
-        status.contains("6 credit units") && status.contains("for 2 connections"),
+        status.contains("2 credit units") && status.contains("for 4 connections"),
         "{status}"
     );
 
@@ -974,8 +985,8 @@ fn a_user_creates_an_account_buys_tokens_and_connects_with_separate_processes() 
     let stock = std::fs::read_to_string(dir.join("data/tokens.toml")).unwrap();
     assert_eq!(
         stock.matches("[[connection]]").count(),
-        1,
-        "one connection's tickets left"
+        3,
+        "three connections' tickets left"
     );
 
     let _ = client.stop();
