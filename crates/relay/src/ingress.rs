@@ -49,6 +49,8 @@ pub struct Ingress {
     table: SessionTable,
     egresses: HashSet<SocketAddr>,
     forwards: HashMap<SessionId, Forwarding>,
+    /// Reused for every call, so the packet path does not allocate a list.
+    events: Vec<TableEvent>,
 }
 
 impl Ingress {
@@ -58,6 +60,7 @@ impl Ingress {
             table,
             egresses: egresses.into_iter().collect(),
             forwards: HashMap::new(),
+            events: Vec::new(),
         }
     }
 
@@ -84,9 +87,10 @@ impl Ingress {
         datagram: &[u8],
         out: &mut Vec<IngressOutput>,
     ) {
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut self.events);
         self.table.handle_datagram(now, from, datagram, &mut events);
-        self.apply(events, out);
+        self.apply(&mut events, out);
+        self.events = events;
     }
 
     /// A datagram that arrived on a session's forwarding socket.
@@ -110,16 +114,18 @@ impl Ingress {
             // An IPv6 egress cannot be answered inside an IPv4 outer tunnel.
             return self.table.counters.drop(Drop::NotIp);
         };
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut self.events);
         self.table.send(now, id, &ip, &mut events);
-        self.apply(events, out);
+        self.apply(&mut events, out);
+        self.events = events;
     }
 
     /// Runs timers.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<IngressOutput>) {
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut self.events);
         self.table.handle_timeout(now, &mut events);
-        self.apply(events, out);
+        self.apply(&mut events, out);
+        self.events = events;
     }
 
     /// When [`Ingress::handle_timeout`] wants to run.
@@ -127,8 +133,8 @@ impl Ingress {
         self.table.poll_timeout()
     }
 
-    fn apply(&mut self, events: Vec<TableEvent>, out: &mut Vec<IngressOutput>) {
-        for ev in events {
+    fn apply(&mut self, events: &mut Vec<TableEvent>, out: &mut Vec<IngressOutput>) {
+        for ev in events.drain(..) {
             match ev {
                 TableEvent::Transmit { to, datagram } => {
                     out.push(IngressOutput::ToClient { to, datagram })
@@ -137,7 +143,7 @@ impl Ingress {
                     self.forwards.insert(id, Forwarding { client_port: 0 });
                     out.push(IngressOutput::OpenForward(id));
                 }
-                TableEvent::Packet { id, ip } => self.forward(id, &ip, out),
+                TableEvent::Packet { id, ip } => self.forward(id, ip, out),
                 TableEvent::Closed { id } => {
                     if self.forwards.remove(&id).is_some() {
                         out.push(IngressOutput::CloseForward(id));
@@ -147,8 +153,10 @@ impl Ingress {
         }
     }
 
-    fn forward(&mut self, id: SessionId, ip: &[u8], out: &mut Vec<IngressOutput>) {
-        let Ok(d) = parse_udp(ip) else {
+    /// Sends the inner datagram on, cut out of the decrypted packet in place (no copy into
+    /// a new buffer).
+    fn forward(&mut self, id: SessionId, mut ip: Vec<u8>, out: &mut Vec<IngressOutput>) {
+        let Ok(d) = parse_udp(&ip) else {
             return self.table.counters.drop(Drop::NotEgress);
         };
         if !self.egresses.contains(&d.dst) {
@@ -158,13 +166,16 @@ impl Ingress {
             return self.table.counters.drop(Drop::NoSession);
         };
         fwd.client_port = d.src.port();
+        let (to, len, start) = (d.dst, d.payload.len(), d.payload_at);
         self.table.counters.tx_datagrams += 1;
         self.table.counters.forwarded += 1;
-        self.table.counters.forwarded_bytes += d.payload.len() as u64;
+        self.table.counters.forwarded_bytes += len as u64;
+        ip.truncate(start + len);
+        ip.drain(..start);
         out.push(IngressOutput::Forward {
             id,
-            to: d.dst,
-            payload: d.payload.to_vec(),
+            to,
+            payload: ip,
         });
     }
 }

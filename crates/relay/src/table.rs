@@ -98,6 +98,8 @@ pub struct SessionTable {
     wall_clock: (Instant, u64),
     /// Totals for the whole relay; roles add their own drops here.
     pub counters: Counters,
+    /// Reused for every session call, so the packet path does not allocate a list.
+    actions: Vec<Action>,
 }
 
 impl SessionTable {
@@ -123,6 +125,7 @@ impl SessionTable {
             tokens: None,
             wall_clock: (now, 0),
             counters: Counters::default(),
+            actions: Vec::new(),
         }
     }
 
@@ -241,16 +244,19 @@ impl SessionTable {
         let Some(entry) = self.entries.get_mut(&id) else {
             return self.counters.drop(Drop::NoSession);
         };
-        let mut actions = Vec::new();
+        let mut actions = std::mem::take(&mut self.actions);
         let res = entry.session.receive(now, msg, &mut actions);
         if let Err(e) = res {
+            actions.clear();
+            self.actions = actions;
             // A failed message from a brand-new key leaves an empty session behind; it
             // expires with the timers.
             return self.count_error(&e);
         }
         // WireGuard authenticated the datagram: the peer may have roamed.
         entry.peer_addr = from;
-        self.apply(now, id, actions, out);
+        self.apply(now, id, &mut actions, out);
+        self.actions = actions;
     }
 
     /// Encrypts a packet for an admitted session (the role's replies to the client).
@@ -263,9 +269,10 @@ impl SessionTable {
         }
         self.counters.forwarded += 1;
         self.counters.forwarded_bytes += ip.len() as u64;
-        let mut actions = Vec::new();
+        let mut actions = std::mem::take(&mut self.actions);
         entry.session.encapsulate(now, ip, &mut actions);
-        self.apply(now, id, actions, out);
+        self.apply(now, id, &mut actions, out);
+        self.actions = actions;
     }
 
     /// Runs session timers and removes expired sessions.
@@ -295,13 +302,16 @@ impl SessionTable {
                 continue;
             };
             let lifetime_over = entry.admitted.is_some_and(|a| now >= a.until);
-            let mut actions = Vec::new();
+            let mut actions = std::mem::take(&mut self.actions);
             let res = entry.session.handle_timeout(now, &mut actions);
             if lifetime_over || res.is_err() {
+                actions.clear();
+                self.actions = actions;
                 self.remove(id, out);
                 continue;
             }
-            self.apply(now, id, actions, out);
+            self.apply(now, id, &mut actions, out);
+            self.actions = actions;
         }
     }
 
@@ -330,10 +340,10 @@ impl SessionTable {
         &mut self,
         now: Instant,
         id: SessionId,
-        actions: Vec<Action>,
+        actions: &mut Vec<Action>,
         out: &mut Vec<TableEvent>,
     ) {
-        for action in actions {
+        for action in actions.drain(..) {
             match action {
                 Action::NewIndex(index) => {
                     self.by_index.insert(index, id);
@@ -580,9 +590,10 @@ impl SessionTable {
         let Some(entry) = self.entries.get_mut(&id) else {
             return;
         };
-        let mut actions = Vec::new();
+        let mut actions = std::mem::take(&mut self.actions);
         entry.session.encapsulate(now, &ip, &mut actions);
-        self.apply(now, id, actions, out);
+        self.apply(now, id, &mut actions, out);
+        self.actions = actions;
     }
 
     fn count_error(&mut self, e: &TunnelError) {

@@ -44,34 +44,40 @@ pub struct UdpDatagram<'a> {
     pub dst: SocketAddr,
     /// The UDP payload.
     pub payload: &'a [u8],
+    /// Where the payload starts in the packet (IP and UDP headers before it), so a caller
+    /// that owns the packet can keep just the payload without copying it.
+    pub payload_at: usize,
 }
 
 /// Parses an IPv4 or IPv6 packet carrying UDP, checking lengths and checksums.
 pub fn parse_udp(packet: &[u8]) -> Result<UdpDatagram<'_>, WireError> {
     let caps = ChecksumCapabilities::default();
-    let (src_ip, dst_ip, proto, payload): (IpAddr, IpAddr, _, &[u8]) = match packet.first() {
-        Some(b) if b >> 4 == 4 => {
-            let ip = Ipv4Packet::new_checked(packet).map_err(|_| WireError::NotIp)?;
-            let repr = Ipv4Repr::parse(&ip, &caps).map_err(|_| WireError::NotIp)?;
-            (
-                repr.src_addr.into(),
-                repr.dst_addr.into(),
-                repr.next_header,
-                ip.payload(),
-            )
-        }
-        Some(b) if b >> 4 == 6 => {
-            let ip = Ipv6Packet::new_checked(packet).map_err(|_| WireError::NotIp)?;
-            let repr = Ipv6Repr::parse(&ip).map_err(|_| WireError::NotIp)?;
-            (
-                repr.src_addr.into(),
-                repr.dst_addr.into(),
-                repr.next_header,
-                ip.payload(),
-            )
-        }
-        _ => return Err(WireError::NotIp),
-    };
+    let (src_ip, dst_ip, proto, payload, header): (IpAddr, IpAddr, _, &[u8], usize) =
+        match packet.first() {
+            Some(b) if b >> 4 == 4 => {
+                let ip = Ipv4Packet::new_checked(packet).map_err(|_| WireError::NotIp)?;
+                let repr = Ipv4Repr::parse(&ip, &caps).map_err(|_| WireError::NotIp)?;
+                (
+                    repr.src_addr.into(),
+                    repr.dst_addr.into(),
+                    repr.next_header,
+                    ip.payload(),
+                    usize::from(ip.header_len()),
+                )
+            }
+            Some(b) if b >> 4 == 6 => {
+                let ip = Ipv6Packet::new_checked(packet).map_err(|_| WireError::NotIp)?;
+                let repr = Ipv6Repr::parse(&ip).map_err(|_| WireError::NotIp)?;
+                (
+                    repr.src_addr.into(),
+                    repr.dst_addr.into(),
+                    repr.next_header,
+                    ip.payload(),
+                    ip.header_len(),
+                )
+            }
+            _ => return Err(WireError::NotIp),
+        };
     if proto != IpProtocol::Udp {
         return Err(WireError::NotUdp);
     }
@@ -82,6 +88,7 @@ pub fn parse_udp(packet: &[u8]) -> Result<UdpDatagram<'_>, WireError> {
         src: SocketAddr::new(src_ip, repr.src_port),
         dst: SocketAddr::new(dst_ip, repr.dst_port),
         payload: udp.payload(),
+        payload_at: header + repr.header_len(),
     })
 }
 
@@ -168,6 +175,7 @@ mod tests {
             let pkt = build_udp(src, dst, b"hello").unwrap();
             let d = parse_udp(&pkt).unwrap();
             assert_eq!((d.src, d.dst, d.payload), (src, dst, &b"hello"[..]));
+            assert_eq!(&pkt[d.payload_at..], b"hello");
             assert_eq!(ip_len(&pkt), Some(pkt.len()));
             assert_eq!(ip_addrs(&pkt), Some((src.ip(), dst.ip())));
         }
@@ -205,6 +213,7 @@ mod tests {
             prop_assert_eq!(d.src, src);
             prop_assert_eq!(d.dst, dst);
             prop_assert_eq!(d.payload, &payload[..]);
+            prop_assert_eq!(&pkt[d.payload_at..d.payload_at + payload.len()], &payload[..]);
         }
     }
 }
