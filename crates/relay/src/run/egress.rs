@@ -17,7 +17,6 @@ use crate::counters::Counters;
 use crate::policy::DestinationPolicy;
 use crate::table::{SessionId, SessionTable, TableEvent};
 
-const MAX_DATAGRAM: usize = 65_535;
 /// Packets taken from the stacks' queue per turn of the loop, to send together.
 const BATCH: usize = 64;
 /// How long the egress waits for a destination to accept a TCP connection.
@@ -130,6 +129,7 @@ async fn event_loop(
                         policy: policy.clone(),
                         flows: flows.clone(),
                         observer: c.observer.clone().zip(peer),
+                        mtu: c.admit.mtu,
                     };
                     match start_stack(id, addr, c.admit.mtu, out_tx.clone(), ctx) {
                         Ok(s) => {
@@ -171,6 +171,8 @@ fn merged(table: &SessionTable, flows: &FlowCounters) -> Counters {
 struct FlowContext {
     policy: Arc<DestinationPolicy>,
     flows: Arc<FlowCounters>,
+    /// The session's tunnel MTU: no reply larger than that fits back into the tunnel.
+    mtu: u16,
     observer: Option<(Observer, SocketAddr)>,
 }
 
@@ -273,7 +275,7 @@ async fn relay_udp(
                     continue;
                 };
                 let s = Arc::new(s);
-                let reader = tokio::spawn(udp_replies(handle.clone(), s.clone(), d.src));
+                let reader = tokio::spawn(udp_replies(handle.clone(), s.clone(), d.src, ctx.mtu));
                 if let Some((obs, peer)) = &ctx.observer {
                     let _ = obs.send(Observation::Egress {
                         peer: *peer,
@@ -291,9 +293,16 @@ async fn relay_udp(
     }
 }
 
-async fn udp_replies(handle: StackHandle, socket: Arc<UdpSocket>, client: SocketAddr) {
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+/// Relays a flow's replies into the session's stack. The buffer holds one tunnel MTU (and a
+/// byte to notice more): a reply that does not fit an IP packet of that size could not go
+/// back through the tunnel anyway, and a 64 KiB buffer per flow was most of an idle
+/// session's memory.
+async fn udp_replies(handle: StackHandle, socket: Arc<UdpSocket>, client: SocketAddr, mtu: u16) {
+    let mut buf = vec![0u8; usize::from(mtu) + 1];
     while let Ok(Ok((n, from))) = tokio::time::timeout(UDP_IDLE, socket.recv_from(&mut buf)).await {
+        if n > usize::from(mtu) {
+            continue;
+        }
         if handle
             .udp_reply(from, client, buf.get(..n).unwrap_or_default())
             .is_err()
