@@ -158,6 +158,25 @@ async fn udp_associate_round_trips() {
     assert_eq!(d.target, socks::Target::Ip(echo_addr));
     assert_eq!(d.payload, b"echo:ping through two hops");
 
+    // A reply of 1,205 bytes still fits the egress's per-flow buffer (one tunnel MTU).
+    let big = vec![0x5a; 1200];
+    let mut msg = Vec::new();
+    socks::wire::encode_udp_datagram(&socks::Target::Ip(echo_addr), &big, &mut msg).unwrap();
+    let mut echoed = None;
+    for _ in 0..10 {
+        sock.send_to(&msg, relay).await.unwrap();
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_secs(1), sock.recv_from(&mut buf)).await
+        {
+            echoed = Some(buf[..n].to_vec());
+            break;
+        }
+    }
+    let echoed = echoed.expect("no reply to the 1,200-byte datagram");
+    let d = socks::wire::parse_udp_datagram(&echoed).unwrap();
+    assert_eq!(d.payload.len(), 1205);
+    assert_eq!(&d.payload[5..], &big[..]);
+
     // A burst of numbered datagrams: whatever arrives, arrives in the order sent, with
     // the relays running one worker per core.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
