@@ -472,10 +472,37 @@ fn stock_wireguard_go_peer_handshakes_and_passes_traffic_once_admitted() {
         "{}",
         String::from_utf8_lossy(&admitted.stderr)
     );
+    // The address comes from the worker that took the session (each hands out its own
+    // share of 100.64.0.0/10); a standard peer takes the one Admitted names.
+    let assigned: std::net::Ipv4Addr = String::from_utf8_lossy(&admitted.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(assigned.octets()[0], 100);
     assert_eq!(
-        String::from_utf8_lossy(&admitted.stdout).trim(),
-        "100.64.0.2"
+        assigned.octets()[1] & 0xc0,
+        64,
+        "{assigned} is not in 100.64.0.0/10"
     );
+    if assigned != std::net::Ipv4Addr::new(100, 64, 0, 2) {
+        bed.exec(
+            &bed.client.ns,
+            &["ip", "addr", "del", "100.64.0.2/32", "dev", "orwg0"],
+        )
+        .unwrap();
+        bed.exec(
+            &bed.client.ns,
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{assigned}/32"),
+                "dev",
+                "orwg0",
+            ],
+        )
+        .unwrap();
+    }
 
     let out = direct(&url);
     assert!(

@@ -11,7 +11,8 @@ const LAST: u32 = u32::from_be_bytes([100, 127, 255, 254]);
 /// Hands out addresses from 100.64.0.0/10, reusing released ones first.
 ///
 /// A relay with several workers gives each its own share, every `n`-th address from its
-/// own offset, so workers never hand out the same address.
+/// own offset, so workers never hand out the same address, and the worker that owns an
+/// address follows from the address alone ([`AddressPool::worker_of`]).
 #[derive(Debug)]
 pub(crate) struct AddressPool {
     next: u32,
@@ -33,6 +34,12 @@ impl AddressPool {
             stride: n,
             free: BTreeSet::new(),
         }
+    }
+
+    /// Which of `n` workers hands out `addr`.
+    pub(crate) fn worker_of(addr: Ipv4Addr, n: usize) -> usize {
+        let n = u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+        (u32::from(addr).wrapping_sub(FIRST) % n) as usize
     }
 
     pub(crate) fn allocate(&mut self) -> Option<Ipv4Addr> {
@@ -75,6 +82,7 @@ mod tests {
             for _ in 0..100 {
                 let a = p.allocate().unwrap();
                 assert!(seen.insert(a), "{a} handed out twice");
+                assert_eq!(AddressPool::worker_of(a, 3), k);
             }
         }
     }

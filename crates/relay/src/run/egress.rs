@@ -65,7 +65,7 @@ pub async fn run_egress(settings: EgressSettings) -> io::Result<RelayHandle> {
         local_addr,
         report_interval,
         shards,
-        |socket, table, counters_tx, shutdown_rx| {
+        |_, socket, table, counters_tx, shutdown_rx| {
             event_loop(
                 settings.clone(),
                 policy.clone(),

@@ -5,17 +5,20 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, VIRTIO_NET_HDR_LEN};
 
-use super::{report, EgressSettings, RelayHandle};
+use super::{EgressSettings, RelayHandle};
 use crate::counters::{Counters, Drop};
 use crate::exit;
+use crate::pool::AddressPool;
 use crate::table::{SessionTable, TableEvent};
 
 const MAX_DATAGRAM: usize = 65_535;
 /// Packets one TUN read can split into (64 KiB of TCP at the smallest MSS we allow).
 const TUN_SEGMENTS: usize = 128;
+/// Replies queued for another worker (those the kernel gave the wrong queue).
+const HANDOFF_QUEUE: usize = 1024;
 
 /// The TUN device gets the relay's in-tunnel address, so the kernel routes clients' replies
 /// (100.64.0.0/10) back into it and DNS can be answered there.
@@ -41,10 +44,13 @@ pub async fn run_egress_tun(
         ));
     }
     let c = &settings.common;
-    // One worker: the TUN device has one queue, and replies must reach the worker that
-    // owns their destination address.
-    let (socket, table) = c.bind_batch().await?;
-    let local_addr = socket.local_addr()?;
+    let n = super::workers::count(c.workers);
+    let shards = c.bind_workers(n)?;
+    let local_addr = shards
+        .first()
+        .map(|(s, _)| s.local_addr())
+        .transpose()?
+        .ok_or_else(|| io::Error::other("no worker"))?;
     let dev = DeviceBuilder::new()
         .name(&exit_settings.tun)
         .ipv4(EXIT_ADDR, 10, None)
@@ -52,6 +58,9 @@ pub async fn run_egress_tun(
         // TSO/GRO through the virtio-net header: the kernel hands over up to 64 KiB of one
         // TCP flow per read and takes coalesced writes.
         .offload(c.offload == crate::udp::Offload::On)
+        // A queue per worker. The kernel sends a flow's replies to the queue that wrote
+        // its packets (tun's flow steering); those it sends elsewhere are handed over.
+        .multi_queue(n > 1)
         .build_async()
         .map_err(|e| {
             io::Error::new(
@@ -63,6 +72,10 @@ pub async fn run_egress_tun(
             )
         })?;
     dev.enabled(true)?;
+    let mut queues = vec![Arc::new(dev)];
+    for _ in 1..n {
+        queues.push(Arc::new(queues[0].try_clone()?));
+    }
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -86,31 +99,45 @@ pub async fn run_egress_tun(
             )
         })?;
     let dns_task = tokio::spawn(serve_dns(Arc::new(dns)));
-    let (counters_tx, counters) = watch::channel(table.counters);
-    let (shutdown, shutdown_rx) = oneshot::channel();
-    let task = tokio::spawn(async move {
-        event_loop(
-            settings,
-            socket,
-            Arc::new(dev),
-            table,
-            counters_tx,
-            shutdown_rx,
-        )
-        .await;
+    // Replies that reached another worker's queue go to the worker owning their address.
+    let (handoff_tx, handoff_rx): (Vec<_>, Vec<_>) = (0..n)
+        .map(|_| mpsc::channel::<Vec<u8>>(HANDOFF_QUEUE))
+        .unzip();
+    let handoff_tx = Arc::new(handoff_tx);
+    let mut handoff_rx: Vec<_> = handoff_rx.into_iter().map(Some).collect();
+    let mut handle = super::spawn_workers(
+        "egress",
+        local_addr,
+        c.report_interval,
+        shards,
+        |k, socket, table, counters_tx, shutdown_rx| {
+            let worker = Worker {
+                index: k,
+                of: n,
+                dev: queues[k % queues.len()].clone(),
+                handoff_in: handoff_rx[k].take(),
+                handoff_out: handoff_tx.clone(),
+            };
+            event_loop(
+                settings.clone(),
+                socket,
+                worker,
+                table,
+                counters_tx,
+                shutdown_rx,
+            )
+        },
+    );
+    let workers = std::mem::replace(&mut handle.task, tokio::spawn(async {}));
+    handle.task = tokio::spawn(async move {
+        let _ = workers.await;
         dns_task.abort();
         if let Err(e) = nft(&exit::teardown()).await {
             tracing::warn!("cannot remove the egress's nftables table: {e}");
         }
     });
-    tracing::info!("egress listening (TUN mode)");
-    Ok(RelayHandle {
-        local_addr,
-        workers: vec![counters.clone()],
-        counters,
-        shutdown,
-        task,
-    })
+    tracing::info!("egress listening (TUN mode, {n} workers)");
+    Ok(handle)
 }
 
 /// DNS for clients at the relay's in-tunnel address (the kernel delivers it from the TUN).
@@ -157,10 +184,59 @@ async fn nft(ruleset: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// One worker's part of the TUN device and its way to the others.
+struct Worker {
+    index: usize,
+    of: usize,
+    /// This worker's queue of the TUN device.
+    dev: Arc<AsyncDevice>,
+    /// Replies that the kernel gave another worker's queue, for sessions of this one.
+    handoff_in: Option<mpsc::Receiver<Vec<u8>>>,
+    /// Every worker's handoff queue, by index.
+    handoff_out: Arc<Vec<mpsc::Sender<Vec<u8>>>>,
+}
+
+impl Worker {
+    /// Encrypts a reply from the kernel for the session that owns its destination, or
+    /// hands it to the worker that owns the address.
+    fn deliver(
+        &self,
+        table: &mut SessionTable,
+        now: Instant,
+        ip: &[u8],
+        events: &mut Vec<TableEvent>,
+    ) {
+        let Some((_, IpAddr::V4(dst))) = tunnel::wire::ip_addrs(ip) else {
+            return table.counters.drop(Drop::NotIp);
+        };
+        if let Some(id) = table.session_for_addr(dst) {
+            return table.send(now, id, ip, events);
+        }
+        let owner = AddressPool::worker_of(dst, self.of);
+        match self.handoff_out.get(owner) {
+            Some(tx) if owner != self.index => {
+                // A full queue drops, as a full NIC ring would; TCP retransmits.
+                if tx.try_send(ip.to_vec()).is_err() {
+                    table.counters.drop(Drop::Capacity);
+                }
+            }
+            _ => table.counters.drop(Drop::NoSession),
+        }
+    }
+}
+
+/// A handoff queue that never yields when there is none (one worker).
+async fn handed_over(rx: &mut Option<mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn event_loop(
     settings: EgressSettings,
     mut socket: crate::udp::BatchSocket,
-    dev: Arc<AsyncDevice>,
+    mut worker: Worker,
     mut table: SessionTable,
     counters_tx: watch::Sender<Counters>,
     mut shutdown: oneshot::Receiver<()>,
@@ -176,8 +252,8 @@ async fn event_loop(
     let mut gro = GROTable::default();
     let mut events = Vec::new();
     let mut sends: Vec<(std::net::SocketAddr, Vec<u8>)> = Vec::new();
-    let mut report_tick = tokio::time::interval(c.report_interval);
-    report_tick.tick().await;
+    let dev = worker.dev.clone();
+    let mut handoff_in = worker.handoff_in.take();
     loop {
         let deadline = tokio::time::Instant::from_std(table.poll_timeout());
         let mut received = false;
@@ -190,20 +266,13 @@ async fn event_loop(
                 Ok(n) => {
                     let now = Instant::now();
                     for (buf, &len) in tun_bufs.iter().zip(&tun_sizes).take(n) {
-                        let ip = buf.get(..len).unwrap_or_default();
-                        match tunnel::wire::ip_addrs(ip) {
-                            Some((_, IpAddr::V4(dst))) => match table.session_for_addr(dst) {
-                                Some(id) => table.send(now, id, ip, &mut events),
-                                None => table.counters.drop(Drop::NoSession),
-                            },
-                            _ => table.counters.drop(Drop::NotIp),
-                        }
+                        worker.deliver(&mut table, now, buf.get(..len).unwrap_or_default(), &mut events);
                     }
                 }
                 Err(e) => tracing::debug!("TUN read error: {}", e.kind()),
             },
+            Some(ip) = handed_over(&mut handoff_in) => worker.deliver(&mut table, Instant::now(), &ip, &mut events),
             _ = tokio::time::sleep_until(deadline) => table.handle_timeout(Instant::now(), &mut events),
-            _ = report_tick.tick() => report("egress", &table.counters),
             _ = &mut shutdown => break,
         }
         if received {
@@ -240,5 +309,4 @@ async fn event_loop(
         }
         counters_tx.send_replace(table.counters);
     }
-    report("egress", &table.counters);
 }

@@ -30,7 +30,7 @@ pub async fn run_ingress(settings: IngressSettings) -> io::Result<RelayHandle> {
         local_addr,
         c.report_interval,
         shards,
-        |socket, table, counters_tx, shutdown_rx| {
+        |_, socket, table, counters_tx, shutdown_rx| {
             let ingress = Ingress::new(table, settings.egresses.clone());
             event_loop(settings.clone(), socket, ingress, counters_tx, shutdown_rx)
         },

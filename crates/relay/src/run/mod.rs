@@ -191,6 +191,7 @@ fn spawn_workers<F, Fut>(
 ) -> RelayHandle
 where
     F: FnMut(
+        usize,
         crate::udp::BatchSocket,
         SessionTable,
         tokio::sync::watch::Sender<Counters>,
@@ -200,10 +201,11 @@ where
 {
     let workers = shards
         .into_iter()
-        .map(|(socket, table)| {
+        .enumerate()
+        .map(|(k, (socket, table))| {
             let (counters_tx, counters) = tokio::sync::watch::channel(table.counters);
             let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
-            let task = tokio::spawn(event_loop(socket, table, counters_tx, shutdown_rx));
+            let task = tokio::spawn(event_loop(k, socket, table, counters_tx, shutdown_rx));
             workers::Worker {
                 counters,
                 shutdown,
