@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, VIRTIO_NET_HDR_LEN};
+use tunnel::wire::Address;
 
 /// Packets one TUN read can split into.
 const SEGMENTS: usize = 128;
@@ -22,16 +23,28 @@ const QUEUE: usize = 1024;
 pub struct TunCounters {
     /// IPv6 packets: the tunnel carries IPv4 only, so IPv6 is blocked, never leaked.
     pub dropped_ipv6: AtomicU64,
-    /// Packets from an address other than the tunnel's (stale after a reconnect).
+    /// Packets from an address other than the host's tunnel address.
     pub dropped_source: AtomicU64,
     /// Packets while no connection is up (the kill switch holds them back from the link).
     pub dropped_not_ready: AtomicU64,
 }
 
+/// The host's address on the TUN device and the session's address in the tunnel.
+///
+/// The device keeps the first session's address for as long as it exists; a later session
+/// (after a reconnect) may be given another, and packets are readdressed between the two.
+/// Changing the device's address instead would leave connections that the host opened
+/// while reconnecting stuck on the old one until they time out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Addresses {
+    host: Ipv4Addr,
+    tunnel: Ipv4Addr,
+}
+
 /// The TUN device and the tasks that move its packets.
 pub struct TunLocal {
     dev: Arc<AsyncDevice>,
-    addr: watch::Sender<Option<Ipv4Addr>>,
+    addr: watch::Sender<Option<Addresses>>,
     to_tun: mpsc::Sender<Vec<u8>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// What was dropped, and why.
@@ -103,20 +116,28 @@ impl Drop for TunLocal {
 
 impl Local for TunLocal {
     fn ready(&mut self, inner: &control::Admission, mtu: u16) -> std::io::Result<()> {
-        let new = inner.tunnel_addr;
-        let old = *self.addr.borrow();
-        if old != Some(new) {
-            if let Some(old) = old {
-                let _ = self.dev.remove_address(IpAddr::V4(old));
+        let tunnel = inner.tunnel_addr;
+        let host = match *self.addr.borrow() {
+            Some(a) => a.host,
+            None => {
+                self.dev.add_address_v4(tunnel, 32)?;
+                tunnel
             }
-            self.dev.add_address_v4(new, 32)?;
-        }
+        };
         self.dev.set_mtu(mtu)?;
-        self.addr.send_replace(Some(new));
+        self.addr.send_replace(Some(Addresses { host, tunnel }));
         Ok(())
     }
 
-    fn deliver(&mut self, ip: Vec<u8>) {
+    fn deliver(&mut self, mut ip: Vec<u8>) {
+        if let Some(a) = *self.addr.borrow() {
+            if a.host != a.tunnel
+                && tunnel::wire::ip_addrs(&ip).map(|(_, dst)| dst) == Some(IpAddr::V4(a.tunnel))
+                && tunnel::wire::readdress_v4(&mut ip, Address::Destination, a.host).is_err()
+            {
+                return;
+            }
+        }
         let _ = self.to_tun.try_send(ip);
     }
 
@@ -125,7 +146,7 @@ impl Local for TunLocal {
 
 async fn read_tun(
     dev: Arc<AsyncDevice>,
-    addr: watch::Receiver<Option<Ipv4Addr>>,
+    addr: watch::Receiver<Option<Addresses>>,
     to_tunnel: mpsc::Sender<Vec<u8>>,
     counters: Arc<TunCounters>,
 ) {
@@ -151,16 +172,25 @@ fn with_header_room(ip: &[u8]) -> Vec<u8> {
     b
 }
 
-/// Passes a packet from the host into the tunnel, if it is IPv4 from the tunnel address.
+/// Passes a packet from the host into the tunnel, if it is IPv4 from the host's tunnel
+/// address, with the session's address as its source.
 fn classify(
     packet: &[u8],
-    addr: &watch::Receiver<Option<Ipv4Addr>>,
+    addr: &watch::Receiver<Option<Addresses>>,
     to_tunnel: &mpsc::Sender<Vec<u8>>,
     counters: &TunCounters,
 ) {
+    let current = *addr.borrow();
     match tunnel::wire::ip_addrs(packet) {
-        Some((IpAddr::V4(src), _)) if Some(src) == *addr.borrow() => {
-            if to_tunnel.try_send(packet.to_vec()).is_err() {
+        Some((IpAddr::V4(src), _)) if current.is_some_and(|a| a.host == src) => {
+            let mut packet = packet.to_vec();
+            if let Some(a) = current.filter(|a| a.host != a.tunnel) {
+                if tunnel::wire::readdress_v4(&mut packet, Address::Source, a.tunnel).is_err() {
+                    counters.dropped_source.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            }
+            if to_tunnel.try_send(packet).is_err() {
                 counters.dropped_not_ready.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -170,5 +200,35 @@ fn classify(
         _ => {
             counters.dropped_source.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_a_reconnect_the_host_keeps_its_address_and_packets_are_readdressed() {
+        let (host, tunnel) = (Ipv4Addr::new(100, 64, 0, 2), Ipv4Addr::new(100, 64, 0, 3));
+        let dest: std::net::SocketAddr = "198.51.100.7:53".parse().unwrap();
+        let (_tx, addr) = watch::channel(Some(Addresses { host, tunnel }));
+        let (to_tunnel, mut out) = mpsc::channel(4);
+        let counters = TunCounters::default();
+        let from_host = tunnel::wire::build_udp((host, 5000).into(), dest, b"query").unwrap();
+        classify(&from_host, &addr, &to_tunnel, &counters);
+        let sent = out.try_recv().unwrap();
+        let d = tunnel::wire::parse_udp(&sent).unwrap();
+        assert_eq!(
+            d.src,
+            (tunnel, 5000).into(),
+            "the session's address goes out"
+        );
+        assert_eq!(d.payload, b"query");
+        // A packet from the session's address itself is not the host's: dropped.
+        let stray = tunnel::wire::build_udp((tunnel, 5000).into(), dest, b"x").unwrap();
+        classify(&stray, &addr, &to_tunnel, &counters);
+        assert!(out.try_recv().is_err());
+        assert_eq!(counters.dropped_source.load(Ordering::Relaxed), 1);
     }
 }

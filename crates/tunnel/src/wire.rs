@@ -5,7 +5,7 @@
 //! smoltcp's checked views, so a short or lying header is an error, never a panic.
 #![deny(clippy::unwrap_used, clippy::indexing_slicing)]
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
@@ -90,6 +90,76 @@ pub fn parse_udp(packet: &[u8]) -> Result<UdpDatagram<'_>, WireError> {
         payload: udp.payload(),
         payload_at: header + repr.header_len(),
     })
+}
+
+/// Which address of a packet [`readdress_v4`] changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Address {
+    /// The source address.
+    Source,
+    /// The destination address.
+    Destination,
+}
+
+/// Changes an IPv4 packet's source or destination address in place. The IPv4 header
+/// checksum is recomputed and a TCP or UDP checksum adjusted for the change (RFC 1624, no
+/// pass over the payload), so a host can keep one tunnel address while its session uses
+/// another.
+pub fn readdress_v4(packet: &mut [u8], which: Address, to: Ipv4Addr) -> Result<(), WireError> {
+    let mut ip = Ipv4Packet::new_checked(&mut *packet).map_err(|_| WireError::NotIp)?;
+    let from = match which {
+        Address::Source => ip.src_addr(),
+        Address::Destination => ip.dst_addr(),
+    };
+    if from == to {
+        return Ok(());
+    }
+    match which {
+        Address::Source => ip.set_src_addr(to),
+        Address::Destination => ip.set_dst_addr(to),
+    }
+    ip.fill_checksum();
+    let (proto, header, total) = (
+        ip.next_header(),
+        usize::from(ip.header_len()),
+        usize::from(ip.total_len()),
+    );
+    // Later fragments carry no transport header.
+    if ip.frag_offset() != 0 {
+        return Ok(());
+    }
+    let at = match proto {
+        IpProtocol::Tcp => 16,
+        IpProtocol::Udp => 6,
+        _ => return Ok(()),
+    };
+    let Some(field) = packet
+        .get_mut(header..total)
+        .and_then(|l4| l4.get_mut(at..at + 2))
+        .and_then(|f| <&mut [u8; 2]>::try_from(f).ok())
+    else {
+        return Ok(());
+    };
+    let old = u16::from_be_bytes(*field);
+    // A UDP checksum of zero means none was computed.
+    if proto == IpProtocol::Udp && old == 0 {
+        return Ok(());
+    }
+    let ([f0, f1, f2, f3], [t0, t1, t2, t3]) = (from.octets(), to.octets());
+    let mut sum = u32::from(!old);
+    for (f, t) in [([f0, f1], [t0, t1]), ([f2, f3], [t2, t3])] {
+        sum += u32::from(!u16::from_be_bytes(f));
+        sum += u32::from(u16::from_be_bytes(t));
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    let mut new = !(sum as u16);
+    if proto == IpProtocol::Udp && new == 0 {
+        new = 0xffff;
+    }
+    *field = new.to_be_bytes();
+    Ok(())
 }
 
 /// Builds an IP packet carrying one UDP datagram, with checksums filled in.
@@ -195,7 +265,91 @@ mod tests {
         );
     }
 
+    #[test]
+    fn readdressed_tcp_keeps_a_valid_checksum() {
+        use smoltcp::wire::{TcpPacket, TcpRepr, TcpSeqNumber};
+        let (a, b, c) = (
+            Ipv4Addr::new(100, 64, 0, 2),
+            Ipv4Addr::new(198, 51, 100, 7),
+            Ipv4Addr::new(100, 64, 0, 3),
+        );
+        let payload = b"GET / HTTP/1.1\r\n\r\n";
+        let tcp = TcpRepr {
+            src_port: 40000,
+            dst_port: 80,
+            control: smoltcp::wire::TcpControl::Psh,
+            seq_number: TcpSeqNumber(7),
+            ack_number: Some(TcpSeqNumber(9)),
+            window_len: 1000,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload,
+        };
+        let ip = Ipv4Repr {
+            src_addr: a,
+            dst_addr: b,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.header_len() + payload.len(),
+            hop_limit: 64,
+        };
+        let caps = ChecksumCapabilities::default();
+        let mut pkt = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
+        ip.emit(&mut Ipv4Packet::new_unchecked(&mut pkt[..]), &caps);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(&mut pkt[ip.buffer_len()..]),
+            &a.into(),
+            &b.into(),
+            &caps,
+        );
+        readdress_v4(&mut pkt, Address::Source, c).unwrap();
+        let parsed = Ipv4Packet::new_checked(&pkt[..]).unwrap();
+        assert!(parsed.verify_checksum());
+        assert_eq!(parsed.src_addr(), c);
+        let seg = TcpPacket::new_checked(parsed.payload()).unwrap();
+        assert!(seg.verify_checksum(&c.into(), &b.into()));
+        assert_eq!(seg.payload(), payload);
+        // And back, on the way in.
+        readdress_v4(&mut pkt, Address::Source, a).unwrap();
+        let parsed = Ipv4Packet::new_checked(&pkt[..]).unwrap();
+        let seg = TcpPacket::new_checked(parsed.payload()).unwrap();
+        assert!(seg.verify_checksum(&a.into(), &b.into()));
+        assert_eq!(
+            readdress_v4(&mut [0u8; 10], Address::Source, c),
+            Err(WireError::NotIp)
+        );
+    }
+
     proptest! {
+        #[test]
+        fn readdressed_udp_still_parses(payload in proptest::collection::vec(any::<u8>(), 0..1400),
+                                        a in any::<[u8; 4]>(), b in any::<[u8; 4]>(),
+                                        c in any::<[u8; 4]>(), p in 1u16.., q in 1u16..,
+                                        dst in any::<bool>()) {
+            let (src, dstaddr) = (SocketAddr::from((a, p)), SocketAddr::from((b, q)));
+            let mut pkt = build_udp(src, dstaddr, &payload).unwrap();
+            let which = if dst { Address::Destination } else { Address::Source };
+            readdress_v4(&mut pkt, which, Ipv4Addr::from(c)).unwrap();
+            let d = parse_udp(&pkt).unwrap();
+            let (want_src, want_dst) = if dst {
+                (src, SocketAddr::from((c, q)))
+            } else {
+                (SocketAddr::from((c, p)), dstaddr)
+            };
+            prop_assert_eq!(d.src, want_src);
+            prop_assert_eq!(d.dst, want_dst);
+            prop_assert_eq!(d.payload, &payload[..]);
+        }
+
+        #[test]
+        fn readdress_never_panics(mut bytes in proptest::collection::vec(any::<u8>(), 0..200),
+                                  c in any::<[u8; 4]>()) {
+            let _ = readdress_v4(&mut bytes, Address::Source, Ipv4Addr::from(c));
+            let _ = readdress_v4(&mut bytes, Address::Destination, Ipv4Addr::from(c));
+        }
+
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
             let _ = parse_udp(&bytes);
