@@ -149,7 +149,7 @@ pub struct RelayConfig {
     #[serde(default = "yes")]
     pub offload: bool,
     /// Event loops (each with its own socket on the port and its own sessions); 0, the
-    /// default, runs one per core. TUN-mode egresses run one.
+    /// default, runs one per core.
     #[serde(default)]
     pub workers: usize,
 }
