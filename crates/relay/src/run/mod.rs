@@ -123,12 +123,6 @@ impl Common {
         Ok((std::sync::Arc::new(socket), self.table()))
     }
 
-    /// Binds the relay's socket for batched I/O and makes its empty session table.
-    pub async fn bind_batch(&self) -> std::io::Result<(crate::udp::BatchSocket, SessionTable)> {
-        let socket = crate::udp::BatchSocket::bind(self.listen, self.offload).await?;
-        Ok((socket, self.table()))
-    }
-
     /// One socket on the relay's port and one session table per worker. The tables
     /// share the token spent set and split the tunnel addresses and the session limit.
     pub fn bind_workers(
