@@ -50,13 +50,8 @@ impl Drop for SessionStack {
 /// Starts an egress on the current tokio runtime: one event loop per worker.
 pub async fn run_egress(settings: EgressSettings) -> io::Result<RelayHandle> {
     let c = &settings.common;
-    let n = super::workers::count(c.workers);
-    let shards = c.bind_workers(n)?;
-    let local_addr = shards
-        .first()
-        .map(|(s, _)| s.local_addr())
-        .transpose()?
-        .ok_or_else(|| io::Error::other("no worker"))?;
+    let (local_addr, shards) = c.bind_workers()?;
+    let n = shards.len();
     let mut policy = settings.policy.clone();
     policy.add_own(local_addr.ip());
     let report_interval = c.report_interval;

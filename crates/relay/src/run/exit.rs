@@ -44,13 +44,8 @@ pub async fn run_egress_tun(
         ));
     }
     let c = &settings.common;
-    let n = super::workers::count(c.workers);
-    let shards = c.bind_workers(n)?;
-    let local_addr = shards
-        .first()
-        .map(|(s, _)| s.local_addr())
-        .transpose()?
-        .ok_or_else(|| io::Error::other("no worker"))?;
+    let (local_addr, shards) = c.bind_workers()?;
+    let n = shards.len();
     let dev = DeviceBuilder::new()
         .name(&exit_settings.tun)
         .ipv4(EXIT_ADDR, 10, None)

@@ -18,13 +18,8 @@ const BATCH: usize = 64;
 /// Starts an ingress on the current tokio runtime: one event loop per worker.
 pub async fn run_ingress(settings: IngressSettings) -> io::Result<RelayHandle> {
     let c = &settings.common;
-    let n = super::workers::count(c.workers);
-    let shards = c.bind_workers(n)?;
-    let local_addr = shards
-        .first()
-        .map(|(s, _)| s.local_addr())
-        .transpose()?
-        .ok_or_else(|| io::Error::other("no worker"))?;
+    let (local_addr, shards) = c.bind_workers()?;
+    let n = shards.len();
     let handle = super::spawn_workers(
         "ingress",
         local_addr,

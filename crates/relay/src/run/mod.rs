@@ -123,21 +123,26 @@ impl Common {
         Ok((std::sync::Arc::new(socket), self.table()))
     }
 
-    /// One socket on the relay's port and one session table per worker. The tables
-    /// share the token spent set and split the tunnel addresses and the session limit.
+    /// The bound address, and one socket on it and one session table per worker (as many
+    /// as `workers` says). The tables share the token spent set and split the tunnel
+    /// addresses and the session limit.
     pub fn bind_workers(
         &self,
-        n: usize,
-    ) -> std::io::Result<Vec<(crate::udp::BatchSocket, SessionTable)>> {
-        let n = n.max(1);
+    ) -> std::io::Result<(SocketAddr, Vec<(crate::udp::BatchSocket, SessionTable)>)> {
+        let n = workers::count(self.workers);
         let sockets = crate::udp::BatchSocket::bind_group(self.listen, n, self.offload)?;
+        let local_addr = match sockets.first() {
+            Some(s) => s.local_addr()?,
+            None => return Err(std::io::Error::other("a relay needs one worker at least")),
+        };
         let redeemer = self.redeemer();
         let limit = self.max_sessions.div_ceil(n);
-        Ok(sockets
+        let shards = sockets
             .into_iter()
             .enumerate()
             .map(|(k, s)| (s, self.table_with(redeemer.clone()).share(k, n, limit)))
-            .collect())
+            .collect();
+        Ok((local_addr, shards))
     }
 
     fn table(&self) -> SessionTable {
