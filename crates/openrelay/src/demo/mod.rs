@@ -63,7 +63,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     let status = net.wait_connected(Duration::from_secs(20)).await?;
     println!("demo: {}", describe(&status));
-    println!("demo: every relay runs in the sim TEE (development only): the client accepts it because the signed directory lists the sim vendor key and approves this executable's SHA-256");
+    println!("demo: every relay runs in the sim TEE (development only): the client accepts it because the signed directory lists the sim vendor key and approves this executable's SHA-256 (what `openrelay image hash` prints for it); a relay with any other measurement is refused");
 
     let (line, body) = fetch::get_via_socks(net.client.socks, net.web, "/")
         .await
