@@ -311,13 +311,16 @@ mod tests {
         let mut a = group.pop().unwrap();
         let port = a.local_addr().unwrap();
         assert_eq!(b.local_addr().unwrap(), port);
-        // 32 peers send 3 datagrams each: every peer lands on exactly one socket.
+        // 32 peers send 3 datagrams each: every peer lands on exactly one socket. The peers'
+        // sockets stay open, or a later peer could be given a closed one's port.
         let mut peers = Vec::new();
+        let mut open = Vec::new();
         for _ in 0..32 {
             let p = BatchSocket::bind(lo, Offload::Off).await.unwrap();
             let batch: Vec<(SocketAddr, Vec<u8>)> = (0..3u8).map(|i| (port, vec![i])).collect();
             p.send_all(&batch).await;
             peers.push(p.local_addr().unwrap());
+            open.push(p);
         }
         let mut seen: std::collections::HashMap<SocketAddr, (usize, usize)> = Default::default();
         let mut total = 0;
