@@ -32,6 +32,7 @@ fn main() {
                 try_other_relays: false,
                 accounts: false,
                 offload: relay::udp::Offload::On,
+                idle: relay::run::Idle::default(),
             })
             .await
             .unwrap();

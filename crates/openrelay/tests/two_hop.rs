@@ -24,6 +24,7 @@ async fn start_with(offload: relay::udp::Offload) -> DemoNetwork {
         try_other_relays: false,
         accounts: false,
         offload,
+        idle: relay::run::Idle::default(),
     })
     .await
     .unwrap();
@@ -387,6 +388,7 @@ async fn refused(unapproved: &[&str]) -> (DemoNetwork, String) {
         try_other_relays: false,
         accounts: false,
         offload: relay::udp::Offload::On,
+        idle: relay::run::Idle::default(),
     })
     .await
     .unwrap();
@@ -464,6 +466,7 @@ async fn with_try_other_relays_the_client_moves_past_an_unapproved_egress() {
             try_other_relays: true,
             accounts: false,
             offload: relay::udp::Offload::On,
+            idle: relay::run::Idle::default(),
         })
         .await
         .unwrap();
@@ -495,6 +498,7 @@ async fn with_accounts_each_connection_spends_one_token_per_hop() {
         try_other_relays: false,
         accounts: true,
         offload: relay::udp::Offload::On,
+        idle: relay::run::Idle::default(),
     })
     .await
     .unwrap();
@@ -554,6 +558,7 @@ fn with_accounts() -> DemoOptions {
         try_other_relays: false,
         accounts: true,
         offload: relay::udp::Offload::On,
+        idle: relay::run::Idle::default(),
     }
 }
 
@@ -715,5 +720,136 @@ async fn a_refill_that_runs_out_of_credit_keeps_what_it_paid_for() {
     let url = format!("http://{}/", net.web);
     let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
     assert!(out.status.success());
+    net.shutdown().await;
+}
+
+/// Stacks started and stopped, summed over the running egresses.
+fn stacks(net: &DemoNetwork) -> (u64, u64) {
+    net.egresses
+        .iter()
+        .filter_map(|e| e.handle.as_ref())
+        .map(|h| *h.counters.borrow())
+        .fold((0, 0), |(a, b), c| {
+            (a + c.stacks_started, b + c.stacks_stopped)
+        })
+}
+
+async fn wait_stacks(net: &DemoNetwork, want: (u64, u64)) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while stacks(net) != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stacks (started, stopped) = {:?}, want {want:?}",
+            stacks(net)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTP server that answers after `delay`, so that a flow stays open and quiet.
+async fn slow_web(delay: Duration) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                tokio::time::sleep(delay).await;
+                let body = "late but whole";
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+/// An admitted session gets a userspace stack only once it sends a packet, keeps it while a
+/// flow is open however quiet, loses it when idle, and gets a new one with its next packet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_stacks_start_on_first_packet_and_stop_when_idle() {
+    let slow = slow_web(Duration::from_secs(4)).await;
+    let mut net = DemoNetwork::start(DemoOptions {
+        seed: None,
+        extra_allowed: vec![],
+        unapproved: vec![],
+        try_other_relays: false,
+        accounts: false,
+        offload: relay::udp::Offload::On,
+        idle: relay::run::Idle {
+            udp_flow: Duration::from_secs(1),
+            stack: Duration::from_secs(1),
+        },
+    })
+    .await
+    .unwrap();
+    net.wait_connected(Duration::from_secs(20)).await.unwrap();
+    let admitted: u64 = net
+        .egresses
+        .iter()
+        .filter_map(|e| e.handle.as_ref())
+        .map(|h| h.counters.borrow().sessions_admitted)
+        .sum();
+    assert_eq!(admitted, 1);
+    // Admitted, attested and paid for, but no packet yet: no stack.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stacks(&net), (0, 0));
+
+    let url = format!("http://{}/", net.web);
+    let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stacks(&net).0, 1);
+    // Nothing open, nothing sent: the stack stops and the session stays admitted.
+    wait_stacks(&net, (1, 1)).await;
+
+    // A flow that stays quiet for four idle periods keeps its stack, and completes.
+    let slow_url = format!("http://{slow}/");
+    let proxy_addr = proxy(&net);
+    let fetch = tokio::spawn(async move {
+        Command::new("curl")
+            .args(["--silent", "--show-error", "--max-time", "30"])
+            .args(["--socks5-hostname", &proxy_addr, &slow_url])
+            .output()
+            .await
+            .unwrap()
+    });
+    wait_stacks(&net, (2, 1)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(stacks(&net), (2, 1), "the open flow lost its stack");
+    let out = fetch.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "late but whole");
+    wait_stacks(&net, (2, 2)).await;
+
+    // The same session, a fresh stack.
+    let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(http::PAGE_MARKER));
+    assert_eq!(stacks(&net).0, 3);
+    let egress = net
+        .egresses
+        .iter()
+        .filter_map(|e| e.handle.as_ref())
+        .map(|h| *h.counters.borrow())
+        .fold(0, |a, c| a + c.sessions_admitted);
+    assert_eq!(egress, 1, "the client kept its one session");
     net.shutdown().await;
 }

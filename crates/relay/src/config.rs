@@ -336,6 +336,7 @@ impl RelayConfig {
                 self.allow_destinations.clone(),
                 self.own_addresses.clone(),
             ),
+            idle: crate::run::Idle::default(),
         })
     }
 }

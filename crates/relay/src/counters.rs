@@ -57,6 +57,10 @@ pub struct Counters {
     pub attestations: u64,
     /// Tokens redeemed (valid, unspent).
     pub tokens_redeemed: u64,
+    /// Userspace egress: session stacks started (on a session's first packet).
+    pub stacks_started: u64,
+    /// Userspace egress: session stacks stopped (idle, or their session closed).
+    pub stacks_stopped: u64,
     /// Tokens refused (forged, spent, for another relay or session, expired, malformed).
     pub tokens_refused: u64,
     /// Drops by reason.
@@ -132,6 +136,8 @@ impl std::ops::AddAssign for Counters {
         self.control += o.control;
         self.attestations += o.attestations;
         self.tokens_redeemed += o.tokens_redeemed;
+        self.stacks_started += o.stacks_started;
+        self.stacks_stopped += o.stacks_stopped;
         self.tokens_refused += o.tokens_refused;
         self.dropped_malformed += o.dropped_malformed;
         self.dropped_auth += o.dropped_auth;
@@ -152,7 +158,7 @@ impl fmt::Display for Counters {
         write!(
             f,
             "rx={} tx={} handshakes={} sessions={}/{} admitted={} forwarded={} ({} bytes) control={} attestations={} \
-             tokens={} tokens_refused={} \
+             tokens={} tokens_refused={} stacks={}/{} \
              dropped={} (malformed={} auth={} replay={} no_session={} unadmitted={} bad_control={} \
              not_egress={} spoofed={} policy={} not_ip={} capacity={})",
             self.rx_datagrams,
@@ -167,6 +173,8 @@ impl fmt::Display for Counters {
             self.attestations,
             self.tokens_redeemed,
             self.tokens_refused,
+            self.stacks_started.saturating_sub(self.stacks_stopped),
+            self.stacks_started,
             self.dropped(),
             self.dropped_malformed,
             self.dropped_auth,

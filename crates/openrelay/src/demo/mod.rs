@@ -32,6 +32,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         try_other_relays: false,
         accounts: true,
         offload: relay::udp::Offload::On,
+        idle: relay::run::Idle::default(),
     })
     .await?;
     println!(

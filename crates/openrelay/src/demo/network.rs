@@ -59,6 +59,7 @@ pub struct DemoNetwork {
     ingress_evidence: Arc<dyn EvidenceSource>,
     tokens: Option<relay::run::Tokens>,
     offload: relay::udp::Offload,
+    idle: relay::run::Idle,
     /// The token issuer and what the demo account did, when accounts are on.
     pub issuer: Option<DemoIssuer>,
     web_task: tokio::task::JoinHandle<()>,
@@ -96,6 +97,8 @@ pub struct DemoOptions {
     pub try_other_relays: bool,
     /// UDP segmentation offloads on the relays' sockets.
     pub offload: relay::udp::Offload,
+    /// When the egresses release idle flows and session stacks.
+    pub idle: relay::run::Idle,
     /// Run a token issuer: relays require tokens, and the demo creates an account, credits
     /// it and buys tickets before connecting.
     pub accounts: bool,
@@ -240,6 +243,7 @@ impl DemoNetwork {
                         &opts.offload,
                     ),
                     policy: DestinationPolicy::new(allowed.clone(), vec![]),
+                    idle: opts.idle,
                 })
             })
             .await
@@ -351,6 +355,7 @@ impl DemoNetwork {
             ingress_evidence,
             tokens,
             offload: opts.offload,
+            idle: opts.idle,
             issuer,
             web_task,
         })
@@ -408,6 +413,7 @@ impl DemoNetwork {
                 &self.offload,
             ),
             policy: DestinationPolicy::new(allowed, vec![]),
+            idle: self.idle,
         })
         .await
         .with_context(|| format!("cannot restart {}", e.name))?;

@@ -21,8 +21,8 @@ use crate::table::{SessionId, SessionTable, TableEvent};
 const BATCH: usize = 64;
 /// How long the egress waits for a destination to accept a TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A UDP flow with no traffic for this long releases its socket.
-const UDP_IDLE: Duration = Duration::from_secs(60);
+/// The longest wait between two looks for idle stacks.
+const SWEEP: Duration = Duration::from_secs(5);
 /// Packets queued from the tunnel towards one session's stack.
 const STACK_QUEUE: usize = 1024;
 
@@ -33,10 +33,26 @@ struct FlowCounters {
     connect_failed: AtomicU64,
 }
 
+/// An admitted session: what its stack needs, and the stack while it runs.
+struct Slot {
+    addr: Ipv4Addr,
+    ctx: FlowContext,
+    stack: Option<SessionStack>,
+    last_packet: Instant,
+}
+
 /// One admitted session's userspace stack and the tasks around it.
 struct SessionStack {
     ip_in: mpsc::Sender<Vec<u8>>,
     tasks: Vec<JoinHandle<()>>,
+    /// Every open flow and name lookup holds a clone: one reference means none is open.
+    busy: Arc<()>,
+}
+
+impl SessionStack {
+    fn is_idle(&self) -> bool {
+        Arc::strong_count(&self.busy) == 1
+    }
 }
 
 impl Drop for SessionStack {
@@ -86,8 +102,11 @@ async fn event_loop(
     let c = settings.common;
     let policy = Arc::new(policy);
     let flows = Arc::new(FlowCounters::default());
+    let idle = settings.idle;
     let (out_tx, mut out_rx) = mpsc::channel::<(SessionId, Vec<u8>)>(4096);
-    let mut stacks: HashMap<SessionId, SessionStack> = HashMap::new();
+    let mut slots: HashMap<SessionId, Slot> = HashMap::new();
+    let mut sweep = tokio::time::interval(idle.stack.min(SWEEP));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut events = Vec::new();
     let mut sends: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     loop {
@@ -100,6 +119,7 @@ async fn event_loop(
             },
             Some((id, ip)) = out_rx.recv() => table.send(Instant::now(), id, &ip, &mut events),
             _ = tokio::time::sleep_until(deadline) => table.handle_timeout(Instant::now(), &mut events),
+            _ = sweep.tick() => stop_idle(&mut slots, Instant::now(), idle.stack, &mut table),
             _ = &mut shutdown => break,
         }
         if received {
@@ -115,6 +135,7 @@ async fn event_loop(
             };
             table.send(Instant::now(), id, &ip, &mut events);
         }
+        let now = Instant::now();
         for ev in events.drain(..) {
             match ev {
                 TableEvent::Transmit { to, datagram } => sends.push((to, datagram)),
@@ -125,17 +146,22 @@ async fn event_loop(
                         flows: flows.clone(),
                         observer: c.observer.clone().zip(peer),
                         mtu: c.admit.mtu,
+                        udp_idle: idle.udp_flow,
                     };
-                    match start_stack(id, addr, c.admit.mtu, out_tx.clone(), ctx) {
-                        Ok(s) => {
-                            stacks.insert(id, s);
-                        }
-                        Err(e) => tracing::warn!("cannot start a session's stack: {e}"),
-                    }
+                    let slot = Slot {
+                        addr,
+                        ctx,
+                        stack: None,
+                        last_packet: now,
+                    };
+                    slots.insert(id, slot);
                 }
                 TableEvent::Packet { id, ip } => {
                     let len = ip.len() as u64;
-                    match stacks.get(&id).map(|s| s.ip_in.try_send(ip)) {
+                    let stack = slots
+                        .get_mut(&id)
+                        .and_then(|slot| slot_stack(id, slot, now, &out_tx, &mut table));
+                    match stack.map(|s| s.ip_in.try_send(ip)) {
                         Some(Ok(())) => {
                             table.counters.forwarded += 1;
                             table.counters.forwarded_bytes += len;
@@ -146,13 +172,54 @@ async fn event_loop(
                     }
                 }
                 TableEvent::Closed { id } => {
-                    stacks.remove(&id);
+                    if slots.remove(&id).and_then(|s| s.stack).is_some() {
+                        table.counters.stacks_stopped += 1;
+                    }
                 }
             }
         }
         socket.send_all(&sends).await;
         sends.clear();
         counters_tx.send_replace(merged(&table, &flows));
+    }
+}
+
+/// The session's running stack, started now if it has none. Starting on the first packet
+/// rather than at admission keeps sessions that never send anything small.
+fn slot_stack<'a>(
+    id: SessionId,
+    slot: &'a mut Slot,
+    now: Instant,
+    out_tx: &mpsc::Sender<(SessionId, Vec<u8>)>,
+    table: &mut SessionTable,
+) -> Option<&'a SessionStack> {
+    slot.last_packet = now;
+    if slot.stack.is_none() {
+        match start_stack(id, slot.addr, out_tx.clone(), slot.ctx.clone()) {
+            Ok(s) => {
+                slot.stack = Some(s);
+                table.counters.stacks_started += 1;
+            }
+            Err(e) => tracing::warn!("cannot start a session's stack: {e}"),
+        }
+    }
+    slot.stack.as_ref()
+}
+
+/// Stops the stacks that have had no open flow and no packet for `after`; the session stays
+/// admitted and its next packet starts a new stack.
+fn stop_idle(
+    slots: &mut HashMap<SessionId, Slot>,
+    now: Instant,
+    after: Duration,
+    table: &mut SessionTable,
+) {
+    for slot in slots.values_mut() {
+        let idle = slot.stack.as_ref().is_some_and(SessionStack::is_idle);
+        if idle && now.duration_since(slot.last_packet) >= after {
+            slot.stack = None;
+            table.counters.stacks_stopped += 1;
+        }
     }
 }
 
@@ -168,18 +235,20 @@ struct FlowContext {
     flows: Arc<FlowCounters>,
     /// The session's tunnel MTU: no reply larger than that fits back into the tunnel.
     mtu: u16,
+    /// A UDP flow with no traffic for this long releases its socket.
+    udp_idle: Duration,
     observer: Option<(Observer, SocketAddr)>,
 }
 
 fn start_stack(
     id: SessionId,
     addr: Ipv4Addr,
-    mtu: u16,
     out_tx: mpsc::Sender<(SessionId, Vec<u8>)>,
     ctx: FlowContext,
 ) -> Result<SessionStack, netstack::ConfigError> {
     let mut config = StackConfig::new(Mode::Terminate, vec![IpAddr::V4(addr)]);
-    config.mtu = usize::from(mtu);
+    config.mtu = usize::from(ctx.mtu);
+    let busy = Arc::new(());
     let stack = Stack::new(config, Instant::now())?;
     let (ip_in, ip_in_rx) = mpsc::channel(STACK_QUEUE);
     let (ip_out_tx, mut ip_out_rx) = mpsc::channel::<Vec<u8>>(STACK_QUEUE);
@@ -194,20 +263,29 @@ fn start_stack(
     }));
     if let Some(mut incoming) = handle.incoming() {
         let ctx = ctx.clone();
+        let busy = Arc::downgrade(&busy);
         tasks.push(tokio::spawn(async move {
             while let Some(flow) = incoming.recv().await {
-                tokio::spawn(relay_tcp(flow, ctx.clone()));
+                let Some(busy) = busy.upgrade() else { return };
+                tokio::spawn(relay_tcp(flow, ctx.clone(), busy));
             }
         }));
     }
     if let Some(datagrams) = handle.incoming_udp() {
-        tasks.push(tokio::spawn(relay_udp(handle.clone(), datagrams, ctx)));
+        let busy = Arc::downgrade(&busy);
+        tasks.push(tokio::spawn(relay_udp(
+            handle.clone(),
+            datagrams,
+            ctx,
+            busy,
+        )));
     }
-    Ok(SessionStack { ip_in, tasks })
+    Ok(SessionStack { ip_in, tasks, busy })
 }
 
-/// One TCP flow: policy, a real connection, then bytes both ways.
-async fn relay_tcp(flow: IncomingTcp, ctx: FlowContext) {
+/// One TCP flow: policy, a real connection, then bytes both ways. `_busy` keeps the stack
+/// running while the flow is open, however long it stays quiet.
+async fn relay_tcp(flow: IncomingTcp, ctx: FlowContext, _busy: Arc<()>) {
     let dst = flow.dst();
     if ctx.policy.check(dst).is_err() {
         ctx.flows.refused_policy.fetch_add(1, Ordering::Relaxed);
@@ -239,12 +317,15 @@ async fn relay_udp(
     handle: StackHandle,
     mut datagrams: mpsc::Receiver<UdpDatagram>,
     ctx: FlowContext,
+    busy: std::sync::Weak<()>,
 ) {
-    let mut sockets: HashMap<(SocketAddr, bool), (Arc<UdpSocket>, JoinHandle<()>)> = HashMap::new();
+    let mut sockets = UdpFlows::default();
     while let Some(d) = datagrams.recv().await {
+        let Some(token) = busy.upgrade() else { return };
         if d.dst == names::server() {
             let handle = handle.clone();
             tokio::spawn(async move {
+                let _busy = token;
                 if let Some(reply) = super::resolve::answer(&d.payload).await {
                     let _ = handle.udp_reply(d.dst, d.src, &reply);
                 }
@@ -256,9 +337,9 @@ async fn relay_udp(
             handle.refuse_udp(&d, Unreachable::Prohibited);
             continue;
         }
-        sockets.retain(|_, (_, reader)| !reader.is_finished());
+        sockets.0.retain(|_, (_, reader)| !reader.is_finished());
         let key = (d.src, d.dst.is_ipv4());
-        let socket = match sockets.entry(key) {
+        let socket = match sockets.0.entry(key) {
             Entry::Occupied(e) => e.get().0.clone(),
             Entry::Vacant(v) => {
                 let bind: SocketAddr = if d.dst.is_ipv4() {
@@ -270,7 +351,13 @@ async fn relay_udp(
                     continue;
                 };
                 let s = Arc::new(s);
-                let reader = tokio::spawn(udp_replies(handle.clone(), s.clone(), d.src, ctx.mtu));
+                let reader = tokio::spawn(udp_replies(
+                    handle.clone(),
+                    s.clone(),
+                    d.src,
+                    ctx.clone(),
+                    token,
+                ));
                 if let Some((obs, peer)) = &ctx.observer {
                     let _ = obs.send(Observation::Egress {
                         peer: *peer,
@@ -283,8 +370,18 @@ async fn relay_udp(
         };
         let _ = socket.send_to(&d.payload, d.dst).await;
     }
-    for (_, (_, reader)) in sockets {
-        reader.abort();
+}
+
+/// A session's UDP flows by client endpoint (and address family), each with the task that
+/// relays its replies. Dropping it, also when its task is aborted, stops those tasks.
+#[derive(Default)]
+struct UdpFlows(HashMap<(SocketAddr, bool), (Arc<UdpSocket>, JoinHandle<()>)>);
+
+impl Drop for UdpFlows {
+    fn drop(&mut self) {
+        for (_, reader) in self.0.values() {
+            reader.abort();
+        }
     }
 }
 
@@ -292,9 +389,18 @@ async fn relay_udp(
 /// byte to notice more): a reply that does not fit an IP packet of that size could not go
 /// back through the tunnel anyway, and a 64 KiB buffer per flow was most of an idle
 /// session's memory.
-async fn udp_replies(handle: StackHandle, socket: Arc<UdpSocket>, client: SocketAddr, mtu: u16) {
+async fn udp_replies(
+    handle: StackHandle,
+    socket: Arc<UdpSocket>,
+    client: SocketAddr,
+    ctx: FlowContext,
+    _busy: Arc<()>,
+) {
+    let mtu = ctx.mtu;
     let mut buf = vec![0u8; usize::from(mtu) + 1];
-    while let Ok(Ok((n, from))) = tokio::time::timeout(UDP_IDLE, socket.recv_from(&mut buf)).await {
+    while let Ok(Ok((n, from))) =
+        tokio::time::timeout(ctx.udp_idle, socket.recv_from(&mut buf)).await
+    {
         if n > usize::from(mtu) {
             continue;
         }

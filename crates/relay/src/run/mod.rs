@@ -98,6 +98,28 @@ pub struct EgressSettings {
     pub common: Common,
     /// Destination rules.
     pub policy: DestinationPolicy,
+    /// When idle flows and stacks are released.
+    pub idle: Idle,
+}
+
+/// When a userspace egress releases what an idle session holds. A session's stack starts
+/// with its first packet and stops once it has no flows and no packets for `stack`, so that
+/// thousands of idle sessions cost their tunnel state and not a TCP/IP stack each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idle {
+    /// A UDP flow with no traffic for this long releases its socket.
+    pub udp_flow: std::time::Duration,
+    /// A stack with no open flow and no packet for this long stops.
+    pub stack: std::time::Duration,
+}
+
+impl Default for Idle {
+    fn default() -> Self {
+        Self {
+            udp_flow: std::time::Duration::from_secs(60),
+            stack: std::time::Duration::from_secs(30),
+        }
+    }
 }
 
 /// A running relay's address and live counters.
