@@ -260,6 +260,12 @@ async fn event_loop(
             r = dev.recv_multiple(&mut tun_raw, &mut tun_bufs, &mut tun_sizes, 0) => match r {
                 Ok(n) => {
                     let now = Instant::now();
+                    // Replies handed over by other workers were read from the kernel before
+                    // this batch: they go first, so that a flow whose steering moved to this
+                    // queue keeps its order.
+                    while let Some(ip) = handoff_in.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                        worker.deliver(&mut table, now, &ip, &mut events);
+                    }
                     for (buf, &len) in tun_bufs.iter().zip(&tun_sizes).take(n) {
                         worker.deliver(&mut table, now, buf.get(..len).unwrap_or_default(), &mut events);
                     }
