@@ -80,6 +80,11 @@ pub(crate) struct ClientArgs {
     #[arg(long, value_name = "N", default_value_t = 8, requires = "refill_account",
           value_parser = clap::value_parser!(u16).range(1..=MAX_KEEP))]
     keep: u16,
+    /// Tests only: wait at most this many seconds before a refill instead of 1 to 20
+    /// minutes (a short wait lets the issuer match a purchase with the connection that
+    /// used up the stock).
+    #[arg(long, value_name = "SECS", hide = true, requires = "refill_account")]
+    refill_delay_secs: Option<u64>,
     /// Where the SOCKS5 proxy listens. Keep it on loopback: anyone who can reach it can
     /// use your tunnel.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1080")]
@@ -108,7 +113,10 @@ fn refill_settings(args: &ClientArgs) -> anyhow::Result<Option<client::refill::R
         account,
         password: client::refill::Password::new(password),
         keep: usize::from(args.keep),
-        delay: REFILL_DELAY,
+        delay: match args.refill_delay_secs {
+            Some(secs) => Duration::ZERO..=Duration::from_secs(secs),
+            None => REFILL_DELAY,
+        },
     }))
 }
 

@@ -595,6 +595,16 @@ fn client_network_state(bed: &Testbed) -> Vec<String> {
 
 /// Starts `openrelay client --tun` in the client host; returns its pid once connected.
 fn start_whole_host_client(bed: &Testbed, s: &Setup) -> (u32, std::sync::mpsc::Receiver<String>) {
+    start_whole_host_client_with(bed, s, &[])
+}
+
+/// The whole-host client with more arguments; returns its pid and its stdout lines after
+/// it connected.
+fn start_whole_host_client_with(
+    bed: &Testbed,
+    s: &Setup,
+    extra: &[&str],
+) -> (u32, std::sync::mpsc::Receiver<String>) {
     let mut child = bed
         .command(&bed.client, BIN)
         .args([
@@ -607,6 +617,7 @@ fn start_whole_host_client(bed: &Testbed, s: &Setup) -> (u32, std::sync::mpsc::R
             "--trust",
             &s.signer,
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -642,10 +653,18 @@ fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
 }
 
+/// Waits until `pid` has exited (a zombie that its parent has not reaped yet counts).
 fn wait_gone(pid: u32) {
-    wait_for("the process to exit", Duration::from_secs(15), || {
-        !std::path::Path::new(&format!("/proc/{pid}")).exists()
-    });
+    wait_for(
+        "the process to exit",
+        Duration::from_secs(15),
+        || match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z')),
+            Err(_) => true,
+        },
+    );
 }
 
 fn direct_curl(bed: &Testbed, args: &[&str]) -> std::process::Output {
@@ -1023,4 +1042,208 @@ fn tcp_and_udp_through_a_tun_egress_with_offloads_are_byte_exact_and_in_order() 
 #[test]
 fn tcp_and_udp_through_a_tun_egress_without_offloads_are_byte_exact_and_in_order() {
     tun_path_is_byte_exact("egress-tun-plain.toml", "exact-plain");
+}
+
+/// The token issuer on the destination host, reachable from the client host only before
+/// the kill switch is up.
+fn start_issuer(bed: &Testbed, s: &Setup) -> u32 {
+    let args = [BIN, "issuer", "run", "--config", &s.path("issuer.toml")];
+    let pid = bed
+        .spawn(&bed.dest, &args, Stdio::null(), Stdio::inherit())
+        .unwrap();
+    wait_for("the issuer's UDP port", Duration::from_secs(20), || {
+        bed.exec(&bed.dest.ns, &["ss", "-Hulnp", "sport = :51830"])
+            .is_ok_and(|out| out.contains("openrelay"))
+    });
+    pid
+}
+
+/// Runs `openrelay` in the client host, with `input` on its standard input.
+fn client_cmd(bed: &Testbed, args: &[&str], input: &str) -> String {
+    use std::io::Write;
+    let mut child = bed
+        .command(&bed.client, BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// In whole-host mode the kill switch lets nothing reach the issuer directly: the refill
+/// goes through both hops like any other traffic, and buys the tickets the client needs.
+#[test]
+fn whole_host_client_refills_its_tokens_through_the_tunnel() {
+    if !require_root() {
+        return;
+    }
+    let bed = Testbed::new().unwrap();
+    let s = Setup::new(&bed, "refill");
+    let p = |f: &str| s.path(f);
+    ok(&["keygen", "--output", &p("issuer.key")]);
+    ok(&["keygen", "--output", &p("sealing.key")]);
+    std::fs::write(
+        p("issuer.toml"),
+        format!(
+            "name = \"issuer.test\"\nprivate_key_file = \"{}\"\nlisten = \"{}:51830\"\nstate_dir = \"{}\"\nsealing_key_file = \"{}\"\ntee = \"sim\"\nsim_vendor_key_file = \"{}\"\n",
+            p("issuer.key"),
+            bed.dest.addr,
+            p("issuer-state"),
+            p("sealing.key"),
+            p("sim-vendor.key"),
+        ),
+    )
+    .unwrap();
+    // The directory lists the issuer and its token keys: both relays now require tokens.
+    let section = ok(&["issuer", "keys", "--config", &p("issuer.toml")]);
+    let body = std::fs::read_to_string(p("relays.toml")).unwrap();
+    std::fs::write(p("relays.toml"), format!("{body}\n{section}\n")).unwrap();
+    ok(&[
+        "directory",
+        "sign",
+        "--key",
+        &p("signing.key"),
+        "--input",
+        &p("relays.toml"),
+        "--output",
+        &p("directory.toml"),
+    ]);
+    let egress = std::fs::read_to_string(p("egress.toml")).unwrap();
+    std::fs::write(
+        p("egress-tokens.toml"),
+        format!(
+            "{egress}directory = \"{}\"\ndirectory_keys = [\"{}\"]\n",
+            p("directory.toml"),
+            s.signer
+        ),
+    )
+    .unwrap();
+
+    // An account with credit and tickets for one connection, bought directly.
+    let mut issuer = start_issuer(&bed, &s);
+    let data = p("data");
+    let common = [
+        "--directory",
+        &p("directory.toml"),
+        "--trust",
+        &s.signer,
+        "--data-dir",
+        &data,
+    ];
+    let password = "a long and private refill password 5521";
+    let account = client_cmd(
+        &bed,
+        &[&["account", "create"][..], &common].concat(),
+        &format!("{password}\n"),
+    )
+    .trim()
+    .to_string();
+    signal(issuer, "-TERM");
+    wait_gone(issuer);
+    ok(&[
+        "issuer",
+        "credit",
+        "--config",
+        &p("issuer.toml"),
+        &account,
+        "20",
+    ]);
+    issuer = start_issuer(&bed, &s);
+    let pw_file = p("password");
+    std::fs::write(&pw_file, format!("{password}\n")).unwrap();
+    std::fs::set_permissions(
+        &pw_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let with_pw = [
+        &common[..],
+        &["--account", &account, "--password-file", &pw_file],
+    ]
+    .concat();
+    let bought = client_cmd(
+        &bed,
+        &[&["account", "tokens", "--connections", "1"][..], &with_pw].concat(),
+        "",
+    );
+    assert!(bought.contains("for 1 connections"), "{bought}");
+    let stock = || {
+        std::fs::read_to_string(s.dir.join("data/tokens.toml"))
+            .unwrap_or_default()
+            .matches("[[connection]]")
+            .count()
+    };
+    assert_eq!(stock(), 1);
+
+    start_web(&bed, &s, &bed.dest.addr.to_string());
+    start_egress(&bed, &s, "egress-tokens.toml");
+    start_ingress(&bed, &s);
+    let at_client = bed.capture(&bed.client).unwrap();
+    // Connecting spends the only connection's tickets; the stock (0) is below half of
+    // --keep 2, so the client refills it after a short wait.
+    let (pid, lines) = start_whole_host_client_with(
+        &bed,
+        &s,
+        &[
+            "--data-dir",
+            &data,
+            "--refill-account",
+            &account,
+            "--password-file",
+            &pw_file,
+            "--keep",
+            "2",
+            "--refill-delay-secs",
+            "1",
+        ],
+    );
+    let end = Instant::now() + Duration::from_secs(60);
+    let report = loop {
+        let left = end
+            .checked_duration_since(Instant::now())
+            .expect("no refill report from the whole-host client");
+        if let Ok(line) = lines.recv_timeout(left) {
+            if line.starts_with("tokens:") && line != "tokens: no refill yet" {
+                break line;
+            }
+        }
+    };
+    assert!(
+        report.starts_with("tokens: bought 2 connections"),
+        "{report}"
+    );
+    assert_eq!(stock(), 2, "the refill's tickets are in the stock");
+    // The host still reaches the web only through the tunnel.
+    let out = direct_curl(&bed, &[&format!("http://{}/page.html", bed.dest.addr)]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(MARKER));
+    let link = at_client.stop().unwrap();
+    let ingress = IpAddr::V4(bed.ingress.addr);
+    let own = IpAddr::V4(bed.client.addr);
+    let direct: Vec<_> = link
+        .iter()
+        .filter(|p| p.src == own && p.dst != ingress)
+        .map(|p| (p.src, p.dst))
+        .collect();
+    assert!(
+        direct.is_empty(),
+        "the refill or something else left the host around the tunnel: {direct:?}"
+    );
+    signal(pid, "-TERM");
+    wait_gone(pid);
+    signal(issuer, "-TERM");
+    wait_gone(issuer);
 }

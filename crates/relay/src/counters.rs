@@ -122,6 +122,20 @@ impl Counters {
     }
 }
 
+/// ` stacks=live/started`, only where stacks run (a userspace egress that has started one).
+struct Stacks<'a>(&'a Counters);
+
+impl fmt::Display for Stacks<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = self.0;
+        if c.stacks_started == 0 {
+            return Ok(());
+        }
+        let live = c.stacks_started.saturating_sub(c.stacks_stopped);
+        write!(f, " stacks={live}/{}", c.stacks_started)
+    }
+}
+
 /// Totals of several workers.
 impl std::ops::AddAssign for Counters {
     fn add_assign(&mut self, o: Self) {
@@ -158,7 +172,7 @@ impl fmt::Display for Counters {
         write!(
             f,
             "rx={} tx={} handshakes={} sessions={}/{} admitted={} forwarded={} ({} bytes) control={} attestations={} \
-             tokens={} tokens_refused={} stacks={}/{} \
+             tokens={} tokens_refused={}{} \
              dropped={} (malformed={} auth={} replay={} no_session={} unadmitted={} bad_control={} \
              not_egress={} spoofed={} policy={} not_ip={} capacity={})",
             self.rx_datagrams,
@@ -173,8 +187,7 @@ impl fmt::Display for Counters {
             self.attestations,
             self.tokens_redeemed,
             self.tokens_refused,
-            self.stacks_started.saturating_sub(self.stacks_stopped),
-            self.stacks_started,
+            Stacks(self),
             self.dropped(),
             self.dropped_malformed,
             self.dropped_auth,
