@@ -2,6 +2,7 @@
 //! packets reach the sink.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -91,4 +92,158 @@ async fn three_hundred_sessions_are_admitted_and_send_their_packets() {
         sink.received(),
         *egress.counters.borrow()
     );
+}
+
+/// Sim evidence that takes as long as a slow TEE quote.
+struct SlowQuote {
+    inner: relay::evidence::Sim,
+    delay: Duration,
+}
+
+impl relay::evidence::EvidenceSource for SlowQuote {
+    fn evidence(
+        &self,
+        report_data: &[u8; 64],
+    ) -> Result<attest::Evidence, relay::evidence::EvidenceError> {
+        std::thread::sleep(self.delay);
+        self.inner.evidence(report_data)
+    }
+}
+
+/// One session's Attest waits two seconds for its quote; meanwhile the same worker
+/// handshakes and admits other sessions as fast as without it, and then the evidence
+/// arrives, bound to the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_quote_does_not_hold_up_other_sessions() {
+    use tokio::net::UdpSocket;
+    use tunnel::wire::{build_udp, parse_udp};
+    use tunnel::{Action, Session, SessionConfig};
+
+    const QUOTE: Duration = Duration::from_secs(2);
+    let key = StaticSecret::generate();
+    // One worker: a blocked event loop would hold up every session.
+    let config = format!(
+        "private_key = \"{}\"\nlisten = \"127.0.0.1:0\"\nreport_interval_secs = 3600\n\
+         allow_destinations = [\"127.0.0.1/32\"]\nworkers = 1\n",
+        key.to_base64()
+    );
+    let mut settings = RelayConfig::parse(&config, Path::new("slow-quote.toml"))
+        .unwrap()
+        .egress()
+        .unwrap();
+    let vendor = attest::SimVendor::new(ed25519_dalek::SigningKey::from_bytes(&[3; 32]));
+    let vendor_key = vendor.verifying_key();
+    settings.common.evidence = Some(std::sync::Arc::new(SlowQuote {
+        inner: relay::evidence::Sim::with_measurement(vendor, [9; 32]),
+        delay: QUOTE,
+    }));
+    let egress = run_egress(settings).await.unwrap();
+
+    // Session A: handshake, then Attest.
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let client_key = StaticSecret::generate();
+    let mut a = Session::initiator(
+        std::time::Instant::now(),
+        &client_key,
+        key.public_key(),
+        SessionConfig::default(),
+    );
+    let mut actions = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    a.connect(std::time::Instant::now(), &mut actions);
+    while !a.is_established() {
+        for act in actions.drain(..) {
+            if let Action::Transmit(d) = act {
+                sock.send_to(&d, egress.local_addr).await.unwrap();
+            }
+        }
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
+            .await
+            .expect("a handshake response")
+            .unwrap();
+        a.decapsulate(std::time::Instant::now(), &buf[..n], &mut actions)
+            .unwrap();
+    }
+    actions.clear();
+    let nonce = [7u8; 32];
+    let attest = control::Message::Attest { nonce }.encode();
+    let ip = build_udp(
+        "0.0.0.0:51822".parse().unwrap(),
+        SocketAddr::V4(control::control_endpoint()),
+        &attest,
+    )
+    .unwrap();
+    a.encapsulate(std::time::Instant::now(), &ip, &mut actions);
+    let asked = std::time::Instant::now();
+    for act in actions.drain(..) {
+        if let Action::Transmit(d) = act {
+            sock.send_to(&d, egress.local_addr).await.unwrap();
+        }
+    }
+
+    // Twenty other sessions while the quote is being made.
+    let sink = Sink::start().await.unwrap();
+    let plan = Plan {
+        target: egress.local_addr,
+        relay_key: key.public_key(),
+        sessions: 20,
+        sockets: 4,
+        rate: 200.0,
+        window: 20,
+        traffic: Traffic {
+            sink: sink.addr(),
+            packets: 1,
+            payload_len: 32,
+        },
+        retry_after: Duration::from_secs(2),
+        max_attempts: 3,
+        deadline: Duration::from_secs(10),
+    };
+    let outcome = drive(&plan).await.unwrap();
+    assert_eq!(outcome.admitted, 20, "{outcome:?}");
+    assert!(
+        asked.elapsed() < QUOTE,
+        "the other sessions waited for the quote ({:?})",
+        asked.elapsed()
+    );
+    let slowest = outcome.latency(1.0).unwrap();
+    assert!(slowest < QUOTE / 2, "a session took {slowest:?}");
+
+    // Then A's evidence: made by the slow source, bound to A's keys and nonce.
+    let mut parts = control::EvidenceAssembler::default();
+    let evidence = 'recv: loop {
+        let (n, _) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
+            .await
+            .expect("the evidence")
+            .unwrap();
+        a.decapsulate(std::time::Instant::now(), &buf[..n], &mut actions)
+            .unwrap();
+        for act in actions.drain(..) {
+            let Action::Deliver(ip) = act else { continue };
+            let d = parse_udp(&ip).unwrap();
+            let msg = control::Message::decode(d.payload).unwrap();
+            if let control::Message::Evidence {
+                part,
+                parts: total,
+                bytes,
+            } = msg
+            {
+                if let Some(blob) = parts.add(part, total, bytes).unwrap() {
+                    break 'recv attest::Evidence::decode(&blob).unwrap();
+                }
+            }
+        }
+    };
+    assert!(
+        asked.elapsed() >= QUOTE,
+        "evidence before the quote was made"
+    );
+    let binding = attest::binding(
+        key.public_key().as_bytes(),
+        client_key.public_key().as_bytes(),
+        &nonce,
+    );
+    let claims = attest::verify_sim(&evidence.quote, &[vendor_key]).unwrap();
+    assert_eq!(claims.report_data, binding);
+    assert_eq!(egress.counters.borrow().attestations, 1);
 }

@@ -52,6 +52,21 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EvidenceError + '_ {
 pub trait EvidenceSource: Send + Sync {
     /// Evidence binding `report_data`.
     fn evidence(&self, report_data: &[u8; 64]) -> Result<Evidence, EvidenceError>;
+
+    /// Whether a report may take long: a TDX quote goes through the host's quoting
+    /// service, an SNP report through the PSP, each milliseconds or more. Such evidence is
+    /// made off the relay's event loop ([`crate::table::TableEvent::Attest`]), so that
+    /// one client's Attest does not stall every other session of the worker.
+    fn is_slow(&self) -> bool {
+        true
+    }
+}
+
+/// Evidence from `source`, or the reason a client is told when there is none.
+pub fn obtain(source: &dyn EvidenceSource, report_data: &[u8; 64]) -> Result<Evidence, String> {
+    source
+        .evidence(report_data)
+        .map_err(|e| format!("this relay could not obtain TEE evidence: {e}"))
 }
 
 /// Linux configfs-tsm (TDX and SEV-SNP guests).
@@ -219,6 +234,11 @@ impl EvidenceSource for Sim {
             quote: self.vendor.report(&self.measurement, report_data),
             collateral: None,
         })
+    }
+
+    /// One ed25519 signature, tens of microseconds: cheaper made in place than handed off.
+    fn is_slow(&self) -> bool {
+        false
     }
 }
 

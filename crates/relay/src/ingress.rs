@@ -12,7 +12,7 @@ use std::time::Instant;
 use tunnel::wire::{build_udp, parse_udp};
 
 use crate::counters::{Counters, Drop};
-use crate::table::{SessionId, SessionTable, TableEvent};
+use crate::table::{AttestRequest, SessionId, SessionTable, TableEvent};
 
 /// What the ingress asks its edge to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +37,8 @@ pub enum IngressOutput {
     },
     /// Close this session's forwarding socket.
     CloseForward(SessionId),
+    /// Make TEE evidence off the event loop, then hand it to [`Ingress::answer_attest`].
+    Attest(AttestRequest),
 }
 
 /// Where a session's replies go back to inside the outer tunnel.
@@ -120,6 +122,20 @@ impl Ingress {
         self.events = events;
     }
 
+    /// Evidence that [`IngressOutput::Attest`] asked for, made.
+    pub fn answer_attest(
+        &mut self,
+        now: Instant,
+        req: &AttestRequest,
+        evidence: Result<attest::Evidence, String>,
+        out: &mut Vec<IngressOutput>,
+    ) {
+        let mut events = std::mem::take(&mut self.events);
+        self.table.answer_attest(now, req, evidence, &mut events);
+        self.apply(&mut events, out);
+        self.events = events;
+    }
+
     /// Runs timers.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<IngressOutput>) {
         let mut events = std::mem::take(&mut self.events);
@@ -149,6 +165,7 @@ impl Ingress {
                         out.push(IngressOutput::CloseForward(id));
                     }
                 }
+                TableEvent::Attest(req) => out.push(IngressOutput::Attest(req)),
             }
         }
     }

@@ -49,6 +49,20 @@ pub enum TableEvent {
         /// The session.
         id: SessionId,
     },
+    /// Make TEE evidence off the event loop (the source is slow), then hand it to
+    /// [`SessionTable::answer_attest`].
+    Attest(AttestRequest),
+}
+
+/// Evidence a session asked for: what to bind, and where the answer goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestRequest {
+    /// The session that sent Attest.
+    pub id: SessionId,
+    /// The client's control endpoint inside the tunnel.
+    pub reply_to: SocketAddr,
+    /// The binding of relay key, session key and nonce ([`attest::binding`]).
+    pub report_data: [u8; 64],
 }
 
 struct Entry {
@@ -129,7 +143,14 @@ impl SessionTable {
         }
     }
 
-    /// Answers Attest with evidence from `source`.
+    /// The evidence source, for an edge that makes slow evidence off its event loop.
+    pub fn evidence_source(&self) -> Option<std::sync::Arc<dyn crate::evidence::EvidenceSource>> {
+        self.evidence.clone()
+    }
+
+    /// Answers Attest with evidence from `source`. A slow source
+    /// ([`EvidenceSource::is_slow`](crate::evidence::EvidenceSource::is_slow)) is not
+    /// called here: the table asks its edge with [`TableEvent::Attest`].
     pub fn with_evidence(
         mut self,
         source: std::sync::Arc<dyn crate::evidence::EvidenceSource>,
@@ -552,13 +573,31 @@ impl SessionTable {
             peer.as_bytes(),
             nonce,
         );
-        let parts = match &self.evidence {
-            None => Err("this relay runs without TEE evidence".to_string()),
-            Some(source) => source
-                .evidence(&report_data)
-                .map_err(|e| format!("this relay could not obtain TEE evidence: {e}"))
-                .and_then(|ev| control::split_evidence(&ev.encode()).map_err(|e| e.to_string())),
+        let req = AttestRequest {
+            id,
+            reply_to,
+            report_data,
         };
+        let evidence = match &self.evidence {
+            None => Err("this relay runs without TEE evidence".to_string()),
+            Some(source) if source.is_slow() => return out.push(TableEvent::Attest(req)),
+            Some(source) => crate::evidence::obtain(source.as_ref(), &report_data),
+        };
+        self.answer_attest(now, &req, evidence, out);
+    }
+
+    /// Sends the evidence for `req` in parts, or a refusal with the reason (as
+    /// [`crate::evidence::obtain`] words it). A session that closed in the meantime gets
+    /// nothing.
+    pub fn answer_attest(
+        &mut self,
+        now: Instant,
+        req: &AttestRequest,
+        evidence: Result<attest::Evidence, String>,
+        out: &mut Vec<TableEvent>,
+    ) {
+        let parts = evidence
+            .and_then(|ev| control::split_evidence(&ev.encode()).map_err(|e| e.to_string()));
         let messages = parts.unwrap_or_else(|why| {
             vec![Message::Refused {
                 reason: RefuseReason::Unsupported,
@@ -566,8 +605,9 @@ impl SessionTable {
             }]
         });
         self.counters.attestations += 1;
+        let to = req.reply_to;
         for m in &messages {
-            self.reply_control(now, id, reply_to.ip(), reply_to.port(), m, out);
+            self.reply_control(now, req.id, to.ip(), to.port(), m, out);
         }
     }
 

@@ -202,7 +202,9 @@ impl Net {
                             }
                         }
                     }
-                    IngressOutput::OpenForward(_) | IngressOutput::CloseForward(_) => {}
+                    IngressOutput::OpenForward(_)
+                    | IngressOutput::CloseForward(_)
+                    | IngressOutput::Attest(_) => {}
                 }
             }
             queue = next;
@@ -298,7 +300,7 @@ fn unadmitted_session_forwards_nothing() {
                     IngressOutput::Forward { .. } | IngressOutput::OpenForward(_) => {
                         panic!("unadmitted session forwarded: {o:?}")
                     }
-                    IngressOutput::CloseForward(_) => {}
+                    IngressOutput::CloseForward(_) | IngressOutput::Attest(_) => {}
                 }
             }
         }
@@ -663,6 +665,10 @@ impl EvidenceSource for Replaying {
         _asked: &[u8; 64],
     ) -> Result<attest::Evidence, relay::evidence::EvidenceError> {
         self.inner.evidence(&self.report_data)
+    }
+
+    fn is_slow(&self) -> bool {
+        false
     }
 }
 

@@ -75,6 +75,7 @@ async fn event_loop(
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut events = Vec::new();
+    let mut attester = relay::run::Attester::new(table.evidence_source());
     loop {
         let deadline = tokio::time::Instant::from_std(table.poll_timeout());
         tokio::select! {
@@ -83,6 +84,7 @@ async fn event_loop(
                 Err(e) => tracing::debug!("receive error: {}", e.kind()),
             },
             _ = tokio::time::sleep_until(deadline) => table.handle_timeout(Instant::now(), &mut events),
+            (req, evidence) = attester.done() => table.answer_attest(Instant::now(), &req, evidence, &mut events),
             Some(cmd) = admin.recv() => match cmd {
                 Admin::Credit { account, units, reply } => {
                     let _ = reply.send(service.accounts().credit(account, units).map_err(|e| e.to_string()));
@@ -116,6 +118,7 @@ async fn event_loop(
                         }
                     }
                     TableEvent::Closed { id } => service.forget(SourceId(id.0)),
+                    TableEvent::Attest(req) => attester.start(req),
                     TableEvent::Admitted { .. } => {}
                 }
             }

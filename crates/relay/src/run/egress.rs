@@ -105,6 +105,7 @@ async fn event_loop(
     let idle = settings.idle;
     let (out_tx, mut out_rx) = mpsc::channel::<(SessionId, Vec<u8>)>(4096);
     let mut slots: HashMap<SessionId, Slot> = HashMap::new();
+    let mut attester = super::Attester::new(table.evidence_source());
     let mut sweep = tokio::time::interval(idle.stack.min(SWEEP));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut events = Vec::new();
@@ -120,6 +121,7 @@ async fn event_loop(
             Some((id, ip)) = out_rx.recv() => table.send(Instant::now(), id, &ip, &mut events),
             _ = tokio::time::sleep_until(deadline) => table.handle_timeout(Instant::now(), &mut events),
             _ = sweep.tick() => stop_idle(&mut slots, Instant::now(), idle.stack, &mut table),
+            (req, evidence) = attester.done() => table.answer_attest(Instant::now(), &req, evidence, &mut events),
             _ = &mut shutdown => break,
         }
         if received {
@@ -176,6 +178,7 @@ async fn event_loop(
                         table.counters.stacks_stopped += 1;
                     }
                 }
+                TableEvent::Attest(req) => attester.start(req),
             }
         }
         socket.send_all(&sends).await;

@@ -249,6 +249,7 @@ async fn event_loop(
     let mut sends: Vec<(std::net::SocketAddr, Vec<u8>)> = Vec::new();
     let dev = worker.dev.clone();
     let mut handoff_in = worker.handoff_in.take();
+    let mut attester = super::Attester::new(table.evidence_source());
     loop {
         let deadline = tokio::time::Instant::from_std(table.poll_timeout());
         let mut received = false;
@@ -274,6 +275,7 @@ async fn event_loop(
             },
             Some(ip) = handed_over(&mut handoff_in) => worker.deliver(&mut table, Instant::now(), &ip, &mut events),
             _ = tokio::time::sleep_until(deadline) => table.handle_timeout(Instant::now(), &mut events),
+            (req, evidence) = attester.done() => table.answer_attest(Instant::now(), &req, evidence, &mut events),
             _ = &mut shutdown => break,
         }
         if received {
@@ -293,6 +295,7 @@ async fn event_loop(
                     b.extend_from_slice(&ip);
                     to_tun.push(b);
                 }
+                TableEvent::Attest(req) => attester.start(req),
                 TableEvent::Admitted { .. } | TableEvent::Closed { .. } => {}
             }
         }

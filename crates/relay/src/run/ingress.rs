@@ -51,6 +51,7 @@ async fn event_loop(
     let mut observed = std::collections::HashSet::new();
     let mut out = Vec::new();
     let mut to_clients: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    let mut attester = super::Attester::new(ingress.table().evidence_source());
     loop {
         let deadline = tokio::time::Instant::from_std(ingress.poll_timeout());
         let mut received = false;
@@ -63,6 +64,7 @@ async fn event_loop(
                 ingress.handle_egress(Instant::now(), id, from, &payload, &mut out);
             }
             _ = tokio::time::sleep_until(deadline) => ingress.handle_timeout(Instant::now(), &mut out),
+            (req, evidence) = attester.done() => ingress.answer_attest(Instant::now(), &req, evidence, &mut out),
             _ = &mut shutdown => break,
         }
         if received {
@@ -111,6 +113,7 @@ async fn event_loop(
                         reader.abort();
                     }
                 }
+                IngressOutput::Attest(req) => attester.start(req),
             }
         }
         socket.send_all(&to_clients).await;

@@ -1,5 +1,6 @@
 //! The relays' tokio edges: sockets, tasks and the clock around the sans-IO cores.
 
+mod attester;
 mod egress;
 mod exit;
 mod ingress;
@@ -13,6 +14,7 @@ use control::AdmitPolicy;
 use tokio::sync::mpsc;
 use tunnel::StaticSecret;
 
+pub use attester::{Answer, Attester};
 pub use egress::run_egress;
 pub use exit::{run_egress_tun, ExitSettings};
 pub use ingress::run_ingress;
