@@ -795,21 +795,7 @@ fn client_stops_at_a_relay_without_evidence_and_says_which() {
 
 /// Runs `openrelay ARGS` with `input` on standard input.
 fn ok_with_stdin(args: &[&str], input: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = testbed::output_with_input(Command::new(BIN).args(args), input).unwrap();
     assert!(
         out.status.success(),
         "openrelay {args:?} failed: {}",

@@ -70,16 +70,7 @@ impl Setup {
             relay("out", "egress", &egress_pub, &bed.egress, "b")
         );
         std::fs::write(p("relays.toml"), body).unwrap();
-        ok(&[
-            "directory",
-            "sign",
-            "--key",
-            &p("signing.key"),
-            "--input",
-            &p("relays.toml"),
-            "--output",
-            &p("directory.toml"),
-        ]);
+        sign_directory(&dir);
         std::fs::write(
             p("ingress.toml"),
             format!(
@@ -110,6 +101,26 @@ impl Setup {
     fn path(&self, f: &str) -> String {
         self.dir.join(f).to_str().unwrap().to_string()
     }
+
+    /// Signs `relays.toml` again into `directory.toml` (after a change to the body).
+    fn sign_directory(&self) {
+        sign_directory(&self.dir);
+    }
+}
+
+/// Signs `dir/relays.toml` with `dir/signing.key` into `dir/directory.toml`.
+fn sign_directory(dir: &std::path::Path) {
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    ok(&[
+        "directory",
+        "sign",
+        "--key",
+        &p("signing.key"),
+        "--input",
+        &p("relays.toml"),
+        "--output",
+        &p("directory.toml"),
+    ]);
 }
 
 impl Drop for Setup {
@@ -1060,22 +1071,7 @@ fn start_issuer(bed: &Testbed, s: &Setup) -> u32 {
 
 /// Runs `openrelay` in the client host, with `input` on its standard input.
 fn client_cmd(bed: &Testbed, args: &[&str], input: &str) -> String {
-    use std::io::Write;
-    let mut child = bed
-        .command(&bed.client, BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = testbed::output_with_input(bed.command(&bed.client, BIN).args(args), input).unwrap();
     assert!(
         out.status.success(),
         "{args:?}: {}",
@@ -1112,16 +1108,7 @@ fn whole_host_client_refills_its_tokens_through_the_tunnel() {
     let section = ok(&["issuer", "keys", "--config", &p("issuer.toml")]);
     let body = std::fs::read_to_string(p("relays.toml")).unwrap();
     std::fs::write(p("relays.toml"), format!("{body}\n{section}\n")).unwrap();
-    ok(&[
-        "directory",
-        "sign",
-        "--key",
-        &p("signing.key"),
-        "--input",
-        &p("relays.toml"),
-        "--output",
-        &p("directory.toml"),
-    ]);
+    s.sign_directory();
     let egress = std::fs::read_to_string(p("egress.toml")).unwrap();
     std::fs::write(
         p("egress-tokens.toml"),

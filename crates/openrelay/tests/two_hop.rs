@@ -723,15 +723,33 @@ async fn a_refill_that_runs_out_of_credit_keeps_what_it_paid_for() {
     net.shutdown().await;
 }
 
-/// Stacks started and stopped, summed over the running egresses.
-fn stacks(net: &DemoNetwork) -> (u64, u64) {
+/// A counter summed over the running egresses.
+fn egress_sum(net: &DemoNetwork, counter: impl Fn(&relay::counters::Counters) -> u64) -> u64 {
     net.egresses
         .iter()
         .filter_map(|e| e.handle.as_ref())
-        .map(|h| *h.counters.borrow())
-        .fold((0, 0), |(a, b), c| {
-            (a + c.stacks_started, b + c.stacks_stopped)
-        })
+        .map(|h| counter(&h.counters.borrow()))
+        .sum()
+}
+
+/// Stacks started and stopped, summed over the running egresses.
+fn stacks(net: &DemoNetwork) -> (u64, u64) {
+    (
+        egress_sum(net, |c| c.stacks_started),
+        egress_sum(net, |c| c.stacks_stopped),
+    )
+}
+
+/// Fetches the demo page through the proxy and checks that it came whole.
+async fn fetch_page(net: &DemoNetwork) {
+    let url = format!("http://{}/", net.web);
+    let out = curl(&["--socks5-hostname", &proxy(net), &url]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(http::PAGE_MARKER));
 }
 
 async fn wait_stacks(net: &DemoNetwork, want: (u64, u64)) {
@@ -790,24 +808,12 @@ async fn egress_stacks_start_on_first_packet_and_stop_when_idle() {
     .await
     .unwrap();
     net.wait_connected(Duration::from_secs(20)).await.unwrap();
-    let admitted: u64 = net
-        .egresses
-        .iter()
-        .filter_map(|e| e.handle.as_ref())
-        .map(|h| h.counters.borrow().sessions_admitted)
-        .sum();
-    assert_eq!(admitted, 1);
+    assert_eq!(egress_sum(&net, |c| c.sessions_admitted), 1);
     // Admitted, attested and paid for, but no packet yet: no stack.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(stacks(&net), (0, 0));
 
-    let url = format!("http://{}/", net.web);
-    let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fetch_page(&net).await;
     assert_eq!(stacks(&net).0, 1);
     // Nothing open, nothing sent: the stack stops and the session stays admitted.
     wait_stacks(&net, (1, 1)).await;
@@ -836,20 +842,12 @@ async fn egress_stacks_start_on_first_packet_and_stop_when_idle() {
     wait_stacks(&net, (2, 2)).await;
 
     // The same session, a fresh stack.
-    let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(http::PAGE_MARKER));
+    fetch_page(&net).await;
     assert_eq!(stacks(&net).0, 3);
-    let egress = net
-        .egresses
-        .iter()
-        .filter_map(|e| e.handle.as_ref())
-        .map(|h| *h.counters.borrow())
-        .fold(0, |a, c| a + c.sessions_admitted);
-    assert_eq!(egress, 1, "the client kept its one session");
+    assert_eq!(
+        egress_sum(&net, |c| c.sessions_admitted),
+        1,
+        "the client kept its one session"
+    );
     net.shutdown().await;
 }

@@ -18,6 +18,25 @@ mod netns;
 pub use capture::{any_contains, Capture, Packet};
 pub use netns::{Host, Testbed};
 
+/// Runs `command` with `input` on its standard input and collects its output (for
+/// commands that read a password from standard input).
+pub fn output_with_input(
+    command: &mut std::process::Command,
+    input: &str,
+) -> std::io::Result<std::process::Output> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes())?;
+    }
+    child.wait_with_output()
+}
+
 /// Whether this process can build testbeds (root, and `ip` present).
 pub fn available() -> bool {
     let root = std::fs::read_to_string("/proc/self/status")
