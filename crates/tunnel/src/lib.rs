@@ -10,6 +10,7 @@
 //! `gotatun` (see ARCHITECTURE.md for why); its timers read the caller's clock through
 //! [`clock`].
 
+mod buffers;
 mod clock;
 mod error;
 mod keys;
@@ -17,6 +18,7 @@ mod nested;
 mod session;
 pub mod wire;
 
+pub use buffers::{recycle, spare};
 pub use error::TunnelError;
 pub use keys::{KeyError, PublicKey, StaticSecret};
 pub use nested::{Nested, NestedEvent, INNER_PORT};

@@ -177,7 +177,7 @@ impl Session {
         out: &mut Vec<Action>,
     ) -> Result<(), TunnelError> {
         let len = datagram.len();
-        let msg = Packet::from_bytes(BytesMut::from(datagram))
+        let msg = Packet::from_bytes(crate::buffers::copy_of(datagram))
             .try_into_wg()
             .map_err(|_| TunnelError::NotWireGuard { len })?;
         self.receive(now, Incoming(msg), out)
@@ -331,7 +331,7 @@ impl Responder {
     ) -> Result<Classified, TunnelError> {
         self.clock.enter(now);
         let len = datagram.len();
-        let packet = Packet::from_bytes(BytesMut::from(datagram));
+        let packet = Packet::from_bytes(crate::buffers::copy_of(datagram));
         let msg = match self.limiter.verify_packet(from, packet) {
             Ok(msg) => msg,
             Err(TunnResult::WriteToNetwork(cookie)) => {

@@ -31,7 +31,7 @@ fn blocks() -> u64 {
 }
 
 #[test]
-fn data_packets_cost_one_allocation_each_way() {
+fn data_packets_cost_one_allocation_each_way_and_none_to_decrypt_into_spares() {
     let _profiler = dhat::Profiler::builder().testing().build();
     let now = Instant::now();
     let from: SocketAddr = "192.0.2.1:5555".parse().unwrap();
@@ -93,6 +93,38 @@ fn data_packets_cost_one_allocation_each_way() {
     }
     let decapsulate = blocks() - before;
     assert_eq!(delivered, PACKETS);
+
+    // A relay gives back what it has sent and passed on: then decryption takes no new
+    // buffer at all.
+    for d in datagrams.drain(..) {
+        tunnel::recycle(d);
+    }
+    for _ in 0..PACKETS {
+        client.encapsulate(now, &ip, &mut out);
+        datagrams.push(transmitted(&mut out));
+    }
+    let before = blocks();
+    let mut delivered = 0;
+    for d in datagrams.drain(..) {
+        let Classified::Index { msg, .. } = relay.classify(now, from, &d).unwrap() else {
+            panic!("a data message");
+        };
+        tunnel::recycle(d);
+        server.receive(now, msg, &mut out).unwrap();
+        for a in out.drain(..) {
+            if let Action::Deliver(p) = a {
+                assert_eq!(p, ip, "the packet comes out as it went in");
+                delivered += 1;
+                tunnel::recycle(p);
+            }
+        }
+    }
+    let recycled = blocks() - before;
+    assert_eq!(delivered, PACKETS);
+    assert_eq!(
+        recycled, 0,
+        "allocations for {PACKETS} decapsulations into spares"
+    );
 
     // gotatun allocates each encrypted message (upstream `format_packet_data`); the input
     // buffer comes from the pool and the message becomes the `Vec` without a copy.

@@ -182,7 +182,9 @@ async fn event_loop(
             }
         }
         socket.send_all(&sends).await;
-        sends.clear();
+        for (_, d) in sends.drain(..) {
+            tunnel::recycle(d);
+        }
         counters_tx.send_replace(merged(&table, &flows));
     }
 }

@@ -290,9 +290,10 @@ async fn event_loop(
                 TableEvent::Packet { ip, .. } => {
                     table.counters.forwarded += 1;
                     table.counters.forwarded_bytes += ip.len() as u64;
-                    let mut b = Vec::with_capacity(VIRTIO_NET_HDR_LEN + ip.len());
+                    let mut b = tunnel::spare(VIRTIO_NET_HDR_LEN + ip.len());
                     b.resize(VIRTIO_NET_HDR_LEN, 0);
                     b.extend_from_slice(&ip);
+                    tunnel::recycle(ip);
                     to_tun.push(b);
                 }
                 TableEvent::Attest(req) => attester.start(req),
@@ -300,7 +301,9 @@ async fn event_loop(
             }
         }
         socket.send_all(&sends).await;
-        sends.clear();
+        for (_, d) in sends.drain(..) {
+            tunnel::recycle(d);
+        }
         if !to_tun.is_empty() {
             // Coalesced into as few writes as the kernel takes (GRO for TCP and UDP).
             if let Err(e) = dev
@@ -309,7 +312,9 @@ async fn event_loop(
             {
                 tracing::debug!("TUN write error: {}", e.kind());
             }
-            to_tun.clear();
+            for b in to_tun.drain(..) {
+                tunnel::recycle(b);
+            }
         }
         counters_tx.send_replace(table.counters);
     }

@@ -117,12 +117,16 @@ async fn event_loop(
             }
         }
         socket.send_all(&to_clients).await;
-        to_clients.clear();
+        for (_, d) in to_clients.drain(..) {
+            tunnel::recycle(d);
+        }
         for (id, batch) in to_egress.iter_mut() {
             if let Some((s, _)) = forwards.get(id) {
                 s.send_all(batch).await;
             }
-            batch.clear();
+            for (_, d) in batch.drain(..) {
+                tunnel::recycle(d);
+            }
         }
         to_egress.retain(|id, _| forwards.contains_key(id));
         counters_tx.send_replace(*ingress.counters());
