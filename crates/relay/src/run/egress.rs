@@ -326,8 +326,8 @@ async fn relay_udp(
 ) {
     let mut sockets = UdpFlows::default();
     while let Some(d) = datagrams.recv().await {
-        let Some(token) = busy.upgrade() else { return };
         if d.dst == names::server() {
+            let Some(token) = busy.upgrade() else { return };
             let handle = handle.clone();
             tokio::spawn(async move {
                 let _busy = token;
@@ -347,6 +347,7 @@ async fn relay_udp(
         let socket = match sockets.0.entry(key) {
             Entry::Occupied(e) => e.get().0.clone(),
             Entry::Vacant(v) => {
+                let Some(token) = busy.upgrade() else { return };
                 let bind: SocketAddr = if d.dst.is_ipv4() {
                     (Ipv4Addr::UNSPECIFIED, 0).into()
                 } else {
