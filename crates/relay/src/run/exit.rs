@@ -108,7 +108,6 @@ pub async fn run_egress_tun(
         |k, socket, table, counters_tx, shutdown_rx| {
             let worker = Worker {
                 index: k,
-                of: n,
                 dev: queues[k % queues.len()].clone(),
                 handoff_in: handoff_rx[k].take(),
                 handoff_out: handoff_tx.clone(),
@@ -182,12 +181,11 @@ async fn nft(ruleset: &str) -> io::Result<()> {
 /// One worker's part of the TUN device and its way to the others.
 struct Worker {
     index: usize,
-    of: usize,
     /// This worker's queue of the TUN device.
     dev: Arc<AsyncDevice>,
     /// Replies that the kernel gave another worker's queue, for sessions of this one.
     handoff_in: Option<mpsc::Receiver<Vec<u8>>>,
-    /// Every worker's handoff queue, by index.
+    /// Every worker's handoff queue, by index (one per worker).
     handoff_out: Arc<Vec<mpsc::Sender<Vec<u8>>>>,
 }
 
@@ -207,7 +205,7 @@ impl Worker {
         if let Some(id) = table.session_for_addr(dst) {
             return table.send(now, id, ip, events);
         }
-        let owner = AddressPool::worker_of(dst, self.of);
+        let owner = AddressPool::worker_of(dst, self.handoff_out.len());
         match self.handoff_out.get(owner) {
             Some(tx) if owner != self.index => {
                 // A full queue drops, as a full NIC ring would; TCP retransmits.
