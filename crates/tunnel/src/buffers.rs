@@ -1,10 +1,22 @@
-//! Spare packet buffers, per thread: the datagrams a relay has sent and the packets it has
-//! passed on come back here, and the next datagram to decrypt is copied into one of them
-//! instead of a new allocation.
+//! Packet buffers reused per thread, so that the data path does not allocate per packet:
+//!
+//! - outgoing IP packets go into gotatun's [`PacketBufPool`] buffers, which return to the
+//!   pool when gotatun drops them after copying the packet into its message;
+//! - spares: the datagrams a relay has sent and the packets it has passed on come back
+//!   ([`recycle`]), and the next datagram to decrypt is copied into one of them.
+//!
+//! The two cannot be one pool: a pooled buffer stays shared with its pool, so handing a
+//! decrypted packet out as a `Vec` would copy it, and a spare given to gotatun for
+//! encryption would be freed, not returned.
 
 use std::cell::RefCell;
 
 use bytes::BytesMut;
+use gotatun::packet::{Packet, PacketBufPool};
+
+/// Size of the pooled buffers that carry an IP packet into gotatun: a tunnel MTU with room
+/// for padding. Larger packets take a fresh allocation.
+const POOL_BUF: usize = 2048;
 
 /// Spares kept per thread; more are freed.
 const SPARES: usize = 64;
@@ -14,7 +26,29 @@ const MIN_CAPACITY: usize = 1024;
 const MAX_CAPACITY: usize = 4096;
 
 thread_local! {
+    /// A few buffers per thread rather than one per session: an idle session holds none.
+    static POOL: PacketBufPool<POOL_BUF> = PacketBufPool::new(16);
     static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An outgoing IP packet in a pooled buffer.
+pub(crate) fn pooled(bytes: &[u8]) -> Packet {
+    if bytes.len() > POOL_BUF {
+        return Packet::from_bytes(BytesMut::from(bytes));
+    }
+    POOL.with(|pool| {
+        let mut packet = pool.get();
+        packet.truncate(bytes.len());
+        packet.copy_from_slice(bytes);
+        packet
+    })
+}
+
+/// The packet's bytes as a `Vec` without copying them to a new allocation: gotatun's
+/// messages and decrypted packets own their buffers, and `Vec::from` takes the buffer over
+/// (moving the bytes to its start when a header was cut off in front).
+pub(crate) fn into_vec(mut packet: Packet) -> Vec<u8> {
+    Vec::from(std::mem::take(packet.buf_mut()))
 }
 
 /// Gives a buffer that is no longer needed back for reuse. Any `Vec` may come back; one

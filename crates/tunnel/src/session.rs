@@ -4,15 +4,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use gotatun::noise::handshake::parse_handshake_anon;
 use gotatun::noise::index_table::IndexTable;
 use gotatun::noise::rate_limiter::RateLimiter;
 use gotatun::noise::{Tunn, TunnResult};
-use gotatun::packet::{Packet, PacketBufPool, WgKind};
+use gotatun::packet::{Packet, WgKind};
 use gotatun::tun::MtuWatcher;
 use gotatun::x25519;
 
+use crate::buffers;
 use crate::clock::SessionClock;
 use crate::{wire, PublicKey, StaticSecret, TunnelError};
 
@@ -22,37 +22,6 @@ pub const TIMER_TICK: Duration = Duration::from_millis(250);
 
 /// Handshake initiations per second that a relay answers before it demands cookies.
 const HANDSHAKE_RATE_LIMIT: u64 = 1_000;
-
-/// Size of the pooled buffers that carry an IP packet into gotatun: a tunnel MTU with room
-/// for padding. Larger packets take a fresh allocation.
-const POOL_BUF: usize = 2048;
-
-thread_local! {
-    /// gotatun copies an outgoing packet into its own message and drops the input, so a few
-    /// buffers per thread, returned on drop, save an allocation per packet without giving
-    /// every idle session a buffer of its own.
-    static POOL: PacketBufPool<POOL_BUF> = PacketBufPool::new(16);
-}
-
-/// An outgoing IP packet in a pooled buffer.
-fn pooled(bytes: &[u8]) -> Packet {
-    if bytes.len() > POOL_BUF {
-        return Packet::from_bytes(BytesMut::from(bytes));
-    }
-    POOL.with(|pool| {
-        let mut packet = pool.get();
-        packet.truncate(bytes.len());
-        packet.copy_from_slice(bytes);
-        packet
-    })
-}
-
-/// The packet's bytes as a `Vec` without copying them to a new allocation: gotatun's
-/// messages and decrypted packets own their buffers, and `Vec::from` takes the buffer over
-/// (moving the bytes to its start when a header was cut off in front).
-fn into_vec(mut packet: Packet) -> Vec<u8> {
-    Vec::from(std::mem::take(packet.buf_mut()))
-}
 
 /// What a session asks its caller to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,7 +129,7 @@ impl Session {
     /// handshake starts; it goes out once the handshake completes.
     pub fn encapsulate(&mut self, now: Instant, ip_packet: &[u8], out: &mut Vec<Action>) {
         self.clock.enter(now);
-        let packet = pooled(ip_packet);
+        let packet = buffers::pooled(ip_packet);
         if let Some(msg) = self
             .tunn
             .handle_outgoing_packet(packet, Some(&mut self.mtu))
@@ -177,7 +146,7 @@ impl Session {
         out: &mut Vec<Action>,
     ) -> Result<(), TunnelError> {
         let len = datagram.len();
-        let msg = Packet::from_bytes(crate::buffers::copy_of(datagram))
+        let msg = Packet::from_bytes(buffers::copy_of(datagram))
             .try_into_wg()
             .map_err(|_| TunnelError::NotWireGuard { len })?;
         self.receive(now, Incoming(msg), out)
@@ -208,7 +177,7 @@ impl Session {
                         return Err(TunnelError::NotIp);
                     }
                     packet.truncate(len);
-                    out.push(Action::Deliver(into_vec(packet)));
+                    out.push(Action::Deliver(buffers::into_vec(packet)));
                 }
             }
         }
@@ -260,7 +229,7 @@ impl Session {
                 out.push(Action::NewIndex(index));
             }
         }
-        out.push(Action::Transmit(into_vec(Packet::from(msg))));
+        out.push(Action::Transmit(buffers::into_vec(Packet::from(msg))));
     }
 }
 
@@ -331,11 +300,13 @@ impl Responder {
     ) -> Result<Classified, TunnelError> {
         self.clock.enter(now);
         let len = datagram.len();
-        let packet = Packet::from_bytes(crate::buffers::copy_of(datagram));
+        let packet = Packet::from_bytes(buffers::copy_of(datagram));
         let msg = match self.limiter.verify_packet(from, packet) {
             Ok(msg) => msg,
             Err(TunnResult::WriteToNetwork(cookie)) => {
-                return Ok(Classified::CookieReply(into_vec(Packet::from(cookie))))
+                return Ok(Classified::CookieReply(buffers::into_vec(Packet::from(
+                    cookie,
+                ))))
             }
             Err(TunnResult::Err(e)) => {
                 return Err(match e {
