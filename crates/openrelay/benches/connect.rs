@@ -25,17 +25,7 @@ fn main() {
     let (mut setups, mut attesting) = (Vec::new(), Vec::new());
     rt.block_on(async {
         for _ in 0..RUNS {
-            let mut net = DemoNetwork::start(DemoOptions {
-                seed: None,
-                extra_allowed: vec![],
-                unapproved: vec![],
-                try_other_relays: false,
-                accounts: false,
-                offload: relay::udp::Offload::On,
-                idle: relay::run::Idle::default(),
-            })
-            .await
-            .unwrap();
+            let mut net = DemoNetwork::start(DemoOptions::default()).await.unwrap();
             let status = net.wait_connected(Duration::from_secs(20)).await.unwrap();
             let client::run::Status::Connected {
                 setup,

@@ -18,13 +18,8 @@ async fn start() -> DemoNetwork {
 
 async fn start_with(offload: relay::udp::Offload) -> DemoNetwork {
     let mut net = DemoNetwork::start(DemoOptions {
-        seed: None,
-        extra_allowed: vec![],
-        unapproved: vec![],
-        try_other_relays: false,
-        accounts: false,
         offload,
-        idle: relay::run::Idle::default(),
+        ..DemoOptions::default()
     })
     .await
     .unwrap();
@@ -382,13 +377,8 @@ async fn names_are_resolved_at_the_egress() {
 /// for the client to give up.
 async fn refused(unapproved: &[&str]) -> (DemoNetwork, String) {
     let net = DemoNetwork::start(DemoOptions {
-        seed: None,
-        extra_allowed: vec![],
         unapproved: unapproved.iter().map(|s| s.to_string()).collect(),
-        try_other_relays: false,
-        accounts: false,
-        offload: relay::udp::Offload::On,
-        idle: relay::run::Idle::default(),
+        ..DemoOptions::default()
     })
     .await
     .unwrap();
@@ -461,12 +451,9 @@ async fn with_try_other_relays_the_client_moves_past_an_unapproved_egress() {
     for seed in 0..64 {
         let mut net = DemoNetwork::start(DemoOptions {
             seed: Some(seed),
-            extra_allowed: vec![],
             unapproved: vec!["egress-east".into()],
             try_other_relays: true,
-            accounts: false,
-            offload: relay::udp::Offload::On,
-            idle: relay::run::Idle::default(),
+            ..DemoOptions::default()
         })
         .await
         .unwrap();
@@ -492,13 +479,8 @@ async fn with_try_other_relays_the_client_moves_past_an_unapproved_egress() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_accounts_each_connection_spends_one_token_per_hop() {
     let mut net = DemoNetwork::start(DemoOptions {
-        seed: None,
-        extra_allowed: vec![],
-        unapproved: vec![],
-        try_other_relays: false,
         accounts: true,
-        offload: relay::udp::Offload::On,
-        idle: relay::run::Idle::default(),
+        ..DemoOptions::default()
     })
     .await
     .unwrap();
@@ -552,13 +534,8 @@ async fn with_accounts_each_connection_spends_one_token_per_hop() {
 
 fn with_accounts() -> DemoOptions {
     DemoOptions {
-        seed: None,
-        extra_allowed: vec![],
-        unapproved: vec![],
-        try_other_relays: false,
         accounts: true,
-        offload: relay::udp::Offload::On,
-        idle: relay::run::Idle::default(),
+        ..DemoOptions::default()
     }
 }
 
@@ -794,16 +771,11 @@ async fn slow_web(delay: Duration) -> SocketAddr {
 async fn egress_stacks_start_on_first_packet_and_stop_when_idle() {
     let slow = slow_web(Duration::from_secs(4)).await;
     let mut net = DemoNetwork::start(DemoOptions {
-        seed: None,
-        extra_allowed: vec![],
-        unapproved: vec![],
-        try_other_relays: false,
-        accounts: false,
-        offload: relay::udp::Offload::On,
         idle: relay::run::Idle {
             udp_flow: Duration::from_secs(1),
             stack: Duration::from_secs(1),
         },
+        ..DemoOptions::default()
     })
     .await
     .unwrap();

@@ -26,13 +26,8 @@ pub struct DemoArgs {
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("demo: starting a web server, two egress relays (operators east-net and west-net), an ingress (north-net) and a client on loopback");
     let mut net = DemoNetwork::start(DemoOptions {
-        seed: None,
-        extra_allowed: vec![],
-        unapproved: vec![],
-        try_other_relays: false,
         accounts: true,
-        offload: relay::udp::Offload::On,
-        idle: relay::run::Idle::default(),
+        ..DemoOptions::default()
     })
     .await?;
     println!(

@@ -104,6 +104,22 @@ pub struct DemoOptions {
     pub accounts: bool,
 }
 
+/// The demo as `openrelay demo` runs it, without accounts: any seed, nothing extra allowed,
+/// every relay approved, offloads on, the relays' default idle times.
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            seed: None,
+            extra_allowed: vec![],
+            unapproved: vec![],
+            try_other_relays: false,
+            offload: relay::udp::Offload::On,
+            accounts: false,
+            idle: relay::run::Idle::default(),
+        }
+    }
+}
+
 /// The demo account's password (a demo has no secrets; tests log in with it).
 pub const DEMO_PASSWORD: &[u8] = b"demo password, never sent to the issuer";
 
