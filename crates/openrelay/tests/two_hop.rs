@@ -40,17 +40,22 @@ fn proxy(net: &DemoNetwork) -> String {
     net.client.socks.to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn curl_fetches_a_page_through_two_hops() {
-    let net = start().await;
-    let url = format!("http://{}/", net.web);
-    let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
+/// Fetches `url` through the client's SOCKS5 proxy, checks that curl succeeded, and
+/// returns the body.
+async fn fetch(net: &DemoNetwork, url: &str) -> String {
+    let out = curl(&["--socks5-hostname", &proxy(net), url]).await;
     assert!(
         out.status.success(),
         "curl failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(http::PAGE_MARKER));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_fetches_a_page_through_two_hops() {
+    let net = start().await;
+    fetch_page(&net).await;
     // The traffic really crossed both relays.
     let ingress = *net.ingress.counters.borrow();
     assert!(ingress.forwarded > 0, "{ingress}");
@@ -349,13 +354,7 @@ async fn names_are_resolved_at_the_egress() {
     let net = start().await;
     // "localhost" resolves at the egress (to its loopback, which the demo allowlists).
     let url = format!("http://localhost:{}/", net.web.port());
-    let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(http::PAGE_MARKER));
+    assert!(fetch(&net, &url).await.contains(http::PAGE_MARKER));
     // A name that does not exist fails promptly, with the proxy's "host unreachable".
     let started = std::time::Instant::now();
     let out = curl(&[
@@ -467,9 +466,7 @@ async fn with_try_other_relays_the_client_moves_past_an_unapproved_egress() {
         assert!(status.to_string().contains("→ egress-west"), "{status}");
         assert_eq!(east.sessions_admitted, 0, "{east}");
         assert_eq!(east.forwarded, 0, "{east}");
-        let url = format!("http://{}/", net.web);
-        let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
-        assert!(out.status.success());
+        fetch(&net, &format!("http://{}/", net.web)).await;
         net.shutdown().await;
         return;
     }
@@ -494,8 +491,7 @@ async fn with_accounts_each_connection_spends_one_token_per_hop() {
     net.wait_connected(Duration::from_secs(20)).await.unwrap();
     assert_eq!(left(&stock), bought - 1);
     let url = format!("http://{}/", net.web);
-    let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
-    assert!(out.status.success());
+    fetch(&net, &url).await;
     let tokens = |net: &DemoNetwork| {
         (
             net.ingress.counters.borrow().tokens_redeemed,
@@ -522,8 +518,7 @@ async fn with_accounts_each_connection_spends_one_token_per_hop() {
     .expect("reconnected")
     .unwrap();
     assert_eq!(left(&stock), bought - 2);
-    let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
-    assert!(out.status.success());
+    fetch(&net, &url).await;
     assert_eq!(
         net.ingress.counters.borrow().tokens_redeemed,
         1,
@@ -608,14 +603,7 @@ async fn with_refill_the_client_buys_up_to_keep_while_it_fetches() {
     );
     assert_eq!(in_stock(&net), keep);
     // The connection that spent the first ticket carries a page through both hops.
-    let url = format!("http://{}/", net.web);
-    let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(http::PAGE_MARKER));
+    fetch_page(&net).await;
     assert_eq!(redeemed(&net), (1, 1), "one connection, one token per hop");
     // The issuer charged exactly two tokens per connection bought, once.
     assert_eq!(net.account_credit().await.unwrap(), before - price);
@@ -647,13 +635,7 @@ async fn without_credit_the_refill_says_why_and_the_client_keeps_working() {
         "tokens: refill failed: not enough credit (0 units); add credit, then it retries"
     );
     // The client goes on with what it has: the connection works, the one ticket left stays.
-    let url = format!("http://{}/", net.web);
-    let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fetch(&net, &format!("http://{}/", net.web)).await;
     assert!(matches!(
         *net.client.status.borrow(),
         client::run::Status::Connected { .. }
@@ -694,9 +676,7 @@ async fn a_refill_that_runs_out_of_credit_keeps_what_it_paid_for() {
     // The paid batch is in the stock, and paid once.
     assert_eq!(in_stock(&net), 2);
     assert_eq!(net.account_credit().await.unwrap(), 2);
-    let url = format!("http://{}/", net.web);
-    let out = curl(&["--socks5-hostname", &proxy(&net), &url]).await;
-    assert!(out.status.success());
+    fetch(&net, &format!("http://{}/", net.web)).await;
     net.shutdown().await;
 }
 
@@ -719,14 +699,8 @@ fn stacks(net: &DemoNetwork) -> (u64, u64) {
 
 /// Fetches the demo page through the proxy and checks that it came whole.
 async fn fetch_page(net: &DemoNetwork) {
-    let url = format!("http://{}/", net.web);
-    let out = curl(&["--socks5-hostname", &proxy(net), &url]).await;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(http::PAGE_MARKER));
+    let page = fetch(net, &format!("http://{}/", net.web)).await;
+    assert!(page.contains(http::PAGE_MARKER));
 }
 
 async fn wait_stacks(net: &DemoNetwork, want: (u64, u64)) {
