@@ -438,17 +438,23 @@ mod tests {
         }
     }
 
-    /// Writers in several threads (as the supervisor, a refill and `openrelay account
-    /// tokens` are, in one process or several) add and take at the same time: every
-    /// ticket is either still in the stock or was taken exactly once.
-    #[test]
-    fn concurrent_updates_never_lose_or_repeat_a_ticket() {
+    /// A stock file in a directory of its own (not created yet), and that directory.
+    fn stock_path() -> (std::path::PathBuf, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!(
             "openrelay-stock-test-{}-{}",
             std::process::id(),
             rand::random::<u64>()
         ));
         let path = dir.join("tokens.toml");
+        (dir, path)
+    }
+
+    /// Writers in several threads (as the supervisor, a refill and `openrelay account
+    /// tokens` are, in one process or several) add and take at the same time: every
+    /// ticket is either still in the stock or was taken exactly once.
+    #[test]
+    fn concurrent_updates_never_lose_or_repeat_a_ticket() {
+        let (dir, path) = stock_path();
         let (adders, per_adder) = (3, 20);
         let taken = std::thread::scope(|s| {
             for a in 0..adders {
@@ -497,12 +503,7 @@ mod tests {
 
     #[test]
     fn an_update_that_changes_nothing_writes_nothing() {
-        let dir = std::env::temp_dir().join(format!(
-            "openrelay-stock-test-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        let path = dir.join("tokens.toml");
+        let (dir, path) = stock_path();
         assert!(Stock::update(&path, Stock::take).unwrap().is_none());
         assert!(!path.exists());
         Stock::update(&path, |s| s.add(vec![prepaid("a")])).unwrap();
