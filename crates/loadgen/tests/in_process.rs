@@ -110,6 +110,15 @@ impl relay::evidence::EvidenceSource for SlowQuote {
     }
 }
 
+/// Sends the datagrams among `actions` to `to` (and drops the rest).
+async fn transmit(sock: &tokio::net::UdpSocket, actions: &mut Vec<tunnel::Action>, to: SocketAddr) {
+    for act in actions.drain(..) {
+        if let tunnel::Action::Transmit(d) = act {
+            sock.send_to(&d, to).await.unwrap();
+        }
+    }
+}
+
 /// One session's Attest waits two seconds for its quote; meanwhile the same worker
 /// handshakes and admits other sessions as fast as without it, and then the evidence
 /// arrives, bound to the session.
@@ -152,11 +161,7 @@ async fn a_slow_quote_does_not_hold_up_other_sessions() {
     let mut buf = vec![0u8; 2048];
     a.connect(std::time::Instant::now(), &mut actions);
     while !a.is_established() {
-        for act in actions.drain(..) {
-            if let Action::Transmit(d) = act {
-                sock.send_to(&d, egress.local_addr).await.unwrap();
-            }
-        }
+        transmit(&sock, &mut actions, egress.local_addr).await;
         let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
             .await
             .expect("a handshake response")
@@ -175,11 +180,7 @@ async fn a_slow_quote_does_not_hold_up_other_sessions() {
     .unwrap();
     a.encapsulate(std::time::Instant::now(), &ip, &mut actions);
     let asked = std::time::Instant::now();
-    for act in actions.drain(..) {
-        if let Action::Transmit(d) = act {
-            sock.send_to(&d, egress.local_addr).await.unwrap();
-        }
-    }
+    transmit(&sock, &mut actions, egress.local_addr).await;
 
     // Twenty other sessions while the quote is being made.
     let sink = Sink::start().await.unwrap();
