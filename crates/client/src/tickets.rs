@@ -130,6 +130,10 @@ pub fn current_key(
     Ok((issuer.name.clone(), key))
 }
 
+/// Connections one issuer request pays for (two tokens each). Who buys more saves each
+/// such batch before asking for the next, so a refusal midway loses nothing paid.
+pub const CONNECTIONS_PER_REQUEST: usize = MAX_BATCH / 2;
+
 /// Buys tickets for `connections` connections over routes picked from `dir` (as the
 /// client would pick them); the logged-in account pays two tokens per connection.
 /// Returns them and the credit left.

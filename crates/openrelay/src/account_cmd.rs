@@ -153,7 +153,7 @@ pub(crate) async fn run(cmd: AccountCommand) -> anyhow::Result<()> {
             let (mut bought, mut balance, mut in_stock) = (0, None, 0);
             let mut refused = None;
             while bought < connections {
-                let batch = (connections - bought).min(issuer::MAX_BATCH / 2);
+                let batch = (connections - bought).min(client::tickets::CONNECTIONS_PER_REQUEST);
                 let (prepaid, left) = match client::tickets::buy(&mut c, &dir, batch, unix).await {
                     Ok(b) => b,
                     Err(e) => {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use account::ClientError;
-use issuer::{Refusal, MAX_BATCH};
+use issuer::Refusal;
 use rand::SeedableRng;
 use tokio::sync::{watch, Notify};
 
@@ -18,10 +18,6 @@ use super::{Outcome, RefillPolicy, RefillSettings, RefillStatus};
 use crate::issuer_client::{IssuerClient, IssuerError};
 use crate::run::ClientSettings;
 use crate::tickets::{self, AccountError, Prepaid, Stock};
-
-/// Connections paid per call to the issuer: one batch of tokens, two per connection. Each
-/// paid batch is saved before the next is asked for, so a failure loses nothing paid.
-const CONNECTIONS_PER_BATCH: usize = MAX_BATCH / 2;
 
 /// Why a refill failed, and what fixes it.
 #[derive(Debug, thiserror::Error)]
@@ -290,7 +286,7 @@ async fn attempt(
     progress.credit = Some(who.credit);
     let mut bought = 0;
     while bought < need {
-        let n = CONNECTIONS_PER_BATCH.min(need - bought);
+        let n = tickets::CONNECTIONS_PER_REQUEST.min(need - bought);
         let unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
