@@ -62,6 +62,9 @@ pub trait EvidenceSource: Send + Sync {
     }
 }
 
+/// What a client is told by a relay that has no evidence source.
+pub const NO_EVIDENCE: &str = "this relay runs without TEE evidence";
+
 /// Evidence from `source`, or the reason a client is told when there is none.
 pub fn obtain(source: &dyn EvidenceSource, report_data: &[u8; 64]) -> Result<Evidence, String> {
     source

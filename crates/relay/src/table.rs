@@ -579,7 +579,7 @@ impl SessionTable {
             report_data,
         };
         let evidence = match &self.evidence {
-            None => Err("this relay runs without TEE evidence".to_string()),
+            None => Err(crate::evidence::NO_EVIDENCE.to_string()),
             Some(source) if source.is_slow() => return out.push(TableEvent::Attest(req)),
             Some(source) => crate::evidence::obtain(source.as_ref(), &report_data),
         };

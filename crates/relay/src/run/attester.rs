@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::evidence::{obtain, EvidenceSource};
+use crate::evidence::{obtain, EvidenceSource, NO_EVIDENCE};
 use crate::table::AttestRequest;
 
 /// Reports made at once per worker; more wait for a turn.
@@ -55,8 +55,7 @@ impl Attester {
                 return;
             }
             None => {
-                let none = "this relay runs without TEE evidence";
-                let _ = self.tx.send((req, Err(none.to_string())));
+                let _ = self.tx.send((req, Err(NO_EVIDENCE.to_string())));
                 return;
             }
         };
