@@ -47,6 +47,10 @@ pub struct Counters {
     pub sessions_admitted: u64,
     /// Sessions removed (expired, lifetime over).
     pub sessions_closed: u64,
+    /// Sessions put to sleep (no key left after a quiet spell; admission kept).
+    pub sessions_slept: u64,
+    /// Sessions asleep now (a level, not a total: woken and removed ones leave it).
+    pub sessions_asleep: u64,
     /// User packets carried for admitted sessions (both directions).
     pub forwarded: u64,
     /// Payload bytes carried for admitted sessions (both directions).
@@ -122,17 +126,21 @@ impl Counters {
     }
 }
 
-/// ` stacks=live/started`, only where stacks run (a userspace egress that has started one).
-struct Stacks<'a>(&'a Counters);
+/// ` asleep=now/slept` once a session has slept, and ` stacks=live/started` where stacks
+/// run (a userspace egress that has started one).
+struct Levels<'a>(&'a Counters);
 
-impl fmt::Display for Stacks<'_> {
+impl fmt::Display for Levels<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = self.0;
-        if c.stacks_started == 0 {
-            return Ok(());
+        if c.sessions_slept > 0 {
+            write!(f, " asleep={}/{}", c.sessions_asleep, c.sessions_slept)?;
         }
-        let live = c.stacks_started.saturating_sub(c.stacks_stopped);
-        write!(f, " stacks={live}/{}", c.stacks_started)
+        if c.stacks_started > 0 {
+            let live = c.stacks_started.saturating_sub(c.stacks_stopped);
+            write!(f, " stacks={live}/{}", c.stacks_started)?;
+        }
+        Ok(())
     }
 }
 
@@ -145,6 +153,8 @@ impl std::ops::AddAssign for Counters {
         self.sessions_created += o.sessions_created;
         self.sessions_admitted += o.sessions_admitted;
         self.sessions_closed += o.sessions_closed;
+        self.sessions_slept += o.sessions_slept;
+        self.sessions_asleep += o.sessions_asleep;
         self.forwarded += o.forwarded;
         self.forwarded_bytes += o.forwarded_bytes;
         self.control += o.control;
@@ -187,7 +197,7 @@ impl fmt::Display for Counters {
             self.attestations,
             self.tokens_redeemed,
             self.tokens_refused,
-            Stacks(self),
+            Levels(self),
             self.dropped(),
             self.dropped_malformed,
             self.dropped_auth,

@@ -1,6 +1,11 @@
 //! Sessions of one relay: handshakes from any client key, the control exchange, and
 //! admission. Shared by the ingress and the egress; neither role sees user traffic of a
 //! session that is not admitted.
+//!
+//! A session that has heard nothing from its client for [`KEYS_EXPIRE`] holds no usable key,
+//! only gotatun's state machine (about 19 KiB, most of it empty key slots). It goes to sleep:
+//! the state machine is dropped and the admission kept, so the client's next handshake
+//! wakes it with a fresh one and carries on with the same address, without a new token.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -8,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use control::{AdmitPolicy, Detail, Message, RefuseReason};
 use tunnel::wire::{build_udp, parse_udp};
-use tunnel::{Action, Classified, PublicKey, Responder, Session, TunnelError, TIMER_TICK};
+use tunnel::{
+    Action, Classified, PublicKey, Responder, Session, TunnelError, KEYS_EXPIRE, SESSION_EXPIRES,
+    TIMER_TICK,
+};
 
 use crate::counters::{Counters, Drop};
 use crate::pool::AddressPool;
@@ -66,7 +74,13 @@ pub struct AttestRequest {
 }
 
 struct Entry {
-    session: Session,
+    /// gotatun's state machine; `None` while the session sleeps (see the module docs).
+    /// Boxed, so that a sleeping entry is small.
+    session: Option<Box<Session>>,
+    /// The client's key for this session.
+    peer: PublicKey,
+    /// Last time the session heard from its client, or woke.
+    last_active: Instant,
     peer_addr: SocketAddr,
     admitted: Option<Admitted>,
     last_refusal: Option<Instant>,
@@ -243,7 +257,9 @@ impl SessionTable {
                     let id = SessionId(self.next_id);
                     self.next_id += 1;
                     let entry = Entry {
-                        session: self.responder.session(now, peer),
+                        session: Some(Box::new(self.responder.session(now, peer))),
+                        peer,
+                        last_active: now,
                         peer_addr: from,
                         admitted: None,
                         last_refusal: None,
@@ -266,7 +282,8 @@ impl SessionTable {
             return self.counters.drop(Drop::NoSession);
         };
         let mut actions = std::mem::take(&mut self.actions);
-        let res = entry.session.receive(now, msg, &mut actions);
+        let res =
+            wake(entry, &self.responder, now, &mut self.counters).receive(now, msg, &mut actions);
         if let Err(e) = res {
             actions.clear();
             self.actions = actions;
@@ -276,6 +293,7 @@ impl SessionTable {
         }
         // WireGuard authenticated the datagram: the peer may have roamed.
         entry.peer_addr = from;
+        entry.last_active = now;
         self.apply(now, id, &mut actions, out);
         self.actions = actions;
     }
@@ -291,12 +309,14 @@ impl SessionTable {
         self.counters.forwarded += 1;
         self.counters.forwarded_bytes += ip.len() as u64;
         let mut actions = std::mem::take(&mut self.actions);
-        entry.session.encapsulate(now, ip, &mut actions);
+        // A sleeping session has no key: the relay starts a handshake, as gotatun does when
+        // keys expired.
+        wake(entry, &self.responder, now, &mut self.counters).encapsulate(now, ip, &mut actions);
         self.apply(now, id, &mut actions, out);
         self.actions = actions;
     }
 
-    /// Runs session timers and removes expired sessions.
+    /// Runs session timers, puts sessions without keys to sleep and removes expired ones.
     pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<TableEvent>) {
         if now < self.next_sweep {
             return;
@@ -323,8 +343,16 @@ impl SessionTable {
                 continue;
             };
             let lifetime_over = entry.admitted.is_some_and(|a| now >= a.until);
+            let quiet = now.saturating_duration_since(entry.last_active);
+            let Some(session) = entry.session.as_mut() else {
+                // Asleep: over when gotatun's awake session would have expired.
+                if lifetime_over || quiet >= SESSION_EXPIRES {
+                    self.remove(id, out);
+                }
+                continue;
+            };
             let mut actions = std::mem::take(&mut self.actions);
-            let res = entry.session.handle_timeout(now, &mut actions);
+            let res = session.handle_timeout(now, &mut actions);
             if lifetime_over || res.is_err() {
                 actions.clear();
                 self.actions = actions;
@@ -333,7 +361,31 @@ impl SessionTable {
             }
             self.apply(now, id, &mut actions, out);
             self.actions = actions;
+            self.sleep_if_keyless(id, quiet);
         }
+    }
+
+    /// Drops the state machine of a session that has heard nothing for [`KEYS_EXPIRE`]
+    /// and has no current key. Its receiver indices go with it: data for them could not be
+    /// decrypted any more.
+    fn sleep_if_keyless(&mut self, id: SessionId, quiet: Duration) {
+        let Some(entry) = self.entries.get_mut(&id) else {
+            return;
+        };
+        let keyless = entry
+            .session
+            .as_ref()
+            .is_some_and(|s| s.since_handshake().is_none());
+        if quiet < KEYS_EXPIRE || !keyless {
+            return;
+        }
+        if let Some(session) = entry.session.take() {
+            for index in session.indices() {
+                self.by_index.remove(index);
+            }
+        }
+        self.counters.sessions_slept += 1;
+        self.counters.sessions_asleep += 1;
     }
 
     /// When [`SessionTable::handle_timeout`] wants to run.
@@ -345,10 +397,15 @@ impl SessionTable {
         let Some(entry) = self.entries.remove(&id) else {
             return;
         };
-        for index in entry.session.indices() {
-            self.by_index.remove(index);
+        match &entry.session {
+            Some(session) => {
+                for index in session.indices() {
+                    self.by_index.remove(index);
+                }
+            }
+            None => self.counters.sessions_asleep -= 1,
         }
-        self.by_peer.remove(&entry.session.peer());
+        self.by_peer.remove(&entry.peer);
         if let Some(a) = entry.admitted {
             self.by_addr.remove(&a.addr);
             self.pool.release(a.addr);
@@ -513,7 +570,7 @@ impl SessionTable {
         if entry.redeemed {
             return;
         }
-        let peer = entry.session.peer();
+        let peer = entry.peer;
         let verdict = match &mut self.tokens {
             // A relay without an issuer admits without tokens.
             None => Ok(false),
@@ -567,7 +624,7 @@ impl SessionTable {
             return self.reply_control(now, id, reply_to.ip(), reply_to.port(), &refusal, out);
         }
         entry.attests += 1;
-        let peer = entry.session.peer();
+        let peer = entry.peer;
         let report_data = attest::binding(
             self.responder.public_key().as_bytes(),
             peer.as_bytes(),
@@ -631,7 +688,7 @@ impl SessionTable {
             return;
         };
         let mut actions = std::mem::take(&mut self.actions);
-        entry.session.encapsulate(now, &ip, &mut actions);
+        wake(entry, &self.responder, now, &mut self.counters).encapsulate(now, &ip, &mut actions);
         self.apply(now, id, &mut actions, out);
         self.actions = actions;
     }
@@ -645,5 +702,35 @@ impl SessionTable {
             TunnelError::Authentication(_) => Drop::Auth,
             TunnelError::NoSession(_) | TunnelError::Expired => Drop::NoSession,
         });
+    }
+}
+
+/// The entry's state machine, a fresh one if the session was asleep.
+fn wake<'a>(
+    entry: &'a mut Entry,
+    responder: &Responder,
+    now: Instant,
+    counters: &mut Counters,
+) -> &'a mut Session {
+    if entry.session.is_none() {
+        counters.sessions_asleep -= 1;
+        entry.last_active = now;
+    }
+    entry
+        .session
+        .get_or_insert_with(|| Box::new(responder.session(now, entry.peer)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sleeping_entry_does_not_hold_the_state_machine_inline() {
+        assert!(
+            std::mem::size_of::<Entry>() < 512,
+            "Entry is {} bytes",
+            std::mem::size_of::<Entry>()
+        );
     }
 }

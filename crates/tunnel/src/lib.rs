@@ -22,4 +22,7 @@ pub use buffers::{recycle, spare};
 pub use error::TunnelError;
 pub use keys::{KeyError, PublicKey, StaticSecret};
 pub use nested::{Nested, NestedEvent, INNER_PORT};
-pub use session::{Action, Classified, Incoming, Responder, Session, SessionConfig, TIMER_TICK};
+pub use session::{
+    Action, Classified, Incoming, Responder, Session, SessionConfig, KEYS_EXPIRE, SESSION_EXPIRES,
+    TIMER_TICK,
+};

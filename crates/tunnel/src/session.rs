@@ -20,6 +20,14 @@ use crate::{wire, PublicKey, StaticSecret, TunnelError};
 /// about a second; a quarter of that keeps retries and keepalives on time.
 pub const TIMER_TICK: Duration = Duration::from_millis(250);
 
+/// WireGuard's Reject-After-Time: no key is used longer than this after its handshake, so a
+/// session that has heard nothing from its peer for this long holds no usable key.
+pub const KEYS_EXPIRE: Duration = Duration::from_secs(180);
+
+/// WireGuard's Reject-After-Time × 3: a session with no new handshake for this long is over
+/// (gotatun then reports it expired from [`Session::handle_timeout`]).
+pub const SESSION_EXPIRES: Duration = Duration::from_secs(540);
+
 /// Handshake initiations per second that a relay answers before it demands cookies.
 const HANDSHAKE_RATE_LIMIT: u64 = 1_000;
 
