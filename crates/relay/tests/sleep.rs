@@ -85,29 +85,29 @@ impl Pair {
     fn client_send(&mut self, ip: &[u8]) {
         let mut actions = Vec::new();
         self.client.encapsulate(self.now, ip, &mut actions);
-        self.from_client(actions);
+        self.carry_to_relay(actions);
     }
 
     /// A reply from the destination, which the relay encrypts for the client.
     fn relay_send(&mut self, ip: &[u8]) {
         let mut ev = Vec::new();
         self.table.send(self.now, self.id.unwrap(), ip, &mut ev);
-        self.from_relay(ev);
+        self.carry_to_client(ev);
     }
 
     /// Carries the client's datagrams to the relay and everything that follows, both ways.
-    fn from_client(&mut self, actions: Vec<Action>) {
+    fn carry_to_relay(&mut self, actions: Vec<Action>) {
         for a in actions {
             if let Action::Transmit(d) = a {
                 let mut ev = Vec::new();
                 self.table
                     .handle_datagram(self.now, CLIENT.parse().unwrap(), &d, &mut ev);
-                self.from_relay(ev);
+                self.carry_to_client(ev);
             }
         }
     }
 
-    fn from_relay(&mut self, ev: Vec<TableEvent>) {
+    fn carry_to_client(&mut self, ev: Vec<TableEvent>) {
         for e in ev {
             match e {
                 TableEvent::Transmit { to, datagram } => {
@@ -124,7 +124,7 @@ impl Pair {
                             a => replies.push(a),
                         }
                     }
-                    self.from_client(replies);
+                    self.carry_to_relay(replies);
                 }
                 TableEvent::Admitted { id, addr } => {
                     self.id = Some(id);
@@ -145,11 +145,11 @@ impl Pair {
             let mut actions = Vec::new();
             // The client's own session expires too (after 540 s quiet); nothing to carry then.
             if self.client.handle_timeout(self.now, &mut actions).is_ok() {
-                self.from_client(actions);
+                self.carry_to_relay(actions);
             }
             let mut ev = Vec::new();
             self.table.handle_timeout(self.now, &mut ev);
-            self.from_relay(ev);
+            self.carry_to_client(ev);
         }
     }
 }
