@@ -130,6 +130,16 @@ impl Client {
         }
     }
 
+    /// Runs the client's WireGuard timers, as an idle client's tunnel does: the keepalive
+    /// that answers `Admitted`, and handshakes the relay starts. A session that expired on
+    /// the client's side sends nothing more.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let mut actions = Vec::new();
+        if self.session.handle_timeout(now, &mut actions).is_ok() {
+            push(actions, out);
+        }
+    }
+
     /// Processes one datagram from the relay.
     pub fn receive(
         &mut self,

@@ -21,6 +21,8 @@ const COOKIE_REPLY: u8 = 3;
 const BURST: Duration = Duration::from_millis(20);
 /// Datagrams queued from the socket readers to the driver.
 const QUEUE: usize = 65_536;
+/// How often idle clients run their WireGuard timers (gotatun's resolution is a second).
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -90,8 +92,9 @@ impl Outcome {
 }
 
 /// Runs the plan until every session is admitted or has failed, or the deadline passes.
-/// The admitted sessions stay open at the relay (idle) after this returns.
-pub async fn drive(plan: &Plan) -> io::Result<Outcome> {
+/// The admitted sessions stay open at the relay (idle) after this returns; the clients
+/// stay silent unless [`Idle::keep_for`] runs them.
+pub async fn drive(plan: &Plan) -> io::Result<(Outcome, Idle<'_>)> {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(QUEUE);
     let mut sockets = Vec::new();
     let mut readers = Vec::new();
@@ -115,6 +118,7 @@ pub async fn drive(plan: &Plan) -> io::Result<Outcome> {
         gave_up: 0,
         outcome: Outcome::default(),
         out: Vec::new(),
+        sent: 0,
     };
     let start = Instant::now();
     let mut tick = tokio::time::interval(TICK);
@@ -158,10 +162,65 @@ pub async fn drive(plan: &Plan) -> io::Result<Outcome> {
     d.outcome.failed = plan.sessions - d.outcome.admitted;
     d.outcome.elapsed = last.duration_since(start);
     d.outcome.setup_latencies.sort();
-    for r in readers {
-        r.abort();
+    let outcome = std::mem::take(&mut d.outcome);
+    Ok((
+        outcome,
+        Idle {
+            driver: d,
+            rx,
+            readers,
+        },
+    ))
+}
+
+/// The clients after setup, still listening: what a relay's idle sessions have at the
+/// other end.
+pub struct Idle<'a> {
+    driver: Driver<'a>,
+    rx: mpsc::Receiver<Vec<u8>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What the clients did while idle.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IdleOutcome {
+    /// Datagrams received from the relay.
+    pub received: u64,
+    /// Datagrams the clients sent (keepalives, handshake answers).
+    pub sent: u64,
+}
+
+impl Idle<'_> {
+    /// Keeps every client's tunnel running for `period`: each answers what the relay sends
+    /// and runs its timers, as a real idle client does, so that sessions stay as a relay
+    /// would see them idle rather than vanished.
+    pub async fn keep_for(mut self, period: Duration) -> IdleOutcome {
+        let end = tokio::time::Instant::now() + period;
+        let mut tick = tokio::time::interval(IDLE_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut idle = IdleOutcome::default();
+        let sent_before = self.driver.sent;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(end) => break,
+                Some(datagram) = self.rx.recv() => {
+                    idle.received += 1;
+                    self.driver.receive(Instant::now(), &datagram).await;
+                }
+                _ = tick.tick() => self.driver.run_timers(Instant::now()).await,
+            }
+        }
+        idle.sent = self.driver.sent - sent_before;
+        idle
     }
-    Ok(d.outcome)
+}
+
+impl Drop for Idle<'_> {
+    fn drop(&mut self) {
+        for r in &self.readers {
+            r.abort();
+        }
+    }
 }
 
 struct Driver<'a> {
@@ -175,6 +234,8 @@ struct Driver<'a> {
     gave_up: usize,
     outcome: Outcome,
     out: Vec<Output>,
+    /// Datagrams sent, for [`IdleOutcome`].
+    sent: u64,
 }
 
 impl Driver<'_> {
@@ -249,6 +310,18 @@ impl Driver<'_> {
         }
     }
 
+    /// Runs every client's WireGuard timers and sends what they ask for.
+    async fn run_timers(&mut self, now: Instant) {
+        for slot in 0..self.clients.len() {
+            if let Some(client) = self.clients.get_mut(slot) {
+                client.handle_timeout(now, &mut self.out);
+            }
+            if !self.out.is_empty() {
+                self.flush(slot).await;
+            }
+        }
+    }
+
     /// Carries out what a client asked for.
     async fn flush(&mut self, slot: usize) {
         let socket = self.sockets[slot % self.sockets.len()].clone();
@@ -258,6 +331,7 @@ impl Driver<'_> {
                     self.by_index.insert(i, slot);
                 }
                 Output::Send(d) => {
+                    self.sent += 1;
                     if socket.send_to(&d, self.plan.target).await.is_err() {
                         self.outcome.send_errors += 1;
                     }

@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-pub use drive::{drive, Outcome, Plan};
+pub use drive::{drive, Idle, IdleOutcome, Outcome, Plan};
 
 /// A UDP socket that counts the datagrams the egress relays to it.
 pub struct Sink {

@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use loadgen::client::Traffic;
 use loadgen::proc::{self, Sample};
-use loadgen::{drive, Outcome, Plan, Sink};
+use loadgen::{drive, IdleOutcome, Outcome, Plan, Sink};
 use tunnel::{PublicKey, StaticSecret};
 
 /// Opens client sessions against one egress (handshake, admission, a few UDP packets, then
@@ -56,7 +56,9 @@ struct Args {
     /// Payload bytes of those packets.
     #[arg(long, default_value_t = 64)]
     payload: usize,
-    /// Seconds to wait after the last admission before measuring idle memory and CPU.
+    /// Seconds to wait after the last admission before measuring idle memory and CPU. The
+    /// clients keep their tunnels running meanwhile (keepalives, handshake answers). Past
+    /// 190 s a relay's quiet sessions have slept (dropped their WireGuard state).
     #[arg(long, default_value_t = 5)]
     settle_secs: u64,
     /// Seconds without progress before a session retries.
@@ -111,10 +113,10 @@ async fn measure(args: &Args, sink: &Sink, egress: &mut Egress, ticks: u64) -> a
         "opening {} sessions against {} (pid {}) at up to {}/s, at most {} pending, over {} sockets",
         args.sessions, egress.endpoint, egress.pid, args.rate, args.window, args.sockets
     );
-    let outcome = drive(&plan).await.context("load generation failed")?;
+    let (outcome, clients) = drive(&plan).await.context("load generation failed")?;
     let loaded = proc::sample(egress.pid, ticks)?;
     let settle = Duration::from_secs(args.settle_secs);
-    tokio::time::sleep(settle).await;
+    let clients_idle = clients.keep_for(settle).await;
     let idle = proc::sample(egress.pid, ticks)?;
     let counters = egress.counters();
     print_report(&Report {
@@ -124,6 +126,7 @@ async fn measure(args: &Args, sink: &Sink, egress: &mut Egress, ticks: u64) -> a
         loaded,
         idle,
         settle,
+        clients_idle,
         sink_received: sink.received(),
         counters,
     });
@@ -140,6 +143,7 @@ struct Report<'a> {
     loaded: Sample,
     idle: Sample,
     settle: Duration,
+    clients_idle: IdleOutcome,
     sink_received: u64,
     counters: Option<String>,
 }
@@ -191,6 +195,10 @@ fn print_report(r: &Report<'_>) {
         r.settle.as_secs(),
         per_session,
         per_session * 10_000.0 / 1024.0
+    );
+    println!(
+        "  clients idle     {} datagrams from the egress answered with {}",
+        r.clients_idle.received, r.clients_idle.sent
     );
     println!(
         "  UDP sink         {} of {} datagrams arrived",

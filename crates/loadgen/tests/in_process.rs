@@ -15,11 +15,9 @@ use tunnel::StaticSecret;
 const SESSIONS: usize = 300;
 const PACKETS: usize = 3;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_hundred_sessions_are_admitted_and_send_their_packets() {
-    let key = StaticSecret::generate();
-    // Built from a config file's text, as `openrelay relay egress` builds it: no TEE, no
-    // directory (so no tokens), 127.0.0.1 reachable for the sink.
+/// An egress with two workers, built from a config file's text as `openrelay relay egress`
+/// builds it: no TEE, no directory (so no tokens), 127.0.0.1 reachable for the sink.
+async fn start_egress(key: &StaticSecret) -> relay::run::RelayHandle {
     let config = format!(
         "private_key = \"{}\"\nlisten = \"127.0.0.1:0\"\nmax_sessions = 1000\n\
          report_interval_secs = 3600\nallow_destinations = [\"127.0.0.1/32\"]\nworkers = 2\n",
@@ -29,27 +27,44 @@ async fn three_hundred_sessions_are_admitted_and_send_their_packets() {
         .unwrap()
         .egress()
         .unwrap();
-    let egress = run_egress(settings).await.unwrap();
-    let sink = Sink::start().await.unwrap();
-    let plan = Plan {
+    run_egress(settings).await.unwrap()
+}
+
+/// `sessions` against `egress`, each sending `packets` to `sink` once admitted.
+fn plan(
+    egress: &relay::run::RelayHandle,
+    key: &StaticSecret,
+    sink: &Sink,
+    sessions: usize,
+    packets: usize,
+) -> Plan {
+    Plan {
         target: egress.local_addr,
         relay_key: key.public_key(),
-        sessions: SESSIONS,
+        sessions,
         // Sessions from 16 ports: the kernel spreads them over both workers.
         sockets: 16,
         rate: 200.0,
         window: 64,
         traffic: Traffic {
             sink: sink.addr(),
-            packets: PACKETS,
+            packets,
             payload_len: 32,
         },
         retry_after: Duration::from_secs(2),
         max_attempts: 5,
         deadline: Duration::from_secs(40),
-    };
+    }
+}
 
-    let outcome = drive(&plan).await.unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_sessions_are_admitted_and_send_their_packets() {
+    let key = StaticSecret::generate();
+    let egress = start_egress(&key).await;
+    let sink = Sink::start().await.unwrap();
+    let plan = plan(&egress, &key, &sink, SESSIONS, PACKETS);
+
+    let (outcome, _) = drive(&plan).await.unwrap();
     eprintln!(
         "admitted {} in {:?}, {} + {} retries",
         outcome.admitted, outcome.elapsed, outcome.handshake_retries, outcome.hello_retries
@@ -92,6 +107,30 @@ async fn three_hundred_sessions_are_admitted_and_send_their_packets() {
         sink.received(),
         *egress.counters.borrow()
     );
+}
+
+/// Idle clients keep their tunnels running: each answers `Admitted` with WireGuard's
+/// keepalive (10 s after the relay's last data), which the egress authenticates, and the
+/// sessions stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_answer_like_real_tunnels() {
+    const IDLE_SESSIONS: usize = 20;
+    let key = StaticSecret::generate();
+    let egress = start_egress(&key).await;
+    let sink = Sink::start().await.unwrap();
+    let plan = plan(&egress, &key, &sink, IDLE_SESSIONS, 0);
+    let (outcome, clients) = drive(&plan).await.unwrap();
+    assert_eq!(outcome.admitted, IDLE_SESSIONS, "{outcome:?}");
+    let before = *egress.counters.borrow();
+    let idle = clients.keep_for(Duration::from_secs(13)).await;
+    let after = *egress.counters.borrow();
+    assert!(idle.sent >= IDLE_SESSIONS as u64, "{idle:?}");
+    assert!(
+        after.rx_datagrams >= before.rx_datagrams + IDLE_SESSIONS as u64,
+        "the keepalives did not reach the egress: {after}"
+    );
+    assert_eq!(after.dropped(), 0, "{after}");
+    assert_eq!(after.sessions_closed, 0, "{after}");
 }
 
 /// Sim evidence that takes as long as a slow TEE quote.
@@ -200,7 +239,7 @@ async fn a_slow_quote_does_not_hold_up_other_sessions() {
         max_attempts: 3,
         deadline: Duration::from_secs(10),
     };
-    let outcome = drive(&plan).await.unwrap();
+    let (outcome, _) = drive(&plan).await.unwrap();
     assert_eq!(outcome.admitted, 20, "{outcome:?}");
     assert!(
         asked.elapsed() < QUOTE,

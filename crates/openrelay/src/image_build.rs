@@ -2,8 +2,11 @@
 //!
 //! The recipe: a fresh clone of one commit, `cargo build --release --locked -p
 //! openrelay-relay`, with the checkout's and Cargo's paths remapped to fixed names and
-//! symbols stripped, no incremental compilation. Nothing else of the machine (user, time,
-//! core count) reaches the executable, so the same commit gives the same bytes anywhere.
+//! symbols stripped, no incremental compilation, `SOURCE_DATE_EPOCH` set to the commit's
+//! time (the C allocator's `__DATE__`) and the caller's C compiler settings removed. Nothing
+//! else of the machine (user, time, core count) reaches the executable, so the same commit
+//! gives the same bytes anywhere with the same toolchain (Rust's and the C compiler's, both
+//! in the manifest).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,7 +32,7 @@ pub(crate) struct Manifest {
     pub commit: String,
     /// Git's hash of the commit's source tree.
     pub source_tree: String,
-    /// `rustc --version` and `cargo --version`.
+    /// `rustc --version`, `cargo --version` and the first line of `cc --version`.
     pub toolchain: Vec<String>,
     /// The RUSTFLAGS of the recipe (with the placeholders used for paths).
     pub rustflags: String,
@@ -104,6 +107,11 @@ pub(crate) fn prepare(
             in_checkout("cargo", &src).arg("--version"),
             "cargo --version",
         )?,
+        run(Command::new("cc").arg("--version"), "cc --version")?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
     ];
     let lock = std::fs::read_to_string(src.join("Cargo.lock")).context("cannot read Cargo.lock")?;
     let inputs = Manifest {
@@ -132,8 +140,21 @@ pub(crate) fn compile(mut inputs: Manifest, src: &Path, work: &Path) -> anyhow::
         src.display(),
         cargo_home.display()
     );
+    let epoch = run(
+        Command::new("git")
+            .arg("-C")
+            .arg(src)
+            .args(["show", "-s", "--format=%ct", "HEAD"]),
+        "git show",
+    )?;
     eprintln!("[2/4] building {BINARY} (release, --locked, paths remapped, stripped)");
-    let status = in_checkout("cargo", src)
+    let mut cargo = in_checkout("cargo", src);
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_c_build_setting) {
+            cargo.env_remove(name);
+        }
+    }
+    let status = cargo
         .args([
             "build",
             "--release",
@@ -146,6 +167,7 @@ pub(crate) fn compile(mut inputs: Manifest, src: &Path, work: &Path) -> anyhow::
         .env("CARGO_TARGET_DIR", &target)
         .env("CARGO_INCREMENTAL", "0")
         .env("RUSTFLAGS", &rustflags)
+        .env("SOURCE_DATE_EPOCH", &epoch)
         // Nothing from the caller's build settings may change the recipe.
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_BUILD_RUSTFLAGS")
@@ -165,6 +187,21 @@ pub(crate) fn compile(mut inputs: Manifest, src: &Path, work: &Path) -> anyhow::
     inputs.sim_measurement = sha256.clone();
     inputs.sha256 = sha256;
     Ok(inputs)
+}
+
+/// Environment variables the `cc` crate reads for C builds (also in `HOST_`, `TARGET_` and
+/// per-target forms), which would change the allocator's machine code.
+fn is_c_build_setting(name: &str) -> bool {
+    let base = name
+        .strip_prefix("HOST_")
+        .or_else(|| name.strip_prefix("TARGET_"))
+        .unwrap_or(name);
+    [
+        "CC", "CFLAGS", "CPPFLAGS", "CXX", "CXXFLAGS", "AR", "ARFLAGS",
+    ]
+    .iter()
+    .any(|v| base == *v || base.starts_with(&format!("{v}_")))
+        || name == "CRATE_CC_NO_DEFAULTS"
 }
 
 /// A toolchain command run in the checkout, so the commit's rust-toolchain.toml picks the
@@ -259,6 +296,32 @@ mod tests {
     fn crates_come_from_cargo_lock_with_their_checksums() {
         let lock = "version = 4\n\n[[package]]\nname = \"a\"\nversion = \"1.0.0\"\nsource = \"registry+x\"\nchecksum = \"abc\"\n\n[[package]]\nname = \"local\"\nversion = \"0.1.0\"\n";
         assert_eq!(locked_crates(lock), vec!["a 1.0.0 abc".to_string()]);
+    }
+
+    #[test]
+    fn the_callers_c_compiler_settings_are_recognised() {
+        for name in [
+            "CC",
+            "CFLAGS",
+            "HOST_CFLAGS",
+            "TARGET_CC",
+            "CFLAGS_x86_64-unknown-linux-gnu",
+            "CC_x86_64_unknown_linux_gnu",
+            "AR",
+            "CRATE_CC_NO_DEFAULTS",
+        ] {
+            assert!(is_c_build_setting(name), "{name}");
+        }
+        for name in [
+            "CARGO_HOME",
+            "PATH",
+            "CCACHE_DIR",
+            "ARCH",
+            "RUSTFLAGS",
+            "HOME",
+        ] {
+            assert!(!is_c_build_setting(name), "{name}");
+        }
     }
 
     #[test]

@@ -5,6 +5,12 @@
 
 use clap::Parser;
 
+/// mimalloc gives freed pages back to the kernel within moments. glibc's malloc kept a
+/// relay at its peak: 10,000 sleeping sessions (their state machines and stacks freed) still
+/// held all of the 370 MiB they had used awake.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// OpenRelay relay (ingress or egress). Keeps everything in RAM, writes nothing to disk,
 /// and logs only aggregate counters, never an address.
 #[derive(Debug, Parser)]

@@ -163,7 +163,10 @@ fn a_quiet_session_sleeps_and_the_clients_next_packet_wakes_it_with_its_address(
     assert_eq!(p.at_relay, vec![first]);
 
     p.advance(KEYS_EXPIRE - Duration::from_secs(5));
-    assert_eq!(p.table.counters.sessions_asleep, 0, "asleep with usable keys");
+    assert_eq!(
+        p.table.counters.sessions_asleep, 0,
+        "asleep with usable keys"
+    );
     p.advance(Duration::from_secs(10));
     assert_eq!(p.table.counters.sessions_asleep, 1);
     assert_eq!(p.table.counters.sessions_slept, 1);
