@@ -125,6 +125,7 @@ pub async fn drive(plan: &Plan) -> io::Result<(Outcome, Idle<'_>)> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last = start;
     let mut last_tick = start;
+    let mut last_timers = start;
     let mut credit = 1.0;
     while d.outcome.admitted + d.gave_up < plan.sessions {
         let now = Instant::now();
@@ -156,6 +157,12 @@ pub async fn drive(plan: &Plan) -> io::Result<(Outcome, Idle<'_>)> {
                     credit -= 1.0;
                 }
                 d.retry(now).await;
+                // Admitted clients' tunnels run meanwhile: their keepalives are due 10 s
+                // after `Admitted`, and the relay starts a handshake at 15 s without one.
+                if now.duration_since(last_timers) >= IDLE_TICK {
+                    last_timers = now;
+                    d.run_timers(now).await;
+                }
             }
         }
     }
@@ -310,11 +317,14 @@ impl Driver<'_> {
         }
     }
 
-    /// Runs every client's WireGuard timers and sends what they ask for.
+    /// Runs the WireGuard timers of every admitted client and sends what they ask for
+    /// (clients still in setup have their own retries).
     async fn run_timers(&mut self, now: Instant) {
         for slot in 0..self.clients.len() {
             if let Some(client) = self.clients.get_mut(slot) {
-                client.handle_timeout(now, &mut self.out);
+                if client.phase() == Phase::Idle {
+                    client.handle_timeout(now, &mut self.out);
+                }
             }
             if !self.out.is_empty() {
                 self.flush(slot).await;

@@ -6,6 +6,9 @@
 //! only gotatun's state machine (about 19 KiB, most of it empty key slots). It goes to sleep:
 //! the state machine is dropped and the admission kept, so the client's next handshake
 //! wakes it with a fresh one and carries on with the same address, without a new token.
+//! The fresh one has not seen the client's earlier handshakes, so a replayed initiation can
+//! wake a sleeping session (its 19 KiB again, until it sleeps) but not use it: the replayer
+//! lacks the client's private keys.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
