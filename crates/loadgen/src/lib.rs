@@ -10,7 +10,7 @@
 //! - [`Sink`]: the UDP destination that counts what arrives.
 //! - [`proc`]: CPU time and resident memory of the relay's process, from `/proc`.
 //!
-//! The `openrelay-loadgen` executable starts an `openrelay relay egress` process (or attaches
+//! The `openrelay-loadgen` executable starts an `openrelay-relay egress` process (or attaches
 //! to one) and prints handshakes per CPU-second and resident memory per idle session.
 
 pub mod client;

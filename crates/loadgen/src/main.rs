@@ -2,7 +2,7 @@
 //! reports handshakes per CPU-second of the relay and its resident memory per idle session.
 //!
 //! ```text
-//! cargo build --release -p openrelay -p openrelay-loadgen
+//! cargo build --release -p openrelay-relay -p openrelay-loadgen
 //! target/release/openrelay-loadgen --sessions 10000
 //! ```
 
@@ -27,9 +27,10 @@ struct Args {
     /// Client sessions to open.
     #[arg(long, default_value_t = 10_000)]
     sessions: usize,
-    /// The `openrelay` executable whose `relay egress` is measured.
-    #[arg(long, default_value = "target/release/openrelay")]
-    openrelay: PathBuf,
+    /// The relay executable whose `egress` is measured: `openrelay-relay` (the relay
+    /// image), or `openrelay` (its `relay` subcommand).
+    #[arg(long, default_value = "target/release/openrelay-relay")]
+    relay: PathBuf,
     /// Measure a running egress with this process id instead of starting one (needs
     /// --endpoint and --relay-key; its config must allow 127.0.0.1 destinations).
     #[arg(long, requires_all = ["endpoint", "relay_key"])]
@@ -83,7 +84,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let ticks = proc::ticks_per_sec();
     let mut egress = match (args.attach_pid, args.endpoint, &args.relay_key) {
         (Some(pid), Some(endpoint), Some(key)) => Egress::attached(pid, endpoint, key)?,
-        _ => Egress::spawn(&args.openrelay, args.sessions)?,
+        _ => Egress::spawn(&args.relay, args.sessions)?,
     };
     let result = measure(&args, &sink, &mut egress, ticks).await;
     egress.stop(args.keep);
@@ -229,13 +230,13 @@ impl Egress {
         })
     }
 
-    /// Writes a key and config to a new directory and starts `openrelay relay egress`,
+    /// Writes a key and config to a new directory and starts the relay's `egress`,
     /// waiting until it listens.
-    fn spawn(openrelay: &Path, sessions: usize) -> anyhow::Result<Self> {
-        if !openrelay.is_file() {
+    fn spawn(relay: &Path, sessions: usize) -> anyhow::Result<Self> {
+        if !relay.is_file() {
             bail!(
-                "{} not found; build it with `cargo build --release -p openrelay` or pass --openrelay",
-                openrelay.display()
+                "{} not found; build it with `cargo build --release -p openrelay-relay` or pass --relay",
+                relay.display()
             );
         }
         let dir = std::env::temp_dir().join(format!("openrelay-loadgen-{}", std::process::id()));
@@ -257,15 +258,21 @@ impl Egress {
             ),
         )?;
         let log = dir.join("egress.log");
-        let child = Command::new(openrelay)
-            .args(["relay", "egress", "--config"])
+        // `openrelay` takes the role after `relay`; `openrelay-relay` takes it first.
+        let tool = relay.file_name().is_some_and(|n| n == "openrelay");
+        let child = Command::new(relay)
+            .args(if tool {
+                &["relay", "egress", "--config"][..]
+            } else {
+                &["egress", "--config"][..]
+            })
             .arg(&config)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
-            .with_context(|| format!("cannot start {}", openrelay.display()))?;
+            .with_context(|| format!("cannot start {}", relay.display()))?;
         let mut egress = Self {
             pid: child.id(),
             endpoint,

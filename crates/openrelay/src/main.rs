@@ -67,12 +67,6 @@ enum Command {
     },
 }
 
-/// mimalloc gives freed pages back to the kernel within moments. glibc's malloc kept a
-/// relay at its peak: 10,000 sleeping sessions (their state machines and stacks freed) still
-/// held all of the 370 MiB they had used awake.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
