@@ -21,8 +21,11 @@ const COOKIE_REPLY: u8 = 3;
 const BURST: Duration = Duration::from_millis(20);
 /// Datagrams queued from the socket readers to the driver.
 const QUEUE: usize = 65_536;
-/// How often idle clients run their WireGuard timers (gotatun's resolution is a second).
-const IDLE_TICK: Duration = Duration::from_secs(1);
+/// How often the clients run their WireGuard timers, as the real client does. gotatun stamps
+/// what a session receives with the time of its last timer run, so rarer runs would date an
+/// `Admitted` back and send its keepalive at once, in bursts that overflow the relay's
+/// socket buffer.
+const TIMER_TICK: Duration = tunnel::TIMER_TICK;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -157,9 +160,9 @@ pub async fn drive(plan: &Plan) -> io::Result<(Outcome, Idle<'_>)> {
                     credit -= 1.0;
                 }
                 d.retry(now).await;
-                // Admitted clients' tunnels run meanwhile: their keepalives are due 10 s
-                // after `Admitted`, and the relay starts a handshake at 15 s without one.
-                if now.duration_since(last_timers) >= IDLE_TICK {
+                // The clients' tunnels run meanwhile: keepalives are due 10 s after
+                // `Admitted`, and the relay starts a handshake at 15 s without one.
+                if now.duration_since(last_timers) >= TIMER_TICK {
                     last_timers = now;
                     d.run_timers(now).await;
                 }
@@ -203,7 +206,7 @@ impl Idle<'_> {
     /// would see them idle rather than vanished.
     pub async fn keep_for(mut self, period: Duration) -> IdleOutcome {
         let end = tokio::time::Instant::now() + period;
-        let mut tick = tokio::time::interval(IDLE_TICK);
+        let mut tick = tokio::time::interval(TIMER_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut idle = IdleOutcome::default();
         let sent_before = self.driver.sent;
@@ -317,14 +320,11 @@ impl Driver<'_> {
         }
     }
 
-    /// Runs the WireGuard timers of every admitted client and sends what they ask for
-    /// (clients still in setup have their own retries).
+    /// Runs every client's WireGuard timers and sends what they ask for.
     async fn run_timers(&mut self, now: Instant) {
         for slot in 0..self.clients.len() {
             if let Some(client) = self.clients.get_mut(slot) {
-                if client.phase() == Phase::Idle {
-                    client.handle_timeout(now, &mut self.out);
-                }
+                client.handle_timeout(now, &mut self.out);
             }
             if !self.out.is_empty() {
                 self.flush(slot).await;

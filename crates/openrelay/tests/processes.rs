@@ -53,6 +53,14 @@ struct Proc {
     stdout: Option<mpsc::Receiver<String>>,
 }
 
+/// A test that fails must not leave its relays and issuers running.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Proc {
     fn spawn(args: &[&str]) -> Self {
         let mut child = Command::new(BIN)
@@ -87,17 +95,29 @@ impl Proc {
         }
     }
 
+    /// The first stdout line containing `needle`; on timeout the panic shows what the
+    /// process printed instead (stdout and stderr).
     fn wait_stdout(&mut self, needle: &str, timeout: Duration) -> String {
         let rx = self.stdout.as_ref().unwrap();
         let end = Instant::now() + timeout;
+        let mut seen = Vec::new();
         while let Some(left) = end.checked_duration_since(Instant::now()) {
             match rx.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
+                Ok(line) => seen.push(line),
                 Err(_) => break,
             }
         }
-        panic!("no line with {needle:?} within {timeout:?}");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let stderr = self
+            .stderr
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_or_default();
+        panic!(
+            "no line with {needle:?} within {timeout:?}\nstdout:\n{}\nstderr:\n{stderr}",
+            seen.join("\n")
+        );
     }
 
     /// SIGTERM, then the whole stderr.
