@@ -154,6 +154,16 @@ impl Pair {
     }
 }
 
+/// An admitted session whose client has said nothing since: asleep at the relay.
+fn asleep() -> Pair {
+    let mut p = Pair::new();
+    p.admit();
+    // The client answers Admitted with a keepalive after 10 s; quiet from there on.
+    p.advance(KEYS_EXPIRE + Duration::from_secs(15));
+    assert_eq!(p.table.counters.sessions_asleep, 1);
+    p
+}
+
 #[test]
 fn a_quiet_session_sleeps_and_the_clients_next_packet_wakes_it_with_its_address() {
     let mut p = Pair::new();
@@ -193,11 +203,7 @@ fn a_quiet_session_sleeps_and_the_clients_next_packet_wakes_it_with_its_address(
 
 #[test]
 fn a_reply_for_a_sleeping_session_wakes_it_from_the_relay_side() {
-    let mut p = Pair::new();
-    p.admit();
-    // The client answers Admitted with a keepalive after 10 s; quiet from there on.
-    p.advance(KEYS_EXPIRE + Duration::from_secs(15));
-    assert_eq!(p.table.counters.sessions_asleep, 1);
+    let mut p = asleep();
 
     let sent = p.relay_sent;
     let reply = build_udp(
@@ -214,11 +220,7 @@ fn a_reply_for_a_sleeping_session_wakes_it_from_the_relay_side() {
 
 #[test]
 fn a_sleeping_session_ends_when_an_awake_one_would_have_expired() {
-    let mut p = Pair::new();
-    p.admit();
-    // The client answers Admitted with a keepalive after 10 s; quiet from there on.
-    p.advance(KEYS_EXPIRE + Duration::from_secs(15));
-    assert_eq!(p.table.counters.sessions_asleep, 1);
+    let mut p = asleep();
     p.advance(tunnel::SESSION_EXPIRES - KEYS_EXPIRE);
     assert_eq!(p.closed, vec![p.id.unwrap()]);
     assert_eq!(p.table.len(), 0);
