@@ -15,19 +15,24 @@ use tunnel::StaticSecret;
 const SESSIONS: usize = 300;
 const PACKETS: usize = 3;
 
-/// An egress with two workers, built from a config file's text as `openrelay relay egress`
-/// builds it: no TEE, no directory (so no tokens), 127.0.0.1 reachable for the sink.
-async fn start_egress(key: &StaticSecret) -> relay::run::RelayHandle {
+/// Egress settings built from a config file's text as `openrelay relay egress` builds them:
+/// no TEE, no directory (so no tokens), 127.0.0.1 reachable for the sink.
+fn egress_settings(key: &StaticSecret, workers: usize) -> relay::run::EgressSettings {
     let config = format!(
         "private_key = \"{}\"\nlisten = \"127.0.0.1:0\"\nmax_sessions = 1000\n\
-         report_interval_secs = 3600\nallow_destinations = [\"127.0.0.1/32\"]\nworkers = 2\n",
+         report_interval_secs = 3600\nallow_destinations = [\"127.0.0.1/32\"]\n\
+         workers = {workers}\n",
         key.to_base64()
     );
-    let settings = RelayConfig::parse(&config, Path::new("loadgen-test.toml"))
+    RelayConfig::parse(&config, Path::new("loadgen-test.toml"))
         .unwrap()
         .egress()
-        .unwrap();
-    run_egress(settings).await.unwrap()
+        .unwrap()
+}
+
+/// An egress with two workers.
+async fn start_egress(key: &StaticSecret) -> relay::run::RelayHandle {
+    run_egress(egress_settings(key, 2)).await.unwrap()
 }
 
 /// `sessions` against `egress`, each sending `packets` to `sink` once admitted.
@@ -149,6 +154,24 @@ impl relay::evidence::EvidenceSource for SlowQuote {
     }
 }
 
+/// Receives one datagram (waiting at most `wait` for `what`) and hands it to `session`.
+async fn receive(
+    sock: &tokio::net::UdpSocket,
+    session: &mut tunnel::Session,
+    actions: &mut Vec<tunnel::Action>,
+    wait: Duration,
+    what: &str,
+) {
+    let mut buf = vec![0u8; 2048];
+    let (n, _) = tokio::time::timeout(wait, sock.recv_from(&mut buf))
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within {wait:?}"))
+        .unwrap();
+    session
+        .decapsulate(std::time::Instant::now(), &buf[..n], actions)
+        .unwrap();
+}
+
 /// Sends the datagrams among `actions` to `to` (and drops the rest).
 async fn transmit(sock: &tokio::net::UdpSocket, actions: &mut Vec<tunnel::Action>, to: SocketAddr) {
     for act in actions.drain(..) {
@@ -170,15 +193,7 @@ async fn a_slow_quote_does_not_hold_up_other_sessions() {
     const QUOTE: Duration = Duration::from_secs(2);
     let key = StaticSecret::generate();
     // One worker: a blocked event loop would hold up every session.
-    let config = format!(
-        "private_key = \"{}\"\nlisten = \"127.0.0.1:0\"\nreport_interval_secs = 3600\n\
-         allow_destinations = [\"127.0.0.1/32\"]\nworkers = 1\n",
-        key.to_base64()
-    );
-    let mut settings = RelayConfig::parse(&config, Path::new("slow-quote.toml"))
-        .unwrap()
-        .egress()
-        .unwrap();
+    let mut settings = egress_settings(&key, 1);
     let vendor = attest::SimVendor::new(ed25519_dalek::SigningKey::from_bytes(&[3; 32]));
     let vendor_key = vendor.verifying_key();
     settings.common.evidence = Some(std::sync::Arc::new(SlowQuote {
@@ -197,16 +212,11 @@ async fn a_slow_quote_does_not_hold_up_other_sessions() {
         SessionConfig::default(),
     );
     let mut actions = Vec::new();
-    let mut buf = vec![0u8; 2048];
     a.connect(std::time::Instant::now(), &mut actions);
     while !a.is_established() {
         transmit(&sock, &mut actions, egress.local_addr).await;
-        let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
-            .await
-            .expect("a handshake response")
-            .unwrap();
-        a.decapsulate(std::time::Instant::now(), &buf[..n], &mut actions)
-            .unwrap();
+        let wait = Duration::from_secs(5);
+        receive(&sock, &mut a, &mut actions, wait, "handshake response").await;
     }
     actions.clear();
     let nonce = [7u8; 32];
@@ -224,20 +234,11 @@ async fn a_slow_quote_does_not_hold_up_other_sessions() {
     // Twenty other sessions while the quote is being made.
     let sink = Sink::start().await.unwrap();
     let plan = Plan {
-        target: egress.local_addr,
-        relay_key: key.public_key(),
-        sessions: 20,
         sockets: 4,
-        rate: 200.0,
         window: 20,
-        traffic: Traffic {
-            sink: sink.addr(),
-            packets: 1,
-            payload_len: 32,
-        },
-        retry_after: Duration::from_secs(2),
         max_attempts: 3,
         deadline: Duration::from_secs(10),
+        ..plan(&egress, &key, &sink, 20, 1)
     };
     let (outcome, _) = drive(&plan).await.unwrap();
     assert_eq!(outcome.admitted, 20, "{outcome:?}");
@@ -252,12 +253,14 @@ async fn a_slow_quote_does_not_hold_up_other_sessions() {
     // Then A's evidence: made by the slow source, bound to A's keys and nonce.
     let mut parts = control::EvidenceAssembler::default();
     let evidence = 'recv: loop {
-        let (n, _) = tokio::time::timeout(Duration::from_secs(10), sock.recv_from(&mut buf))
-            .await
-            .expect("the evidence")
-            .unwrap();
-        a.decapsulate(std::time::Instant::now(), &buf[..n], &mut actions)
-            .unwrap();
+        receive(
+            &sock,
+            &mut a,
+            &mut actions,
+            Duration::from_secs(10),
+            "evidence",
+        )
+        .await;
         for act in actions.drain(..) {
             let Action::Deliver(ip) = act else { continue };
             let d = parse_udp(&ip).unwrap();
