@@ -674,8 +674,9 @@ pub fn local_mtu(outer: u16, inner: u16) -> u16 {
     outer.saturating_sub(NESTING_OVERHEAD).min(inner).max(576)
 }
 
-/// A control message as an IP packet to the relay's control address.
-pub(crate) fn control_packet(src: Ipv4Addr, msg: &Message) -> Vec<u8> {
+/// A control message as an IP packet to the relay's control address, from the client's
+/// control port at `src`.
+pub fn control_packet(src: Ipv4Addr, msg: &Message) -> Vec<u8> {
     let src = SocketAddr::V4(SocketAddrV4::new(src, CONTROL_CLIENT_PORT));
     // A control message is at most 1200 bytes, so it always fits one packet.
     build_udp(

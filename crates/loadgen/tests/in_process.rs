@@ -187,7 +187,7 @@ async fn transmit(sock: &tokio::net::UdpSocket, actions: &mut Vec<tunnel::Action
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_quote_does_not_hold_up_other_sessions() {
     use tokio::net::UdpSocket;
-    use tunnel::wire::{build_udp, parse_udp};
+    use tunnel::wire::parse_udp;
     use tunnel::{Action, Session, SessionConfig};
 
     const QUOTE: Duration = Duration::from_secs(2);
@@ -220,13 +220,8 @@ async fn a_slow_quote_does_not_hold_up_other_sessions() {
     }
     actions.clear();
     let nonce = [7u8; 32];
-    let attest = control::Message::Attest { nonce }.encode();
-    let ip = build_udp(
-        "0.0.0.0:51822".parse().unwrap(),
-        SocketAddr::V4(control::control_endpoint()),
-        &attest,
-    )
-    .unwrap();
+    let attest = control::Message::Attest { nonce };
+    let ip = client::connection::control_packet(std::net::Ipv4Addr::UNSPECIFIED, &attest);
     a.encapsulate(std::time::Instant::now(), &ip, &mut actions);
     let asked = std::time::Instant::now();
     transmit(&sock, &mut actions, egress.local_addr).await;

@@ -1,10 +1,10 @@
 //! Client, ingress and egress in memory with a simulated clock: the sans-IO cores only.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use client::connection::{ConnEvent, Connection, ConnectionError, Hop, RouteKeys};
+use client::connection::{control_packet, ConnEvent, Connection, ConnectionError, Hop, RouteKeys};
 use control::AdmitPolicy;
 use proptest::prelude::*;
 use relay::ingress::{Ingress, IngressOutput};
@@ -570,13 +570,7 @@ fn a_relay_answers_attest_with_evidence_bound_to_both_keys_and_the_nonce() {
         SessionConfig::default(),
     );
     let nonce = [0x5a; 32];
-    let attest_msg = control::Message::Attest { nonce }.encode();
-    let ip = build_udp(
-        "0.0.0.0:51822".parse().unwrap(),
-        SocketAddr::V4(control::control_endpoint()),
-        &attest_msg,
-    )
-    .unwrap();
+    let ip = control_packet(Ipv4Addr::UNSPECIFIED, &control::Message::Attest { nonce });
     let mut actions = Vec::new();
     s.encapsulate(now, &ip, &mut actions);
     let mut assembler = control::EvidenceAssembler::default();
@@ -751,12 +745,10 @@ fn attest_requests_per_session_are_capped() {
     net.start();
     assert!(net.ready);
     assert_eq!(net.ingress.counters().attestations, 1);
-    let attest = build_udp(
-        "0.0.0.0:51822".parse().unwrap(),
-        SocketAddr::V4(control::control_endpoint()),
-        &control::Message::Attest { nonce: [7; 32] }.encode(),
-    )
-    .unwrap();
+    let attest = control_packet(
+        Ipv4Addr::UNSPECIFIED,
+        &control::Message::Attest { nonce: [7; 32] },
+    );
     for _ in 0..6 {
         let mut ev = Vec::new();
         net.conn.send_outer_raw(net.now, &attest, &mut ev);

@@ -5,6 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use client::connection::control_packet;
 use control::{AdmitPolicy, Message};
 use relay::table::{SessionId, SessionTable, TableEvent};
 use tunnel::wire::{build_udp, parse_udp};
@@ -62,14 +63,8 @@ impl Pair {
 
     /// Handshake and `Hello` → `Admitted`.
     fn admit(&mut self) {
-        let hello = Message::Hello { client_version: 1 }.encode();
-        let ip = build_udp(
-            "0.0.0.0:51822".parse().unwrap(),
-            SocketAddr::V4(control::control_endpoint()),
-            &hello,
-        )
-        .unwrap();
-        self.client_send(&ip);
+        let hello = Message::Hello { client_version: 1 };
+        self.client_send(&control_packet(Ipv4Addr::UNSPECIFIED, &hello));
         let addr = self.addr.expect("the session was not admitted");
         let admitted = self.at_client.pop().expect("no Admitted reply");
         let reply = Message::decode(parse_udp(&admitted).unwrap().payload).unwrap();
