@@ -39,6 +39,20 @@ struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Run only these scenarios (repeat or separate with commas), e.g. to profile one.
+    /// The bare path always runs: the RTT columns are measured against it. The ratio
+    /// column needs wireguard-go.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Pick>,
+}
+
+/// A scenario as `--only` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Pick {
+    WireguardGo,
+    Boringtun,
+    OneHop,
+    TwoHops,
 }
 
 /// The whole result: the machine, the plan and one row per scenario.
@@ -155,14 +169,27 @@ fn run() -> Result<()> {
         .into_iter()
         .find(|p| on_path(p));
     let scenarios = [
-        (BARE, Some(Scenario::Bare)),
-        (WG_GO, Some(Scenario::WireguardGo)),
-        ("boringtun-cli 1 hop", boringtun.map(Scenario::Boringtun)),
-        ("OpenRelay 1 hop", Some(Scenario::OneHop)),
-        ("OpenRelay 2 hops", Some(Scenario::TwoHops)),
+        (BARE, None, Some(Scenario::Bare)),
+        (WG_GO, Some(Pick::WireguardGo), Some(Scenario::WireguardGo)),
+        (
+            "boringtun-cli 1 hop",
+            Some(Pick::Boringtun),
+            boringtun.map(Scenario::Boringtun),
+        ),
+        (
+            "OpenRelay 1 hop",
+            Some(Pick::OneHop),
+            Some(Scenario::OneHop),
+        ),
+        (
+            "OpenRelay 2 hops",
+            Some(Pick::TwoHops),
+            Some(Scenario::TwoHops),
+        ),
     ];
+    let picked = |p: Option<Pick>| args.only.is_empty() || p.is_none_or(|p| args.only.contains(&p));
     let mut rows = Vec::new();
-    for (name, scenario) in scenarios {
+    for (name, _, scenario) in scenarios.into_iter().filter(|(_, p, _)| picked(*p)) {
         eprintln!("{name}...");
         let (outcome, skipped) = match scenario {
             None => (

@@ -5,13 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
-use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, VIRTIO_NET_HDR_LEN};
+use tun_rs::{AsyncDevice, DeviceBuilder, VIRTIO_NET_HDR_LEN};
 use tunnel::wire::Address;
 
 /// Packets one TUN read can split into.
 const SEGMENTS: usize = 128;
-/// Packets written to the TUN device per batch.
-const WRITE_BATCH: usize = 64;
 
 use crate::run::Local;
 
@@ -72,20 +70,16 @@ impl TunLocal {
         let reader = tokio::spawn(read_tun(dev.clone(), addr_rx, to_tunnel, counters.clone()));
         let writer_dev = dev.clone();
         let writer = tokio::spawn(async move {
-            let mut gro = GROTable::default();
-            let mut batch: Vec<Vec<u8>> = Vec::new();
+            let mut batch = tunio::WriteBatch::new();
             while let Some(ip) = writer_rx.recv().await {
-                batch.push(with_header_room(&ip));
-                while batch.len() < WRITE_BATCH {
+                batch.push(&ip);
+                while !batch.is_full() {
                     let Ok(ip) = writer_rx.try_recv() else {
                         break;
                     };
-                    batch.push(with_header_room(&ip));
+                    batch.push(&ip);
                 }
-                let _ = writer_dev
-                    .send_multiple(&mut gro, &mut batch, VIRTIO_NET_HDR_LEN)
-                    .await;
-                batch.clear();
+                let _ = batch.flush(&writer_dev).await;
             }
         });
         Ok((
@@ -162,14 +156,6 @@ async fn read_tun(
             classify(packet, &addr, &to_tunnel, &counters);
         }
     }
-}
-
-/// `ip` after empty room for the virtio-net header, as `send_multiple` wants it.
-fn with_header_room(ip: &[u8]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(VIRTIO_NET_HDR_LEN + ip.len());
-    b.resize(VIRTIO_NET_HDR_LEN, 0);
-    b.extend_from_slice(ip);
-    b
 }
 
 /// Passes a packet from the host into the tunnel, if it is IPv4 from the host's tunnel

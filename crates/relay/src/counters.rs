@@ -65,6 +65,10 @@ pub struct Counters {
     pub stacks_started: u64,
     /// Userspace egress: session stacks stopped (idle, or their session closed).
     pub stacks_stopped: u64,
+    /// TUN egress: packets written to the TUN device.
+    pub tun_packets: u64,
+    /// TUN egress: writes they took (fewer when packets of a flow were coalesced).
+    pub tun_writes: u64,
     /// Tokens refused (forged, spent, for another relay or session, expired, malformed).
     pub tokens_refused: u64,
     /// Drops by reason.
@@ -126,8 +130,9 @@ impl Counters {
     }
 }
 
-/// ` asleep=now/slept` once a session has slept, and ` stacks=live/started` where stacks
-/// run (a userspace egress that has started one).
+/// ` asleep=now/slept` once a session has slept, ` stacks=live/started` where stacks run
+/// (a userspace egress that has started one) and ` tun=packets/writes` where a TUN egress
+/// has written.
 struct Levels<'a>(&'a Counters);
 
 impl fmt::Display for Levels<'_> {
@@ -139,6 +144,9 @@ impl fmt::Display for Levels<'_> {
         if c.stacks_started > 0 {
             let live = c.stacks_started.saturating_sub(c.stacks_stopped);
             write!(f, " stacks={live}/{}", c.stacks_started)?;
+        }
+        if c.tun_packets > 0 {
+            write!(f, " tun={}/{}", c.tun_packets, c.tun_writes)?;
         }
         Ok(())
     }
@@ -162,6 +170,8 @@ impl std::ops::AddAssign for Counters {
         self.tokens_redeemed += o.tokens_redeemed;
         self.stacks_started += o.stacks_started;
         self.stacks_stopped += o.stacks_stopped;
+        self.tun_packets += o.tun_packets;
+        self.tun_writes += o.tun_writes;
         self.tokens_refused += o.tokens_refused;
         self.dropped_malformed += o.dropped_malformed;
         self.dropped_auth += o.dropped_auth;

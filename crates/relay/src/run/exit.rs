@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, watch};
-use tun_rs::{AsyncDevice, DeviceBuilder, GROTable, VIRTIO_NET_HDR_LEN};
+use tun_rs::{AsyncDevice, DeviceBuilder, VIRTIO_NET_HDR_LEN};
 
 use super::{EgressSettings, RelayHandle};
 use crate::counters::{Counters, Drop};
@@ -226,6 +226,17 @@ async fn handed_over(rx: &mut Option<mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>
     }
 }
 
+/// Writes the batch, coalesced into as few writes as the kernel takes (GRO for TCP and UDP).
+async fn write_tun(dev: &AsyncDevice, batch: &mut tunio::WriteBatch, counters: &mut Counters) {
+    match batch.flush(dev).await {
+        Ok(done) => {
+            counters.tun_packets += done.packets as u64;
+            counters.tun_writes += done.writes as u64;
+        }
+        Err(e) => tracing::debug!("TUN write error: {}", e.kind()),
+    }
+}
+
 async fn event_loop(
     settings: EgressSettings,
     mut socket: crate::udp::BatchSocket,
@@ -240,9 +251,7 @@ async fn event_loop(
     let seg_len = usize::from(c.admit.mtu).max(1500) + 64;
     let mut tun_bufs: Vec<Vec<u8>> = (0..TUN_SEGMENTS).map(|_| vec![0u8; seg_len]).collect();
     let mut tun_sizes = vec![0usize; TUN_SEGMENTS];
-    // Packets for the kernel, each with room for the virtio header in front.
-    let mut to_tun: Vec<Vec<u8>> = Vec::new();
-    let mut gro = GROTable::default();
+    let mut to_tun = tunio::WriteBatch::new();
     let mut events = Vec::new();
     let mut sends: Vec<(std::net::SocketAddr, Vec<u8>)> = Vec::new();
     let dev = worker.dev.clone();
@@ -288,11 +297,11 @@ async fn event_loop(
                 TableEvent::Packet { ip, .. } => {
                     table.counters.forwarded += 1;
                     table.counters.forwarded_bytes += ip.len() as u64;
-                    let mut b = tunnel::spare(VIRTIO_NET_HDR_LEN + ip.len());
-                    b.resize(VIRTIO_NET_HDR_LEN, 0);
-                    b.extend_from_slice(&ip);
+                    to_tun.push(&ip);
                     tunnel::recycle(ip);
-                    to_tun.push(b);
+                    if to_tun.is_full() {
+                        write_tun(&dev, &mut to_tun, &mut table.counters).await;
+                    }
                 }
                 TableEvent::Attest(req) => attester.start(req),
                 TableEvent::Admitted { .. } | TableEvent::Closed { .. } => {}
@@ -303,16 +312,7 @@ async fn event_loop(
             tunnel::recycle(d);
         }
         if !to_tun.is_empty() {
-            // Coalesced into as few writes as the kernel takes (GRO for TCP and UDP).
-            if let Err(e) = dev
-                .send_multiple(&mut gro, &mut to_tun, VIRTIO_NET_HDR_LEN)
-                .await
-            {
-                tracing::debug!("TUN write error: {}", e.kind());
-            }
-            for b in to_tun.drain(..) {
-                tunnel::recycle(b);
-            }
+            write_tun(&dev, &mut to_tun, &mut table.counters).await;
         }
         counters_tx.send_replace(table.counters);
     }
