@@ -265,6 +265,8 @@ pub struct Connection {
     last_probe: Option<Instant>,
     /// User packets dropped because the connection was not ready.
     pub dropped_not_ready: u64,
+    /// What the tunnel asks for on the data path; reused so packets allocate no list.
+    events: Vec<NestedEvent>,
 }
 
 impl Connection {
@@ -313,6 +315,7 @@ impl Connection {
             unanswered_since: None,
             last_probe: None,
             dropped_not_ready: 0,
+            events: Vec::new(),
         }
     }
 
@@ -327,7 +330,7 @@ impl Connection {
         self.started_at = Some(now);
         self.attest_sent = Some(now);
         self.step_deadline = now + SETUP_TIMEOUT;
-        self.map(now, ev, out);
+        self.map(now, &mut ev, out);
     }
 
     /// Whether user traffic can flow.
@@ -342,7 +345,7 @@ impl Connection {
 
     /// One datagram from the ingress.
     pub fn receive(&mut self, now: Instant, datagram: &[u8], out: &mut Vec<ConnEvent>) {
-        let mut ev = Vec::new();
+        let mut ev = std::mem::take(&mut self.events);
         // Undecryptable datagrams (stale, forged) are ignored: WireGuard's own timers
         // notice a dead session.
         let _ = self.nested.receive(now, datagram, &mut ev);
@@ -355,7 +358,8 @@ impl Connection {
                 *up = Some(now);
             }
         }
-        self.map(now, ev, out);
+        self.map(now, &mut ev, out);
+        self.events = ev;
     }
 
     /// A user IP packet from the local stack.
@@ -368,9 +372,10 @@ impl Connection {
         if self.unanswered_since.is_none_or(answered) {
             self.unanswered_since = Some(now);
         }
-        let mut ev = Vec::new();
+        let mut ev = std::mem::take(&mut self.events);
         self.nested.send_inner(now, ip, &mut ev);
-        self.map(now, ev, out);
+        self.map(now, &mut ev, out);
+        self.events = ev;
     }
 
     /// Sends a raw IP packet inside the outer tunnel only, to the ingress itself.
@@ -380,7 +385,7 @@ impl Connection {
     pub fn send_outer_raw(&mut self, now: Instant, ip: &[u8], out: &mut Vec<ConnEvent>) {
         let mut ev = Vec::new();
         self.nested.send_outer(now, ip, &mut ev);
-        self.map(now, ev, out);
+        self.map(now, &mut ev, out);
     }
 
     /// Runs timers: WireGuard's, and the setup deadline.
@@ -390,7 +395,7 @@ impl Connection {
         }
         let mut ev = Vec::new();
         let res = self.nested.handle_timeout(now, &mut ev);
-        self.map(now, ev, out);
+        self.map(now, &mut ev, out);
         if let Err(e) = res {
             return self.fail(ConnectionError::Tunnel(e), out);
         }
@@ -452,7 +457,7 @@ impl Connection {
         let mut ev = Vec::new();
         self.nested.send_outer(now, &ip, &mut ev);
         self.nested.send_inner(now, &ip, &mut ev);
-        self.map(now, ev, out);
+        self.map(now, &mut ev, out);
     }
 
     /// A hop that has been silent for [`DEAD_AFTER`] since user traffic went out to it.
@@ -480,8 +485,8 @@ impl Connection {
         }
     }
 
-    fn map(&mut self, now: Instant, events: Vec<NestedEvent>, out: &mut Vec<ConnEvent>) {
-        for e in events {
+    fn map(&mut self, now: Instant, events: &mut Vec<NestedEvent>, out: &mut Vec<ConnEvent>) {
+        for e in events.drain(..) {
             match e {
                 NestedEvent::ToIngress(d) => out.push(ConnEvent::ToIngress(d)),
                 NestedEvent::Outer(ip) => {
@@ -522,7 +527,7 @@ impl Connection {
                     self.step_deadline = now + SETUP_TIMEOUT;
                     self.attest_sent = Some(now);
                     self.phase = Phase::InnerAttest(a);
-                    self.map(now, ev, out);
+                    self.map(now, &mut ev, out);
                     return;
                 }
                 Err(source) => return self.fail(ConnectionError::Setup { hop, source }, out),
@@ -660,7 +665,7 @@ impl Connection {
             Hop::Egress => Phase::Inner(expect),
         };
         self.step_deadline = now + SETUP_TIMEOUT;
-        self.map(now, ev, out);
+        self.map(now, &mut ev, out);
     }
 }
 

@@ -627,13 +627,18 @@ async fn connect_once(
             }
         }
         socket.send_all(&sends).await;
-        sends.clear();
+        for (_, d) in sends.drain(..) {
+            tunnel::recycle(d);
+        }
         let deadline = tokio::time::Instant::from_std(conn.poll_timeout());
         let mut received = false;
         tokio::select! {
             // ICMP errors (ingress down) surface here; the timers decide when to give up.
             r = socket.recv() => received = r.is_ok(),
-            Some(ip) = from_local.recv() => conn.send(Instant::now(), &ip, &mut events),
+            Some(ip) = from_local.recv() => {
+                conn.send(Instant::now(), &ip, &mut events);
+                tunnel::recycle(ip);
+            }
             _ = tokio::time::sleep_until(deadline) => conn.handle_timeout(Instant::now(), &mut events),
         }
         let now = Instant::now();
@@ -648,6 +653,7 @@ async fn connect_once(
                 break;
             };
             conn.send(now, &ip, &mut events);
+            tunnel::recycle(ip);
         }
     }
 }

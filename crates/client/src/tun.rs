@@ -73,11 +73,13 @@ impl TunLocal {
             let mut batch = tunio::WriteBatch::new();
             while let Some(ip) = writer_rx.recv().await {
                 batch.push(&ip);
+                tunnel::recycle(ip);
                 while !batch.is_full() {
                     let Ok(ip) = writer_rx.try_recv() else {
                         break;
                     };
                     batch.push(&ip);
+                    tunnel::recycle(ip);
                 }
                 let _ = batch.flush(&writer_dev).await;
             }
@@ -169,7 +171,11 @@ fn classify(
     let current = *addr.borrow();
     match tunnel::wire::ip_addrs(packet) {
         Some((IpAddr::V4(src), _)) if current.is_some_and(|a| a.host == src) => {
-            let mut packet = packet.to_vec();
+            let mut packet = {
+                let mut b = tunnel::spare(packet.len());
+                b.extend_from_slice(packet);
+                b
+            };
             if let Some(a) = current.filter(|a| a.host != a.tunnel) {
                 if tunnel::wire::readdress_v4(&mut packet, Address::Source, a.tunnel).is_err() {
                     counters.dropped_source.fetch_add(1, Ordering::Relaxed);

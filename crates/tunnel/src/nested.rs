@@ -3,11 +3,14 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
-use crate::wire::{self, parse_udp};
+use crate::buffers;
+use crate::wire::{self, parse_udp, UdpChecksum};
 use crate::{Action, Session, TunnelError};
 
 /// UDP port the client uses, inside the outer tunnel, for inner WireGuard datagrams.
 pub const INNER_PORT: u16 = 51820;
+/// IPv4 and UDP headers in front of an inner message.
+const UDP_HEADERS: usize = 28;
 
 /// What the nested tunnel asks its caller to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +33,12 @@ pub struct Nested {
     inner: Session,
     egress: SocketAddr,
     outer_addr: Ipv4Addr,
+    /// What the outer session asks for while sending; reused so packets allocate no list.
     scratch: Vec<Action>,
+    /// What the inner session asks for.
+    inner_scratch: Vec<Action>,
+    /// What the outer session asks for while receiving.
+    rx_scratch: Vec<Action>,
     last_outer_rx: Option<Instant>,
     last_inner_rx: Option<Instant>,
 }
@@ -45,6 +53,8 @@ impl Nested {
             egress,
             outer_addr: Ipv4Addr::UNSPECIFIED,
             scratch: Vec::new(),
+            inner_scratch: Vec::new(),
+            rx_scratch: Vec::new(),
             last_outer_rx: None,
             last_inner_rx: None,
         }
@@ -94,9 +104,10 @@ impl Nested {
 
     /// Sends an IP packet through both tunnels, to the egress and beyond.
     pub fn send_inner(&mut self, now: Instant, ip_packet: &[u8], out: &mut Vec<NestedEvent>) {
-        let mut inner_out = Vec::new();
+        let mut inner_out = std::mem::take(&mut self.inner_scratch);
         self.inner.encapsulate(now, ip_packet, &mut inner_out);
-        self.carry_inner(now, inner_out, out);
+        self.carry_inner(now, &mut inner_out, out);
+        self.inner_scratch = inner_out;
     }
 
     /// Processes one datagram from the ingress.
@@ -106,18 +117,19 @@ impl Nested {
         datagram: &[u8],
         out: &mut Vec<NestedEvent>,
     ) -> Result<(), TunnelError> {
-        let mut outer_out = Vec::new();
+        let mut outer_out = std::mem::take(&mut self.rx_scratch);
         let mut res = self.outer.decapsulate(now, datagram, &mut outer_out);
         if res.is_ok() {
             self.last_outer_rx = Some(now);
         }
-        for action in outer_out {
+        for action in outer_out.drain(..) {
             match action {
                 Action::Transmit(d) => out.push(NestedEvent::ToIngress(d)),
                 Action::Deliver(ip) => res = res.and(self.demux_outer(now, ip, out)),
                 Action::NewIndex(_) => {}
             }
         }
+        self.rx_scratch = outer_out;
         res
     }
 
@@ -129,9 +141,10 @@ impl Nested {
     ) -> Result<(), TunnelError> {
         let outer = self.outer.handle_timeout(now, &mut self.scratch);
         self.flush_outer(out);
-        let mut inner_out = Vec::new();
+        let mut inner_out = std::mem::take(&mut self.inner_scratch);
         let inner = self.inner.handle_timeout(now, &mut inner_out);
-        self.carry_inner(now, inner_out, out);
+        self.carry_inner(now, &mut inner_out, out);
+        self.inner_scratch = inner_out;
         outer.and(inner)
     }
 
@@ -153,24 +166,33 @@ impl Nested {
                 return Ok(());
             }
         };
-        let mut inner_out = Vec::new();
+        let mut inner_out = std::mem::take(&mut self.inner_scratch);
         let res = self.inner.decapsulate(now, payload, &mut inner_out);
+        buffers::recycle(ip);
         if res.is_ok() {
             self.last_inner_rx = Some(now);
         }
-        self.carry_inner(now, inner_out, out);
+        self.carry_inner(now, &mut inner_out, out);
+        self.inner_scratch = inner_out;
         res
     }
 
-    fn carry_inner(&mut self, now: Instant, actions: Vec<Action>, out: &mut Vec<NestedEvent>) {
+    fn carry_inner(&mut self, now: Instant, actions: &mut Vec<Action>, out: &mut Vec<NestedEvent>) {
         let src = SocketAddr::V4(SocketAddrV4::new(self.outer_addr, INNER_PORT));
-        for action in actions {
+        for action in actions.drain(..) {
             match action {
                 Action::Transmit(msg) => {
                     // Inner messages are at most MTU-sized, so they always fit one datagram.
-                    if let Ok(ip) = wire::build_udp(src, self.egress, &msg) {
+                    // Its UDP checksum is left out: the outer tunnel authenticates it, and
+                    // the egress the message inside.
+                    let mut ip = buffers::spare(UDP_HEADERS + msg.len());
+                    if wire::build_udp_into(src, self.egress, &msg, UdpChecksum::Omit, &mut ip)
+                        .is_ok()
+                    {
                         self.outer.encapsulate(now, &ip, &mut self.scratch);
                     }
+                    buffers::recycle(ip);
+                    buffers::recycle(msg);
                 }
                 Action::Deliver(ip) => out.push(NestedEvent::Inner(ip)),
                 Action::NewIndex(_) => {}

@@ -164,12 +164,39 @@ pub fn readdress_v4(packet: &mut [u8], which: Address, to: Ipv4Addr) -> Result<(
 
 /// Builds an IP packet carrying one UDP datagram, with checksums filled in.
 pub fn build_udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Result<Vec<u8>, WireError> {
+    let mut buf = Vec::new();
+    build_udp_into(src, dst, payload, UdpChecksum::Compute, &mut buf)?;
+    Ok(buf)
+}
+
+/// Whether [`build_udp_into`] computes the UDP checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpChecksum {
+    /// Computed over the whole datagram.
+    Compute,
+    /// Left at zero, "none computed" (RFC 768), for datagrams that travel only inside a
+    /// tunnel whose AEAD already protects them: it saves a pass over every byte at each
+    /// end. IPv4 only; IPv6 requires a checksum and gets one.
+    Omit,
+}
+
+/// Like [`build_udp`], into `buf` (replacing what it held), so a caller can reuse buffers.
+pub fn build_udp_into(
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+    checksum: UdpChecksum,
+    buf: &mut Vec<u8>,
+) -> Result<(), WireError> {
     let udp = UdpRepr {
         src_port: src.port(),
         dst_port: dst.port(),
     };
     let udp_len = udp.header_len() + payload.len();
-    let caps = ChecksumCapabilities::default();
+    let mut caps = ChecksumCapabilities::default();
+    if checksum == UdpChecksum::Omit && src.is_ipv4() {
+        caps.udp = smoltcp::phy::Checksum::None;
+    }
     if src.is_ipv4() != dst.is_ipv4() {
         return Err(WireError::MixedFamilies);
     }
@@ -190,7 +217,8 @@ pub fn build_udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Result<Vec
     if counted > usize::from(u16::MAX) {
         return Err(WireError::TooLarge(payload.len()));
     }
-    let mut buf = vec![0u8; ip_header_len + udp_len];
+    buf.clear();
+    buf.resize(ip_header_len + udp_len, 0);
     ip.emit(&mut buf[..], &caps);
     let (_, udp_buf) = buf.split_at_mut(ip_header_len);
     udp.emit(
@@ -201,7 +229,7 @@ pub fn build_udp(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Result<Vec
         |p| p.copy_from_slice(payload),
         &caps,
     );
-    Ok(buf)
+    Ok(())
 }
 
 /// The length an IP packet declares, so padding added by WireGuard can be cut off.
@@ -249,6 +277,31 @@ mod tests {
             assert_eq!(ip_len(&pkt), Some(pkt.len()));
             assert_eq!(ip_addrs(&pkt), Some((src.ip(), dst.ip())));
         }
+    }
+
+    #[test]
+    fn an_omitted_checksum_is_zero_on_ipv4_and_accepted() {
+        let (src, dst): (SocketAddr, SocketAddr) = (
+            "100.64.0.2:51820".parse().unwrap(),
+            "192.0.2.7:51820".parse().unwrap(),
+        );
+        let mut pkt = vec![1u8; 3];
+        build_udp_into(src, dst, b"inner message", UdpChecksum::Omit, &mut pkt).unwrap();
+        assert_eq!(&pkt[26..28], [0, 0], "the UDP checksum field");
+        assert_eq!(pkt, {
+            let mut full = build_udp(src, dst, b"inner message").unwrap();
+            full[26..28].copy_from_slice(&[0, 0]);
+            full
+        });
+        let d = parse_udp(&pkt).unwrap();
+        assert_eq!((d.src, d.dst, d.payload), (src, dst, &b"inner message"[..]));
+        // IPv6 requires the checksum, so it is computed anyway.
+        let (src6, dst6): (SocketAddr, SocketAddr) = (
+            "[fd00::2]:1".parse().unwrap(),
+            "[fd00::1]:2".parse().unwrap(),
+        );
+        build_udp_into(src6, dst6, b"x", UdpChecksum::Omit, &mut pkt).unwrap();
+        assert_eq!(pkt, build_udp(src6, dst6, b"x").unwrap());
     }
 
     #[test]
