@@ -6,6 +6,8 @@
 //! takes in a single write and treats as one unit all the way to the receiving socket. It
 //! merges only into a buffer with room for the whole 64 KiB result, so the buffers here are
 //! that large and reused: a buffer sized for one packet silently gets one write per packet.
+//! A batch holds at most [`IDEAL_BATCH_SIZE`] of them (the caller flushes when
+//! [`WriteBatch::is_full`]), so once traffic has filled them it keeps up to 8 MiB resident.
 
 use std::io;
 
