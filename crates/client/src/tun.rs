@@ -81,7 +81,7 @@ impl TunLocal {
                     batch.push(&ip);
                     tunnel::recycle(ip);
                 }
-                let _ = batch.flush(&writer_dev).await;
+                let _ = batch.flush(&writer_dev);
             }
         });
         Ok((

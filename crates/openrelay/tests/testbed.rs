@@ -1092,6 +1092,78 @@ fn tcp_and_udp_through_a_tun_egress_without_offloads_are_byte_exact_and_in_order
     );
 }
 
+/// A TUN egress whose device goes down drops what it would write there, counts it
+/// (`tun_refused`), carries traffic again once the device is back, and stops when told to
+/// while the device is down.
+#[test]
+fn a_tun_egress_whose_device_goes_down_drops_and_keeps_running() {
+    if !require_root() {
+        return;
+    }
+    let bed = Testbed::new().unwrap();
+    let s = Setup::new(&bed, "tun-down");
+    let dest = bed.dest.addr.to_string();
+    start_web(&bed, &s, &dest);
+    let egress_log = s.path("egress.log");
+    let egress = bed
+        .spawn(
+            &bed.egress,
+            &[
+                BIN,
+                "relay",
+                "egress",
+                "--config",
+                &s.path("egress-tun.toml"),
+            ],
+            Stdio::null(),
+            Stdio::from(std::fs::File::create(&egress_log).unwrap()),
+        )
+        .unwrap();
+    wait_listening(&bed, &bed.egress);
+    start_ingress(&bed, &s);
+    let (client, _lines) = start_whole_host_client(&bed, &s);
+    let page = format!("http://{dest}/page.html");
+    assert!(direct_curl(&bed, &[&page]).status.success());
+
+    bed.exec(&bed.egress.ns, &["ip", "link", "set", "orexit0", "down"])
+        .unwrap();
+    let out = direct_curl(&bed, &["--max-time", "3", &page]);
+    assert!(
+        !out.status.success(),
+        "a page came through a TUN device that is down"
+    );
+    bed.exec(&bed.egress.ns, &["ip", "link", "set", "orexit0", "up"])
+        .unwrap();
+    // The worker kept running: the page comes through again once the device is back (its
+    // routes went with it, so they are put back first), and the egress stops on SIGTERM.
+    bed.exec(
+        &bed.egress.ns,
+        &["ip", "route", "replace", "100.64.0.0/10", "dev", "orexit0"],
+    )
+    .unwrap();
+    assert!(
+        direct_curl(&bed, &[&page]).status.success(),
+        "the egress did not carry traffic after its device came back"
+    );
+    // Down again, with packets for it: the egress still stops when told to.
+    bed.exec(&bed.egress.ns, &["ip", "link", "set", "orexit0", "down"])
+        .unwrap();
+    let _ = direct_curl(&bed, &["--max-time", "2", &page]);
+    signal(egress, "-TERM");
+    wait_gone(egress);
+    signal(client, "-TERM");
+    wait_gone(client);
+    let log = std::fs::read_to_string(&egress_log).unwrap();
+    let refused: u64 = log
+        .lines()
+        .rev()
+        .find_map(|l| l.split(" tun_refused=").nth(1))
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    assert!(refused > 0, "no refused TUN write was counted:\n{log}");
+}
+
 /// The token issuer on the destination host, reachable from the client host only before
 /// the kill switch is up.
 fn start_issuer(bed: &Testbed, s: &Setup) -> u32 {

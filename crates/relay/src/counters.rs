@@ -69,6 +69,8 @@ pub struct Counters {
     pub tun_packets: u64,
     /// TUN egress: writes they took (fewer when packets of a flow were coalesced).
     pub tun_writes: u64,
+    /// TUN egress: packets in batches the kernel refused (the device is down, say).
+    pub tun_refused: u64,
     /// Tokens refused (forged, spent, for another relay or session, expired, malformed).
     pub tokens_refused: u64,
     /// Drops by reason.
@@ -131,8 +133,8 @@ impl Counters {
 }
 
 /// ` asleep=now/slept` once a session has slept, ` stacks=live/started` where stacks run
-/// (a userspace egress that has started one) and ` tun=packets/writes` where a TUN egress
-/// has written.
+/// (a userspace egress that has started one), ` tun=packets/writes` where a TUN egress
+/// has written and ` tun_refused=packets` where the kernel refused some.
 struct Levels<'a>(&'a Counters);
 
 impl fmt::Display for Levels<'_> {
@@ -147,6 +149,9 @@ impl fmt::Display for Levels<'_> {
         }
         if c.tun_packets > 0 {
             write!(f, " tun={}/{}", c.tun_packets, c.tun_writes)?;
+        }
+        if c.tun_refused > 0 {
+            write!(f, " tun_refused={}", c.tun_refused)?;
         }
         Ok(())
     }
@@ -172,6 +177,7 @@ impl std::ops::AddAssign for Counters {
         self.stacks_stopped += o.stacks_stopped;
         self.tun_packets += o.tun_packets;
         self.tun_writes += o.tun_writes;
+        self.tun_refused += o.tun_refused;
         self.tokens_refused += o.tokens_refused;
         self.dropped_malformed += o.dropped_malformed;
         self.dropped_auth += o.dropped_auth;

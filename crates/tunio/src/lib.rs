@@ -11,7 +11,7 @@
 
 use std::io;
 
-use tun_rs::{AsyncDevice, GROTable, VirtioNetHdr, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tun_rs::{DeviceImpl, GROTable, VirtioNetHdr, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 /// Room a buffer needs so that `tun-rs` merges into it: the largest coalesced packet plus
 /// the header, which its check counts twice.
@@ -84,7 +84,13 @@ impl WriteBatch {
     /// Writes every queued packet, coalesced where the device has the virtio-net header,
     /// and empties the batch (also on error: a packet the kernel refused is dropped, as a
     /// full NIC ring would drop it).
-    pub async fn flush(&mut self, dev: &AsyncDevice) -> io::Result<Flushed> {
+    ///
+    /// It never waits, so it takes the device as a plain one (an `AsyncDevice` derefs to
+    /// it): a TUN write does not block, and a device that is down refuses at once. The
+    /// async write waits for the device to be writable instead, and a device that was
+    /// down when it was first written to never became so: the test
+    /// `a_write_the_kernel_refuses_is_an_error_and_the_batch_is_emptied` hung with it.
+    pub fn flush(&mut self, dev: &DeviceImpl) -> io::Result<Flushed> {
         let packets = self.len;
         self.len = 0;
         let Some(queued) = self.bufs.get_mut(..packets) else {
@@ -93,8 +99,7 @@ impl WriteBatch {
         if queued.is_empty() {
             return Ok(Flushed::default());
         }
-        dev.send_multiple(&mut self.gro, queued, VIRTIO_NET_HDR_LEN)
-            .await?;
+        dev.send_multiple(&mut self.gro, queued, VIRTIO_NET_HDR_LEN)?;
         Ok(Flushed {
             packets,
             writes: packets - queued.iter().map(|b| merged_into(b)).sum::<usize>(),

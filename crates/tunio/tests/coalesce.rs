@@ -110,7 +110,7 @@ impl Flow {
         };
         let mut batch = WriteBatch::new();
         batch.push(&flow.packet(TcpControl::Syn, flow.seq, b""));
-        batch.flush(dev).await.unwrap();
+        batch.flush(dev).unwrap();
         let mut buf = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
         loop {
             let n = dev.recv(&mut buf).await.unwrap();
@@ -132,7 +132,7 @@ impl Flow {
         }
         flow.seq += 1;
         batch.push(&flow.packet(TcpControl::None, flow.seq, b""));
-        batch.flush(dev).await.unwrap();
+        batch.flush(dev).unwrap();
         flow
     }
 
@@ -175,7 +175,7 @@ async fn send_interleaved(dev: AsyncDevice, flows: u16) -> Flushed {
         }
     }
     assert_eq!(batch.len(), SEGMENTS * usize::from(flows));
-    let flushed = batch.flush(&dev).await.unwrap();
+    let flushed = batch.flush(&dev).unwrap();
     assert!(batch.is_empty());
     for (port, mut socket) in sockets {
         let mut got = vec![0u8; SEGMENTS * SEGMENT];
@@ -221,6 +221,37 @@ fn without_the_virtio_header_every_packet_is_its_own_write_and_arrives_byte_exac
             Flushed {
                 packets: 2 * SEGMENTS,
                 writes: 2 * SEGMENTS
+            }
+        );
+    });
+}
+
+#[test]
+fn a_write_the_kernel_refuses_is_an_error_and_the_batch_is_emptied() {
+    if !root() {
+        return;
+    }
+    in_netns(true, |dev| async move {
+        let flow = Flow {
+            port: 40_000,
+            seq: 1,
+            ack: 1,
+        };
+        dev.enabled(false).unwrap();
+        let mut batch = WriteBatch::new();
+        batch.push(&flow.segment(0));
+        assert!(
+            batch.flush(&dev).is_err(),
+            "a TUN device that is down took a write"
+        );
+        assert!(batch.is_empty());
+        dev.enabled(true).unwrap();
+        batch.push(&flow.segment(0));
+        assert_eq!(
+            batch.flush(&dev).unwrap(),
+            Flushed {
+                packets: 1,
+                writes: 1
             }
         );
     });

@@ -227,13 +227,18 @@ async fn handed_over(rx: &mut Option<mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>
 }
 
 /// Writes the batch, coalesced into as few writes as the kernel takes (GRO for TCP and UDP).
-async fn write_tun(dev: &AsyncDevice, batch: &mut tunio::WriteBatch, counters: &mut Counters) {
-    match batch.flush(dev).await {
+/// Never waits: a device that is down refuses at once, and its packets are dropped.
+fn write_tun(dev: &AsyncDevice, batch: &mut tunio::WriteBatch, counters: &mut Counters) {
+    let queued = batch.len() as u64;
+    match batch.flush(dev) {
         Ok(done) => {
             counters.tun_packets += done.packets as u64;
             counters.tun_writes += done.writes as u64;
         }
-        Err(e) => tracing::debug!("TUN write error: {}", e.kind()),
+        Err(e) => {
+            counters.tun_refused += queued;
+            tracing::debug!("TUN write error: {}", e.kind());
+        }
     }
 }
 
@@ -300,7 +305,7 @@ async fn event_loop(
                     to_tun.push(&ip);
                     tunnel::recycle(ip);
                     if to_tun.is_full() {
-                        write_tun(&dev, &mut to_tun, &mut table.counters).await;
+                        write_tun(&dev, &mut to_tun, &mut table.counters);
                     }
                 }
                 TableEvent::Attest(req) => attester.start(req),
@@ -312,7 +317,7 @@ async fn event_loop(
             tunnel::recycle(d);
         }
         if !to_tun.is_empty() {
-            write_tun(&dev, &mut to_tun, &mut table.counters).await;
+            write_tun(&dev, &mut to_tun, &mut table.counters);
         }
         counters_tx.send_replace(table.counters);
     }
