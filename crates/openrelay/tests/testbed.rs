@@ -167,6 +167,16 @@ fn start_egress(bed: &Testbed, s: &Setup, config: &str) -> u32 {
     pid
 }
 
+/// The egress with its log in a file (for its final counters), and that file.
+fn start_egress_logged(bed: &Testbed, s: &Setup, config: &str) -> (u32, String) {
+    let log = s.path("egress.log");
+    let args = [BIN, "relay", "egress", "--config", &s.path(config)];
+    let out = Stdio::from(std::fs::File::create(&log).unwrap());
+    let pid = bed.spawn(&bed.egress, &args, Stdio::null(), out).unwrap();
+    wait_listening(bed, &bed.egress);
+    (pid, log)
+}
+
 /// Waits until a relay on `host` has bound its UDP port (it measures itself first).
 fn wait_listening(bed: &Testbed, host: &Host) {
     wait_for("the relay's UDP port", Duration::from_secs(20), || {
@@ -1012,16 +1022,7 @@ fn tun_path_is_byte_exact(egress_config: &str, name: &str) -> Option<(u64, u64)>
         Stdio::inherit(),
     )
     .unwrap();
-    let egress_log = s.path("egress.log");
-    let egress = bed
-        .spawn(
-            &bed.egress,
-            &[BIN, "relay", "egress", "--config", &s.path(egress_config)],
-            Stdio::null(),
-            Stdio::from(std::fs::File::create(&egress_log).unwrap()),
-        )
-        .unwrap();
-    wait_listening(&bed, &bed.egress);
+    let (egress, egress_log) = start_egress_logged(&bed, &s, egress_config);
     start_ingress(&bed, &s);
     let (client, _lines) = start_whole_host_client(&bed, &s);
 
@@ -1104,22 +1105,7 @@ fn a_tun_egress_whose_device_goes_down_drops_and_keeps_running() {
     let s = Setup::new(&bed, "tun-down");
     let dest = bed.dest.addr.to_string();
     start_web(&bed, &s, &dest);
-    let egress_log = s.path("egress.log");
-    let egress = bed
-        .spawn(
-            &bed.egress,
-            &[
-                BIN,
-                "relay",
-                "egress",
-                "--config",
-                &s.path("egress-tun.toml"),
-            ],
-            Stdio::null(),
-            Stdio::from(std::fs::File::create(&egress_log).unwrap()),
-        )
-        .unwrap();
-    wait_listening(&bed, &bed.egress);
+    let (egress, egress_log) = start_egress_logged(&bed, &s, "egress-tun.toml");
     start_ingress(&bed, &s);
     let (client, _lines) = start_whole_host_client(&bed, &s);
     let page = format!("http://{dest}/page.html");
