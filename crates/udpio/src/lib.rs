@@ -93,6 +93,14 @@ impl BatchSocket {
         Self::new(UdpSocket::from_std(s.into())?, offload)
     }
 
+    /// The same socket, registered with the tokio runtime this is called on instead of the
+    /// one it was made on: a worker thread with a runtime of its own takes over a socket
+    /// bound by the main runtime, so that its readiness does not pass through another thread.
+    pub fn register_here(self) -> io::Result<Self> {
+        let io = UdpSocket::from_std(self.io.into_std()?)?;
+        Ok(Self { io, ..self })
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.io.local_addr()

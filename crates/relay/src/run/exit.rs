@@ -102,6 +102,7 @@ pub async fn run_egress_tun(
     let mut handoff_rx: Vec<_> = handoff_rx.into_iter().map(Some).collect();
     let mut handle = super::spawn_workers(
         "egress",
+        super::Placement::Shared,
         local_addr,
         c.report_interval,
         shards,

@@ -23,6 +23,35 @@ pub(crate) fn count(configured: usize) -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
+/// Runs `run` on a new thread, in a single-threaded runtime of its own, and returns a task
+/// of the calling runtime that ends when `run` has ended and that runtime has dropped the
+/// tasks `run` spawned. A worker that cannot get a thread or a runtime logs why and ends at
+/// once (the relay then stops, as when any worker stops).
+pub(crate) fn spawn_thread<Fut>(name: String, run: Fut) -> JoinHandle<()>
+where
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    let started = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(run),
+                Err(e) => tracing::error!("worker {name} cannot start its runtime: {e}"),
+            }
+            let _ = done_tx.send(());
+        });
+    if let Err(e) = started {
+        tracing::error!("cannot start a worker thread: {e}");
+    }
+    tokio::spawn(async move {
+        let _ = done_rx.await;
+    })
+}
+
 /// One running copy of the event loop.
 pub(crate) struct Worker {
     pub(crate) counters: watch::Receiver<Counters>,
