@@ -6,6 +6,7 @@
 //! one datagram per call where the kernel lacks a feature; [`Offload::Off`] forces that
 //! path (for tests, and for kernels whose offloads misbehave).
 
+use std::cell::RefCell;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 
@@ -28,14 +29,92 @@ pub enum Offload {
     Off,
 }
 
+/// Buffers for one batch of receives and what the last batch put in them.
+struct RecvBufs {
+    bufs: Vec<Vec<u8>>,
+    meta: Vec<RecvMeta>,
+    filled: usize,
+}
+
+thread_local! {
+    /// Buffers that the sockets of one thread use for [`BatchSocket::recv_each`], which
+    /// hands a batch on before it returns: a socket per session then holds none of its
+    /// own (each would be 2 MiB).
+    static SHARED: RefCell<RecvBufs> = RefCell::new(RecvBufs::new());
+}
+
+impl RecvBufs {
+    fn new() -> Self {
+        Self {
+            bufs: (0..BATCH_SIZE).map(|_| vec![0; BUF_LEN]).collect(),
+            meta: vec![RecvMeta::default(); BATCH_SIZE],
+            filled: 0,
+        }
+    }
+
+    /// One receive system call, if the socket has datagrams (`WouldBlock` if not).
+    fn receive(&mut self, io: &UdpSocket, state: Option<&UdpSocketState>) -> io::Result<()> {
+        self.filled = 0;
+        match state {
+            Some(state) => {
+                let mut slices: Vec<IoSliceMut<'_>> =
+                    self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                self.filled = state.recv(io.into(), &mut slices, &mut self.meta)?;
+            }
+            None => {
+                let (Some(buf), Some(m)) = (self.bufs.first_mut(), self.meta.first_mut()) else {
+                    return Ok(());
+                };
+                let (n, from) = io.try_recv_from(buf)?;
+                m.addr = from;
+                m.len = n;
+                m.stride = n;
+                self.filled = 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives of the last batch that the kernel coalesced.
+    fn coalesced(&self) -> u64 {
+        self.meta
+            .iter()
+            .take(self.filled)
+            .filter(|m| m.stride > 0 && m.len > m.stride)
+            .count() as u64
+    }
+
+    /// The last batch's datagrams, in arrival order, coalesced ones split again.
+    fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+        self.meta
+            .iter()
+            .zip(&self.bufs)
+            .take(self.filled)
+            .flat_map(|(m, b)| {
+                let data = b.get(..m.len).unwrap_or_default();
+                let stride = if m.stride == 0 {
+                    data.len().max(1)
+                } else {
+                    m.stride
+                };
+                // An empty datagram is still one datagram (relays count it as malformed).
+                let count = data.len().div_ceil(stride).max(1);
+                (0..count).map(move |i| {
+                    let end = ((i + 1) * stride).min(data.len());
+                    (m.addr, data.get(i * stride..end).unwrap_or_default())
+                })
+            })
+    }
+}
+
 /// A UDP socket with batched receive and segmented send.
 pub struct BatchSocket {
     io: UdpSocket,
     /// `None`: offloads off, plain calls.
     state: Option<UdpSocketState>,
-    bufs: Vec<Vec<u8>>,
-    meta: Vec<RecvMeta>,
-    filled: usize,
+    /// Made by the first [`BatchSocket::recv`]: a socket that only sends, or only uses
+    /// [`BatchSocket::recv_each`], has none.
+    own: Option<RecvBufs>,
     max_segments: usize,
     /// Receives that the kernel coalesced (GRO), for tests and reports.
     pub coalesced: u64,
@@ -55,9 +134,7 @@ impl BatchSocket {
         Ok(Self {
             io,
             state,
-            bufs: (0..BATCH_SIZE).map(|_| vec![0; BUF_LEN]).collect(),
-            meta: vec![RecvMeta::default(); BATCH_SIZE],
-            filled: 0,
+            own: None,
             max_segments,
             coalesced: 0,
             segmented: std::sync::atomic::AtomicU64::new(0),
@@ -111,40 +188,34 @@ impl BatchSocket {
         self.max_segments
     }
 
-    /// Waits for datagrams and receives as many as one system call gives.
+    /// Waits for datagrams and receives as many as one system call gives, into the
+    /// socket's own buffers, for [`BatchSocket::received`].
     pub async fn recv(&mut self) -> io::Result<()> {
-        let Self {
-            io,
-            state,
-            bufs,
-            meta,
-            filled,
-            ..
-        } = self;
-        let Some(state) = state else {
-            let (Some(buf), Some(m)) = (bufs.first_mut(), meta.first_mut()) else {
-                return Ok(());
-            };
-            let (n, from) = io.recv_from(buf).await?;
-            m.addr = from;
-            m.len = n;
-            m.stride = n;
-            *filled = 1;
-            return Ok(());
-        };
-        *filled = io
+        let Self { io, state, own, .. } = self;
+        let bufs = own.get_or_insert_with(RecvBufs::new);
+        io.async_io(Interest::READABLE, || bufs.receive(io, state.as_ref()))
+            .await?;
+        self.coalesced += bufs.coalesced();
+        Ok(())
+    }
+
+    /// Waits for datagrams, receives as many as one system call gives into buffers shared
+    /// by this thread's sockets, and hands each to `each` (coalesced ones split again)
+    /// before it returns. For sockets of which there are many, one per session.
+    pub async fn recv_each(&mut self, mut each: impl FnMut(SocketAddr, &[u8])) -> io::Result<()> {
+        let Self { io, state, .. } = self;
+        let coalesced = io
             .async_io(Interest::READABLE, || {
-                let mut slices: Vec<IoSliceMut<'_>> =
-                    bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
-                state.recv((&*io).into(), &mut slices, meta)
+                SHARED.with_borrow_mut(|bufs| {
+                    bufs.receive(io, state.as_ref())?;
+                    for (from, d) in bufs.datagrams() {
+                        each(from, d);
+                    }
+                    Ok(bufs.coalesced())
+                })
             })
             .await?;
-        self.coalesced += self
-            .meta
-            .iter()
-            .take(self.filled)
-            .filter(|m| m.stride > 0 && m.len > m.stride)
-            .count() as u64;
+        self.coalesced += coalesced;
         Ok(())
     }
 
@@ -156,24 +227,7 @@ impl BatchSocket {
     /// The datagrams of the last [`BatchSocket::recv`], in arrival order, coalesced ones
     /// split again.
     pub fn received(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
-        self.meta
-            .iter()
-            .zip(&self.bufs)
-            .take(self.filled)
-            .flat_map(|(m, b)| {
-                let data = b.get(..m.len).unwrap_or_default();
-                let stride = if m.stride == 0 {
-                    data.len().max(1)
-                } else {
-                    m.stride
-                };
-                // An empty datagram is still one datagram (relays count it as malformed).
-                let count = data.len().div_ceil(stride).max(1);
-                (0..count).map(move |i| {
-                    let end = ((i + 1) * stride).min(data.len());
-                    (m.addr, data.get(i * stride..end).unwrap_or_default())
-                })
-            })
+        self.own.iter().flat_map(RecvBufs::datagrams)
     }
 
     /// Sends datagrams in order. Runs of datagrams to one destination, all of one size
@@ -299,6 +353,46 @@ mod tests {
             if offload == Offload::Off {
                 assert_eq!(rx.coalesced, 0);
                 assert_eq!(tx.segmented.load(std::sync::atomic::Ordering::Relaxed), 0);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn receives_into_the_threads_buffers_are_byte_exact_and_in_order() {
+        for offload in [Offload::On, Offload::Off] {
+            let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+            let mut a = BatchSocket::bind(lo, offload).await.unwrap();
+            let mut b = BatchSocket::bind(lo, offload).await.unwrap();
+            let tx = BatchSocket::bind(lo, offload).await.unwrap();
+            let from = tx.local_addr().unwrap();
+            let mut sizes = vec![1420; 20];
+            sizes.extend([700, 1, 1472]);
+            sizes.extend(std::iter::repeat_n(1472, 44));
+            let sent = datagrams(&sizes);
+            // Two sockets of one thread take turns with the same buffers.
+            for rx in [&mut a, &mut b] {
+                let to = rx.local_addr().unwrap();
+                let batch: Vec<_> = sent.iter().map(|d| (to, d.clone())).collect();
+                tx.send_all(&batch).await;
+                let mut got = Vec::new();
+                while got.len() < sent.len() {
+                    let wait = std::time::Duration::from_secs(5);
+                    tokio::time::timeout(
+                        wait,
+                        rx.recv_each(|addr, d| {
+                            assert_eq!(addr, from);
+                            got.push(d.to_vec());
+                        }),
+                    )
+                    .await
+                    .expect("the datagrams arrive")
+                    .unwrap();
+                }
+                assert_eq!(got, sent, "{offload:?}");
+                assert_eq!(rx.received().count(), 0, "recv_each kept nothing");
+            }
+            if offload == Offload::On && a.gro_segments() > 1 {
+                assert!(a.coalesced + b.coalesced > 0, "no receive was coalesced");
             }
         }
     }

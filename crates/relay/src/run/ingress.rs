@@ -63,6 +63,7 @@ async fn event_loop(
             },
             Some((id, from, payload)) = fwd_rx.recv() => {
                 ingress.handle_egress(Instant::now(), id, from, &payload, &mut out);
+                tunnel::recycle(payload);
             }
             _ = tokio::time::sleep_until(deadline) => ingress.handle_timeout(Instant::now(), &mut out),
             (req, evidence) = attester.done() => ingress.answer_attest(Instant::now(), &req, evidence, &mut out),
@@ -80,6 +81,7 @@ async fn event_loop(
                 break;
             };
             ingress.handle_egress(Instant::now(), id, from, &payload, &mut out);
+            tunnel::recycle(payload);
         }
         for o in out.drain(..) {
             match o {
@@ -151,19 +153,30 @@ fn forward_socket(
     ))
 }
 
+/// Relays one session's datagrams from egresses to the event loop. The socket receives
+/// into its thread's shared buffers (`recv_each`): with buffers of its own, every
+/// forwarding session would hold 2 MiB.
 async fn read_forward(
     id: SessionId,
     mut socket: BatchSocket,
     tx: mpsc::Sender<(SessionId, SocketAddr, Vec<u8>)>,
 ) {
+    let mut batch = Vec::new();
     loop {
-        if socket.recv().await.is_err() {
+        let copied = socket.recv_each(|from, d| {
+            let mut buf = tunnel::spare(d.len());
+            buf.extend_from_slice(d);
+            batch.push((from, buf));
+        });
+        if copied.await.is_err() {
             continue;
         }
-        for (from, d) in socket.received() {
-            if tx.send((id, from, d.to_vec())).await.is_err() {
+        for (from, d) in batch.drain(..) {
+            if tx.send((id, from, d)).await.is_err() {
                 return;
             }
         }
+        // A burst's list is not kept for the session's whole life.
+        batch.shrink_to(BATCH);
     }
 }
