@@ -41,6 +41,9 @@ thread_local! {
     /// hands a batch on before it returns: a socket per session then holds none of its
     /// own (each would be 2 MiB).
     static SHARED: RefCell<RecvBufs> = RefCell::new(RecvBufs::new());
+    /// Where a run of datagrams is joined for one segmented send, reused by every send of
+    /// the thread.
+    static JOINED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 impl RecvBufs {
@@ -57,8 +60,11 @@ impl RecvBufs {
         self.filled = 0;
         match state {
             Some(state) => {
-                let mut slices: Vec<IoSliceMut<'_>> =
-                    self.bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                // On the stack: a receive allocates nothing.
+                let mut bufs = self.bufs.iter_mut();
+                let mut slices: [IoSliceMut<'_>; BATCH_SIZE] = std::array::from_fn(|_| {
+                    IoSliceMut::new(bufs.next().map_or(&mut [][..], |b| &mut b[..]))
+                });
                 self.filled = state.recv(io.into(), &mut slices, &mut self.meta)?;
             }
             None => {
@@ -234,7 +240,8 @@ impl BatchSocket {
     /// (the last may be shorter), go out as one segmented send.
     pub async fn send_all(&self, datagrams: &[(SocketAddr, Vec<u8>)]) {
         let mut i = 0;
-        let mut joined = Vec::new();
+        // Taken, not borrowed: another send of this thread may run while this one waits.
+        let mut joined = JOINED.take();
         while let Some((to, first)) = datagrams.get(i) {
             let size = first.len();
             let mut n = 1;
@@ -289,6 +296,7 @@ impl BatchSocket {
             }
             i += n;
         }
+        JOINED.set(joined);
     }
 }
 
