@@ -159,7 +159,7 @@ async fn udp_associate_round_trips() {
     assert_eq!(d.target, socks::Target::Ip(echo_addr));
     assert_eq!(d.payload, b"echo:ping through two hops");
 
-    // A reply of 1,205 bytes still fits the egress's per-flow buffer (one tunnel MTU).
+    // A reply of 1,205 bytes fits one tunnel MTU and comes back.
     let big = vec![0x5a; 1200];
     let mut msg = Vec::new();
     socks::wire::encode_udp_datagram(&socks::Target::Ip(echo_addr), &big, &mut msg).unwrap();

@@ -18,7 +18,7 @@ fn blocks() -> u64 {
 }
 
 /// Sends `batch` and receives it; returns the allocations that took.
-async fn round(tx: &BatchSocket, rx: &mut BatchSocket, batch: &[(SocketAddr, Vec<u8>)]) -> u64 {
+async fn round(tx: &BatchSocket, rx: &BatchSocket, batch: &[(SocketAddr, Vec<u8>)]) -> u64 {
     let before = blocks();
     tx.send_all(batch).await;
     let mut got = 0;
@@ -40,17 +40,17 @@ fn warm_sends_and_shared_receives_allocate_nothing() {
         .unwrap();
     rt.block_on(async {
         let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let mut rx = BatchSocket::bind(lo, Offload::On).await.unwrap();
+        let rx = BatchSocket::bind(lo, Offload::On).await.unwrap();
         let tx = BatchSocket::bind(lo, Offload::On).await.unwrap();
         let to = rx.local_addr().unwrap();
         // Eight datagrams of one size to one peer: one segmented send where the kernel
         // has GSO.
         let batch: Vec<(SocketAddr, Vec<u8>)> = (0..8u8).map(|i| (to, vec![i; 1200])).collect();
         // The first round makes the thread's buffers.
-        round(&tx, &mut rx, &batch).await;
+        round(&tx, &rx, &batch).await;
         let mut allocated = 0;
         for _ in 0..ROUNDS {
-            allocated += round(&tx, &mut rx, &batch).await;
+            allocated += round(&tx, &rx, &batch).await;
         }
         assert_eq!(allocated, 0, "{allocated} allocations in {ROUNDS} rounds");
         // The joined, segmented path ran (loopback has GSO).

@@ -28,7 +28,7 @@ fn rss() -> u64 {
 #[tokio::test(flavor = "current_thread")]
 async fn many_sockets_cost_no_receive_buffers_each() {
     let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut sink = BatchSocket::bind(lo, Offload::On).await.unwrap();
+    let sink = BatchSocket::bind(lo, Offload::On).await.unwrap();
     let to = sink.local_addr().unwrap();
     // The thread's shared buffers exist before the count starts.
     let first = BatchSocket::bind(lo, Offload::On).await.unwrap();
@@ -47,7 +47,7 @@ async fn many_sockets_cost_no_receive_buffers_each() {
         sink.send_all(&[(back, vec![2; 1200])]).await;
     }
     let mut replies = 0;
-    for s in &mut sockets {
+    for s in &sockets {
         tokio::time::timeout(
             Duration::from_secs(5),
             s.recv_each(|_, d| {

@@ -16,6 +16,7 @@ use super::{EgressSettings, Observation, Observer, RelayHandle};
 use crate::counters::Counters;
 use crate::policy::DestinationPolicy;
 use crate::table::{SessionId, SessionTable, TableEvent};
+use crate::udp::BatchSocket;
 
 /// Packets taken from the stacks' queue per turn of the loop, to send together.
 const BATCH: usize = 64;
@@ -156,6 +157,7 @@ async fn event_loop(
                         observer: c.observer.clone().zip(peer),
                         mtu: c.admit.mtu,
                         udp_idle: idle.udp_flow,
+                        offload: c.offload,
                     };
                     let slot = Slot {
                         addr,
@@ -249,6 +251,8 @@ struct FlowContext {
     mtu: u16,
     /// A UDP flow with no traffic for this long releases its socket.
     udp_idle: Duration,
+    /// Whether flows' sockets use UDP GSO and GRO.
+    offload: crate::udp::Offload,
     observer: Option<(Observer, SocketAddr)>,
 }
 
@@ -324,7 +328,9 @@ async fn relay_tcp(flow: IncomingTcp, ctx: FlowContext, _busy: Arc<()>) {
     let _ = tokio::io::copy_bidirectional(&mut tunnel_side, &mut stream).await;
 }
 
-/// UDP: one OS socket per client source endpoint, released when idle.
+/// UDP: one OS socket per client source endpoint, released when idle. Datagrams waiting in
+/// the stack's queue are taken together, and a run of them for one socket goes out in one
+/// batched (segmented, where they are of one size) send.
 async fn relay_udp(
     handle: StackHandle,
     mut datagrams: mpsc::Receiver<UdpDatagram>,
@@ -332,63 +338,110 @@ async fn relay_udp(
     busy: std::sync::Weak<()>,
 ) {
     let mut sockets = UdpFlows::default();
-    while let Some(d) = datagrams.recv().await {
+    while let Some(first) = datagrams.recv().await {
+        // The lists are the thread's, taken while in use: a session waiting for its next
+        // datagram holds none.
+        let mut batch = UDP_BATCH.take();
+        let mut run = UDP_RUN.take();
+        batch.push(first);
+        while batch.len() < BATCH {
+            let Ok(d) = datagrams.try_recv() else { break };
+            batch.push(d);
+        }
+        let mut run_socket: Option<Arc<BatchSocket>> = None;
+        for d in batch.drain(..) {
+            let Some(socket) = udp_socket_for(&handle, &mut sockets, &ctx, &busy, &d).await else {
+                continue;
+            };
+            if !run_socket.as_ref().is_some_and(|s| Arc::ptr_eq(s, &socket)) {
+                if let Some(s) = run_socket.take() {
+                    s.send_all(&run).await;
+                }
+                run.clear();
+                run_socket = Some(socket);
+            }
+            run.push((d.dst, d.payload));
+        }
+        if let Some(s) = run_socket.take() {
+            s.send_all(&run).await;
+        }
+        run.clear();
+        UDP_BATCH.set(batch);
+        UDP_RUN.set(run);
+    }
+}
+
+thread_local! {
+    /// Datagrams taken from a stack's queue in one turn of [`relay_udp`].
+    static UDP_BATCH: std::cell::RefCell<Vec<UdpDatagram>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A run of them for one flow's socket, sent together.
+    static UDP_RUN: std::cell::RefCell<Vec<(SocketAddr, bytes::Bytes)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The socket that sends `d` on, opened for its client endpoint if need be; `None` when
+/// the datagram was handled here (a name lookup, or refused by policy) or cannot be sent.
+async fn udp_socket_for(
+    handle: &StackHandle,
+    sockets: &mut UdpFlows,
+    ctx: &FlowContext,
+    busy: &std::sync::Weak<()>,
+    d: &UdpDatagram,
+) -> Option<Arc<BatchSocket>> {
+    {
         if d.dst == names::server() {
-            let Some(token) = busy.upgrade() else { return };
+            let token = busy.upgrade()?;
             let handle = handle.clone();
+            let (query, from, to) = (d.payload.clone(), d.src, d.dst);
             tokio::spawn(async move {
                 let _busy = token;
-                if let Some(reply) = super::resolve::answer(&d.payload).await {
-                    let _ = handle.udp_reply(d.dst, d.src, &reply);
+                if let Some(reply) = super::resolve::answer(&query).await {
+                    let _ = handle.udp_reply(to, from, &reply);
                 }
             });
-            continue;
+            return None;
         }
         if ctx.policy.check(d.dst).is_err() {
             ctx.flows.refused_policy.fetch_add(1, Ordering::Relaxed);
-            handle.refuse_udp(&d, Unreachable::Prohibited);
-            continue;
+            handle.refuse_udp(d, Unreachable::Prohibited);
+            return None;
         }
-        sockets.0.retain(|_, (_, reader)| !reader.is_finished());
-        let key = (d.src, d.dst.is_ipv4());
-        let socket = match sockets.0.entry(key) {
-            Entry::Occupied(e) => e.get().0.clone(),
-            Entry::Vacant(v) => {
-                let Some(token) = busy.upgrade() else { return };
-                let bind: SocketAddr = if d.dst.is_ipv4() {
-                    (Ipv4Addr::UNSPECIFIED, 0).into()
-                } else {
-                    (Ipv6Addr::UNSPECIFIED, 0).into()
-                };
-                let Ok(s) = UdpSocket::bind(bind).await else {
-                    continue;
-                };
-                let s = Arc::new(s);
-                let reader = tokio::spawn(udp_replies(
-                    handle.clone(),
-                    s.clone(),
-                    d.src,
-                    ctx.clone(),
-                    token,
-                ));
-                if let Some((obs, peer)) = &ctx.observer {
-                    let _ = obs.send(Observation::Egress {
-                        peer: *peer,
-                        destination: d.dst,
-                    });
-                }
-                v.insert((s.clone(), reader));
-                s
+    }
+    sockets.0.retain(|_, (_, reader)| !reader.is_finished());
+    let key = (d.src, d.dst.is_ipv4());
+    match sockets.0.entry(key) {
+        Entry::Occupied(e) => Some(e.get().0.clone()),
+        Entry::Vacant(v) => {
+            let token = busy.upgrade()?;
+            let bind: SocketAddr = if d.dst.is_ipv4() {
+                (Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            let socket = UdpSocket::bind(bind).await.ok()?;
+            let socket = Arc::new(BatchSocket::new(socket, ctx.offload).ok()?);
+            let replies = tokio::spawn(udp_replies(
+                handle.clone(),
+                socket.clone(),
+                d.src,
+                ctx.clone(),
+                token,
+            ));
+            if let Some((obs, peer)) = &ctx.observer {
+                let _ = obs.send(Observation::Egress {
+                    peer: *peer,
+                    destination: d.dst,
+                });
             }
-        };
-        let _ = socket.send_to(&d.payload, d.dst).await;
+            v.insert((socket.clone(), replies));
+            Some(socket)
+        }
     }
 }
 
 /// A session's UDP flows by client endpoint (and address family), each with the task that
 /// relays its replies. Dropping it, also when its task is aborted, stops those tasks.
 #[derive(Default)]
-struct UdpFlows(HashMap<(SocketAddr, bool), (Arc<UdpSocket>, JoinHandle<()>)>);
+struct UdpFlows(HashMap<(SocketAddr, bool), (Arc<BatchSocket>, JoinHandle<()>)>);
 
 impl Drop for UdpFlows {
     fn drop(&mut self) {
@@ -398,30 +451,29 @@ impl Drop for UdpFlows {
     }
 }
 
-/// Relays a flow's replies into the session's stack. The buffer holds one tunnel MTU (and a
-/// byte to notice more): a reply that does not fit an IP packet of that size could not go
-/// back through the tunnel anyway, and a 64 KiB buffer per flow was most of an idle
-/// session's memory.
+/// Relays a flow's replies into the session's stack until the flow has been quiet for
+/// `udp_idle`. The socket receives into its thread's shared buffers (`recv_each`), so an
+/// idle flow holds no buffer (one of 64 KiB per flow was once most of an idle session's
+/// memory). A reply larger than the tunnel MTU could not go back through the tunnel and
+/// is dropped.
 async fn udp_replies(
     handle: StackHandle,
-    socket: Arc<UdpSocket>,
+    socket: Arc<BatchSocket>,
     client: SocketAddr,
     ctx: FlowContext,
     _busy: Arc<()>,
 ) {
-    let mtu = ctx.mtu;
-    let mut buf = vec![0u8; usize::from(mtu) + 1];
-    while let Ok(Ok((n, from))) =
-        tokio::time::timeout(ctx.udp_idle, socket.recv_from(&mut buf)).await
-    {
-        if n > usize::from(mtu) {
-            continue;
-        }
-        if handle
-            .udp_reply(from, client, buf.get(..n).unwrap_or_default())
-            .is_err()
-        {
-            return;
+    let mtu = usize::from(ctx.mtu);
+    loop {
+        let mut stack_gone = false;
+        let replies = socket.recv_each(|from, d| {
+            if d.len() <= mtu && handle.udp_reply(from, client, d).is_err() {
+                stack_gone = true;
+            }
+        });
+        match tokio::time::timeout(ctx.udp_idle, replies).await {
+            Ok(Ok(())) if !stack_gone => {}
+            _ => return,
         }
     }
 }

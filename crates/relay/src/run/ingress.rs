@@ -88,16 +88,15 @@ async fn event_loop(
                 IngressOutput::ToClient { to, datagram } => to_clients.push((to, datagram)),
                 IngressOutput::OpenForward(id) => match UdpSocket::bind((forward_ip, 0)).await {
                     Ok(s) => {
-                        let (reader, sender) = match forward_socket(s, c.offload) {
-                            Ok(pair) => pair,
+                        let socket = match BatchSocket::new(s, c.offload) {
+                            Ok(socket) => Arc::new(socket),
                             Err(e) => {
                                 tracing::warn!("cannot open a forwarding socket: {e}");
                                 continue;
                             }
                         };
-                        let sender = Arc::new(sender);
-                        let task = tokio::spawn(read_forward(id, reader, fwd_tx.clone()));
-                        forwards.insert(id, (sender, task));
+                        let task = tokio::spawn(read_forward(id, socket.clone(), fwd_tx.clone()));
+                        forwards.insert(id, (socket, task));
                     }
                     Err(e) => tracing::warn!("cannot open a forwarding socket: {e}"),
                 },
@@ -139,44 +138,41 @@ async fn event_loop(
     }
 }
 
-/// A session's socket towards the egress, as a receiving and a sending half (one OS
-/// socket: the egress answers the port it saw).
-fn forward_socket(
-    socket: UdpSocket,
-    offload: crate::udp::Offload,
-) -> io::Result<(BatchSocket, BatchSocket)> {
-    let std = socket.into_std()?;
-    let twin = UdpSocket::from_std(std.try_clone()?)?;
-    Ok((
-        BatchSocket::new(UdpSocket::from_std(std)?, offload)?,
-        BatchSocket::new(twin, offload)?,
-    ))
-}
-
 /// Relays one session's datagrams from egresses to the event loop. The socket receives
 /// into its thread's shared buffers (`recv_each`): with buffers of its own, every
 /// forwarding session would hold 2 MiB.
 async fn read_forward(
     id: SessionId,
-    mut socket: BatchSocket,
+    socket: Arc<BatchSocket>,
     tx: mpsc::Sender<(SessionId, SocketAddr, Vec<u8>)>,
 ) {
-    let mut batch = Vec::new();
     loop {
-        let copied = socket.recv_each(|from, d| {
-            let mut buf = tunnel::spare(d.len());
-            buf.extend_from_slice(d);
-            batch.push((from, buf));
-        });
-        if copied.await.is_err() {
-            continue;
-        }
-        for (from, d) in batch.drain(..) {
-            if tx.send((id, from, d)).await.is_err() {
-                return;
+        // The list is the thread's, taken once replies are there: a session waiting for
+        // replies holds none.
+        let mut batch = None;
+        // An error (say, an ICMP error queued on the socket) loses nothing: wait again.
+        let _ = socket
+            .recv_each(|from, d| {
+                let mut buf = tunnel::spare(d.len());
+                buf.extend_from_slice(d);
+                batch
+                    .get_or_insert_with(|| FORWARDED.take())
+                    .push((from, buf));
+            })
+            .await;
+        if let Some(mut batch) = batch {
+            for (from, d) in batch.drain(..) {
+                if tx.send((id, from, d)).await.is_err() {
+                    return;
+                }
             }
+            FORWARDED.set(batch);
         }
-        // A burst's list is not kept for the session's whole life.
-        batch.shrink_to(BATCH);
     }
+}
+
+thread_local! {
+    /// One receive's datagrams on their way from [`read_forward`] to the event loop.
+    static FORWARDED: std::cell::RefCell<Vec<(SocketAddr, Vec<u8>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
