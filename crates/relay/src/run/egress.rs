@@ -1,3 +1,4 @@
+use std::cell::RefCell;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io;
@@ -373,9 +374,9 @@ async fn relay_udp(
 
 thread_local! {
     /// Datagrams taken from a stack's queue in one turn of [`relay_udp`].
-    static UDP_BATCH: std::cell::RefCell<Vec<UdpDatagram>> = const { std::cell::RefCell::new(Vec::new()) };
+    static UDP_BATCH: RefCell<Vec<UdpDatagram>> = const { RefCell::new(Vec::new()) };
     /// A run of them for one flow's socket, sent together.
-    static UDP_RUN: std::cell::RefCell<Vec<(SocketAddr, bytes::Bytes)>> = const { std::cell::RefCell::new(Vec::new()) };
+    static UDP_RUN: RefCell<Vec<(SocketAddr, bytes::Bytes)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The socket that sends `d` on, opened for its client endpoint if need be; `None` when
@@ -387,24 +388,22 @@ async fn udp_socket_for(
     busy: &std::sync::Weak<()>,
     d: &UdpDatagram,
 ) -> Option<Arc<BatchSocket>> {
-    {
-        if d.dst == names::server() {
-            let token = busy.upgrade()?;
-            let handle = handle.clone();
-            let (query, from, to) = (d.payload.clone(), d.src, d.dst);
-            tokio::spawn(async move {
-                let _busy = token;
-                if let Some(reply) = super::resolve::answer(&query).await {
-                    let _ = handle.udp_reply(to, from, &reply);
-                }
-            });
-            return None;
-        }
-        if ctx.policy.check(d.dst).is_err() {
-            ctx.flows.refused_policy.fetch_add(1, Ordering::Relaxed);
-            handle.refuse_udp(d, Unreachable::Prohibited);
-            return None;
-        }
+    if d.dst == names::server() {
+        let token = busy.upgrade()?;
+        let handle = handle.clone();
+        let (query, from, to) = (d.payload.clone(), d.src, d.dst);
+        tokio::spawn(async move {
+            let _busy = token;
+            if let Some(reply) = super::resolve::answer(&query).await {
+                let _ = handle.udp_reply(to, from, &reply);
+            }
+        });
+        return None;
+    }
+    if ctx.policy.check(d.dst).is_err() {
+        ctx.flows.refused_policy.fetch_add(1, Ordering::Relaxed);
+        handle.refuse_udp(d, Unreachable::Prohibited);
+        return None;
     }
     sockets.0.retain(|_, (_, reader)| !reader.is_finished());
     let key = (d.src, d.dst.is_ipv4());

@@ -1,3 +1,4 @@
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -173,6 +174,5 @@ async fn read_forward(
 
 thread_local! {
     /// One receive's datagrams on their way from [`read_forward`] to the event loop.
-    static FORWARDED: std::cell::RefCell<Vec<(SocketAddr, Vec<u8>)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
+    static FORWARDED: RefCell<Vec<(SocketAddr, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
 }
