@@ -283,5 +283,15 @@ async fn a_slow_quote_does_not_hold_up_other_sessions() {
     );
     let claims = attest::verify_sim(&evidence.quote, &[vendor_key]).unwrap();
     assert_eq!(claims.report_data, binding);
-    assert_eq!(egress.counters.borrow().attestations, 1);
+    // The counters reach the handle after the evidence went out: wait for them.
+    let mut counters = egress.counters.clone();
+    let counted = tokio::time::timeout(
+        Duration::from_secs(5),
+        counters.wait_for(|c| c.attestations >= 1),
+    )
+    .await
+    .expect("the attestation is counted")
+    .unwrap()
+    .attestations;
+    assert_eq!(counted, 1);
 }

@@ -237,13 +237,19 @@ async fn egress_refuses_destinations_outside_its_allowlist() {
     ])
     .await;
     assert!(!out.status.success());
-    let refused: u64 = net
-        .egresses
-        .iter()
-        .filter_map(|e| e.handle.as_ref())
-        .map(|h| h.counters.borrow().dropped_policy)
-        .sum();
-    assert_eq!(refused, 2, "each refused flow is counted once");
+    // Counters reach the handles a moment after the refusals went out.
+    let refused = || -> u64 {
+        net.egresses
+            .iter()
+            .filter_map(|e| e.handle.as_ref())
+            .map(|h| h.counters.borrow().dropped_policy)
+            .sum()
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while refused() < 2 && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(refused(), 2, "each refused flow is counted once");
     // The allowlisted destination still works.
     let ok = curl(&[
         "--socks5-hostname",
