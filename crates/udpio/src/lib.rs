@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use tokio::io::Interest;
@@ -123,9 +124,9 @@ pub struct BatchSocket {
     own: Option<RecvBufs>,
     max_segments: usize,
     /// Receives that the kernel coalesced (GRO), for tests and reports.
-    pub coalesced: std::sync::atomic::AtomicU64,
+    pub coalesced: AtomicU64,
     /// Segmented sends (GSO), for tests and reports.
-    pub segmented: std::sync::atomic::AtomicU64,
+    pub segmented: AtomicU64,
 }
 
 impl BatchSocket {
@@ -142,8 +143,8 @@ impl BatchSocket {
             state,
             own: None,
             max_segments,
-            coalesced: std::sync::atomic::AtomicU64::new(0),
-            segmented: std::sync::atomic::AtomicU64::new(0),
+            coalesced: AtomicU64::new(0),
+            segmented: AtomicU64::new(0),
         })
     }
 
@@ -202,7 +203,7 @@ impl BatchSocket {
         io.async_io(Interest::READABLE, || bufs.receive(io, state.as_ref()))
             .await?;
         self.coalesced
-            .fetch_add(bufs.coalesced(), std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(bufs.coalesced(), Ordering::Relaxed);
         Ok(())
     }
 
@@ -223,8 +224,7 @@ impl BatchSocket {
                 })
             })
             .await?;
-        self.coalesced
-            .fetch_add(coalesced, std::sync::atomic::Ordering::Relaxed);
+        self.coalesced.fetch_add(coalesced, Ordering::Relaxed);
         Ok(())
     }
 
@@ -269,8 +269,7 @@ impl BatchSocket {
                     src_ip: None,
                 }
             } else {
-                self.segmented
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.segmented.fetch_add(1, Ordering::Relaxed);
                 joined.clear();
                 for (_, d) in &datagrams[i..i + n] {
                     joined.extend_from_slice(d.as_ref());

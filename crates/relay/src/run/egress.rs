@@ -97,17 +97,11 @@ pub async fn run_egress(settings: EgressSettings) -> io::Result<RelayHandle> {
 async fn event_loop(
     settings: EgressSettings,
     policy: DestinationPolicy,
-    socket: crate::udp::BatchSocket,
+    mut socket: crate::udp::BatchSocket,
     mut table: SessionTable,
     counters_tx: watch::Sender<Counters>,
     mut shutdown: oneshot::Receiver<()>,
 ) {
-    // The loop runs on a runtime of its own (`Placement::OwnThread`); the socket was bound
-    // on the one that started the relay.
-    let mut socket = match socket.register_here() {
-        Ok(s) => s,
-        Err(e) => return tracing::error!("an egress worker cannot take over its socket: {e}"),
-    };
     let c = settings.common;
     let policy = Arc::new(policy);
     let flows = Arc::new(FlowCounters::default());

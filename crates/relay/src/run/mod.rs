@@ -242,10 +242,15 @@ where
         .map(|(k, (socket, table))| {
             let (counters_tx, counters) = tokio::sync::watch::channel(table.counters);
             let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
-            let run = event_loop(k, socket, table, counters_tx, shutdown_rx);
             let task = match placement {
-                Placement::Shared => tokio::spawn(run),
-                Placement::OwnThread => workers::spawn_thread(format!("{role}-{k}"), run),
+                Placement::Shared => {
+                    tokio::spawn(event_loop(k, socket, table, counters_tx, shutdown_rx))
+                }
+                // The socket was bound on this runtime; the worker's own takes it over.
+                Placement::OwnThread => workers::spawn_thread(format!("{role}-{k}"), || {
+                    let socket = socket.register_here()?;
+                    Ok(event_loop(k, socket, table, counters_tx, shutdown_rx))
+                }),
             };
             workers::Worker {
                 counters,

@@ -8,6 +8,7 @@
 //! addresses. A client whose address or port changes reaches another worker, which does
 //! not know its session: the client's next handshake starts a new one there.
 
+use std::io;
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
@@ -23,29 +24,38 @@ pub(crate) fn count(configured: usize) -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
-/// Runs `run` on a new thread, in a single-threaded runtime of its own, and returns a task
-/// of the calling runtime that ends when `run` has ended and that runtime has dropped the
-/// tasks `run` spawned. A worker that cannot get a thread or a runtime logs why and ends at
-/// once (the relay then stops, as when any worker stops).
-pub(crate) fn spawn_thread<Fut>(name: String, run: Fut) -> JoinHandle<()>
+/// Runs a worker on a new thread, in a single-threaded runtime of its own, and returns a
+/// task of the calling runtime that ends when the worker has ended and its runtime has
+/// dropped the tasks it spawned. `make` builds the worker's future inside that runtime, so
+/// that what it registers (its socket) belongs to it. A worker that cannot get a runtime,
+/// its socket or a thread logs why and ends at once (the relay then stops, as when any
+/// worker stops).
+pub(crate) fn spawn_thread<Fut>(
+    name: String,
+    make: impl FnOnce() -> io::Result<Fut>,
+) -> JoinHandle<()>
 where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (done_tx, done_rx) = oneshot::channel::<()>();
-    let started = std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || {
-            match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt.block_on(run),
-                Err(e) => tracing::error!("worker {name} cannot start its runtime: {e}"),
-            }
-            let _ = done_tx.send(());
+    let started = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .and_then(|rt| {
+            let run = {
+                let _in = rt.enter();
+                make()?
+            };
+            std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || {
+                    rt.block_on(run);
+                    drop(rt);
+                    let _ = done_tx.send(());
+                })
         });
     if let Err(e) = started {
-        tracing::error!("cannot start a worker thread: {e}");
+        tracing::error!("worker {name} cannot start: {e}");
     }
     tokio::spawn(async move {
         let _ = done_rx.await;
