@@ -628,7 +628,7 @@ async fn connect_once(
         }
         socket.send_all(&sends).await;
         for (_, d) in sends.drain(..) {
-            tunnel::recycle(d);
+            spare::give(d);
         }
         let deadline = tokio::time::Instant::from_std(conn.poll_timeout());
         let mut received = false;
@@ -637,7 +637,7 @@ async fn connect_once(
             r = socket.recv() => received = r.is_ok(),
             Some(ip) = from_local.recv() => {
                 conn.send(Instant::now(), &ip, &mut events);
-                tunnel::recycle(ip);
+                spare::give(ip);
             }
             _ = tokio::time::sleep_until(deadline) => conn.handle_timeout(Instant::now(), &mut events),
         }
@@ -653,7 +653,7 @@ async fn connect_once(
                 break;
             };
             conn.send(now, &ip, &mut events);
-            tunnel::recycle(ip);
+            spare::give(ip);
         }
     }
 }
@@ -790,6 +790,7 @@ impl DatagramSocket for TunnelUdp {
         buf.get_mut(..n)
             .unwrap_or_default()
             .copy_from_slice(bytes.get(..n).unwrap_or_default());
+        spare::give(bytes);
         Ok((n, from))
     }
 }

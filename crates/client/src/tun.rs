@@ -73,13 +73,13 @@ impl TunLocal {
             let mut batch = tunio::WriteBatch::new();
             while let Some(ip) = writer_rx.recv().await {
                 batch.push(&ip);
-                tunnel::recycle(ip);
+                spare::give(ip);
                 while !batch.is_full() {
                     let Ok(ip) = writer_rx.try_recv() else {
                         break;
                     };
                     batch.push(&ip);
-                    tunnel::recycle(ip);
+                    spare::give(ip);
                 }
                 let _ = batch.flush(&writer_dev);
             }
@@ -172,7 +172,7 @@ fn classify(
     match tunnel::wire::ip_addrs(packet) {
         Some((IpAddr::V4(src), _)) if current.is_some_and(|a| a.host == src) => {
             let mut packet = {
-                let mut b = tunnel::spare(packet.len());
+                let mut b = spare::take(packet.len());
                 b.extend_from_slice(packet);
                 b
             };

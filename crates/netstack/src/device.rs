@@ -1,4 +1,5 @@
-//! The smoltcp device: two packet queues between the caller and the interface.
+//! The smoltcp device: two packet queues between the caller and the interface. Their
+//! buffers come from the thread's spares; whoever ends up holding one gives it back.
 
 use std::collections::VecDeque;
 
@@ -68,7 +69,7 @@ impl phy::Device for Queues {
     }
 }
 
-/// One received packet.
+/// One received packet; its buffer goes back to the thread's spares once smoltcp is done.
 pub(crate) struct RxToken(Vec<u8>);
 
 impl phy::RxToken for RxToken {
@@ -77,12 +78,18 @@ impl phy::RxToken for RxToken {
     }
 }
 
+impl Drop for RxToken {
+    fn drop(&mut self) {
+        spare::give(std::mem::take(&mut self.0));
+    }
+}
+
 /// Room for one packet in the transmit queue.
 pub(crate) struct TxToken<'a>(&'a mut Queues);
 
 impl phy::TxToken for TxToken<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut packet = vec![0; len];
+        let mut packet = spare::zeroed(len);
         let r = f(&mut packet);
         self.0.push_tx(packet);
         r

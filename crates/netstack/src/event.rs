@@ -3,8 +3,6 @@
 use std::fmt;
 use std::net::SocketAddr;
 
-use bytes::Bytes;
-
 /// Identifies one TCP flow for the lifetime of a [`Stack`](crate::Stack); never reused, so a
 /// stale id cannot reach a newer flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,8 +73,9 @@ pub struct UdpDatagram {
     pub src: SocketAddr,
     /// Destination (any address in terminate mode; this stack's bound port in client mode).
     pub dst: SocketAddr,
-    /// The payload.
-    pub payload: Bytes,
+    /// The payload, in one of the thread's spare buffers: give it back with
+    /// `spare::give` once it has been sent on.
+    pub payload: Vec<u8>,
 }
 
 /// Something the caller should act on, drained with [`Stack::poll_event`](crate::Stack::poll_event).

@@ -11,7 +11,7 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use crate::device::Queues;
 use crate::error::ConfigError;
 use crate::event::{Event, Stats};
-use crate::tcp::{Flow, ReadyList};
+use crate::tcp::{Direction, Flow, ReadyList};
 use crate::terminate::Pending;
 use crate::wire::{self, Parsed};
 use crate::{FlowId, Mode, StackConfig};
@@ -46,6 +46,8 @@ pub struct Stack {
     pub(crate) pending: Pending,
     /// Flows whose smoltcp socket woke (data, space or state change) since the last poll.
     pub(crate) ready: Arc<ReadyList>,
+    /// The ready list's entries while they are processed; kept for its allocation.
+    pub(crate) woken: Vec<(FlowId, Direction)>,
     /// Released flows to free once smoltcp has sent their last packets.
     pub(crate) reap: Vec<FlowId>,
     pub(crate) events: VecDeque<Event>,
@@ -101,6 +103,7 @@ impl Stack {
             tuples: HashMap::new(),
             pending: Pending::default(),
             ready: Arc::default(),
+            woken: Vec::new(),
             reap: Vec::new(),
             events: VecDeque::new(),
             next_flow: 1,

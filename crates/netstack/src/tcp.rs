@@ -27,6 +27,9 @@ pub(crate) struct Flow {
     pub(crate) opened_at: Instant,
     /// The caller gave the flow up; free it once TCP is done with it.
     pub(crate) released: bool,
+    /// The socket's receive and send wakers, made once and re-armed by cloning (a cloned
+    /// waker shares its allocation).
+    pub(crate) wakers: Option<[Waker; 2]>,
 }
 
 /// Which half of a socket woke.
@@ -34,6 +37,17 @@ pub(crate) struct Flow {
 pub(crate) enum Direction {
     Recv,
     Send,
+}
+
+impl Direction {
+    const BOTH: [Self; 2] = [Self::Recv, Self::Send];
+
+    fn index(self) -> usize {
+        match self {
+            Self::Recv => 0,
+            Self::Send => 1,
+        }
+    }
 }
 
 /// Flows whose socket woke since the last poll. Filled by smoltcp through [`FlowWaker`]s.
@@ -48,8 +62,14 @@ impl ReadyList {
             .push(entry);
     }
 
-    fn take(&self) -> Vec<(FlowId, Direction)> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    /// Moves the flows that woke into `out`, which must be empty; the list keeps `out`'s
+    /// allocation, so neither side allocates again once both have grown.
+    pub(crate) fn swap_into(&self, out: &mut Vec<(FlowId, Direction)>) {
+        debug_assert!(out.is_empty());
+        std::mem::swap(
+            &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner),
+            out,
+        );
     }
 }
 
@@ -113,6 +133,7 @@ impl Stack {
                 state: TcpState::Connecting,
                 opened_at: self.now,
                 released: false,
+                wakers: None,
             },
         );
         self.tuples.insert((dst, local), id);
@@ -265,23 +286,26 @@ impl Stack {
 
     /// Ask smoltcp to tell us (through the ready list) when the flow's socket changes.
     pub(crate) fn register_wakers(&mut self, flow: FlowId, handle: SocketHandle) {
-        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
-        for direction in [Direction::Recv, Direction::Send] {
-            let waker = Waker::from(Arc::new(FlowWaker {
+        let wakers = Direction::BOTH.map(|direction| {
+            Waker::from(Arc::new(FlowWaker {
                 flow,
                 direction,
                 ready: Arc::clone(&self.ready),
-            }));
-            match direction {
-                Direction::Recv => socket.register_recv_waker(&waker),
-                Direction::Send => socket.register_send_waker(&waker),
-            }
+            }))
+        });
+        let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+        socket.register_recv_waker(&wakers[Direction::Recv.index()]);
+        socket.register_send_waker(&wakers[Direction::Send.index()]);
+        if let Some(entry) = self.flows.get_mut(&flow) {
+            entry.wakers = Some(wakers);
         }
     }
 
     /// Turn the flows that woke into events, and re-arm their wakers.
     pub(crate) fn process_ready(&mut self) {
-        for (flow, direction) in self.ready.take() {
+        let mut woken = std::mem::take(&mut self.woken);
+        self.ready.swap_into(&mut woken);
+        for &(flow, direction) in &woken {
             let Some(entry) = self.flows.get(&flow) else {
                 continue;
             };
@@ -332,12 +356,12 @@ impl Stack {
                     Direction::Send => Event::TcpWritable { flow },
                 });
             }
-            if !over {
-                let waker = Waker::from(Arc::new(FlowWaker {
-                    flow,
-                    direction,
-                    ready: Arc::clone(&self.ready),
-                }));
+            let waker = self
+                .flows
+                .get(&flow)
+                .and_then(|e| e.wakers.as_ref())
+                .map(|w| w[direction.index()].clone());
+            if let (false, Some(waker)) = (over, waker) {
                 let socket = self.sockets.get_mut::<tcp::Socket>(handle);
                 match direction {
                     Direction::Recv => socket.register_recv_waker(&waker),
@@ -345,6 +369,8 @@ impl Stack {
                 }
             }
         }
+        woken.clear();
+        self.woken = woken;
     }
 
     /// Free released flows whose TCP work is over.
@@ -482,7 +508,7 @@ impl Stack {
             Mode::Client => {
                 if self.is_local(dst.ip()) {
                     // smoltcp answers segments for no flow (unsolicited SYNs) with RST.
-                    self.dev.rx.push_back(packet.to_vec());
+                    self.dev.rx.push_back(spare::copy_of(packet));
                 } else {
                     self.stats.unsupported_dropped += 1;
                 }

@@ -95,7 +95,7 @@ impl Stack {
             match syn {
                 Some(syn) => self.intercept_syn(packet, src, dst, syn),
                 // No flow: smoltcp answers with RST (and ignores RSTs).
-                None => self.dev.rx.push_back(packet.to_vec()),
+                None => self.dev.rx.push_back(spare::copy_of(packet)),
             }
             return;
         };
@@ -117,7 +117,7 @@ impl Stack {
                     self.intercept_syn(packet, src, dst, syn);
                 }
             }
-            _ => self.dev.rx.push_back(packet.to_vec()),
+            _ => self.dev.rx.push_back(spare::copy_of(packet)),
         }
     }
 
@@ -140,6 +140,7 @@ impl Stack {
                 state: TcpState::Pending,
                 opened_at: self.now,
                 released: false,
+                wakers: None,
             },
         );
         self.tuples.insert((src, dst), flow);

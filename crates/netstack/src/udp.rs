@@ -3,8 +3,6 @@
 
 use std::net::SocketAddr;
 
-use bytes::Bytes;
-
 use crate::error::StackError;
 use crate::event::{Event, UdpDatagram, Unreachable};
 use crate::stack::is_unicast;
@@ -137,7 +135,7 @@ impl Stack {
         self.events.push_back(Event::Udp(UdpDatagram {
             src,
             dst,
-            payload: Bytes::copy_from_slice(payload),
+            payload: spare::copy_of(payload),
         }));
     }
 

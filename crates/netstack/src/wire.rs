@@ -197,7 +197,7 @@ fn ip_packet(
     emit: impl FnOnce(&mut [u8]),
 ) -> Vec<u8> {
     let repr = IpRepr::new(src.into(), dst.into(), protocol, len, HOP_LIMIT);
-    let mut packet = vec![0; repr.buffer_len()];
+    let mut packet = spare::zeroed(repr.buffer_len());
     let header_len = repr.header_len();
     repr.emit(&mut packet[..], &ChecksumCapabilities::default());
     emit(&mut packet[header_len..]);

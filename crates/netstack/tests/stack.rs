@@ -463,7 +463,7 @@ fn udp_over_ipv6_round_trip() {
     let datagram = netstack::UdpDatagram {
         src: from,
         dst: to,
-        payload: bytes::Bytes::from_static(b"q6"),
+        payload: b"q6".to_vec(),
     };
     pair.server.refuse_udp(&datagram, Unreachable::Prohibited);
     pair.pump();

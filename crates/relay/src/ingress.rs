@@ -117,14 +117,14 @@ impl Ingress {
         let to = SocketAddr::V4(SocketAddrV4::new(addr, fwd.client_port));
         // No UDP checksum: the session's encryption authenticates the packet, and the
         // egress's the message inside.
-        let mut ip = tunnel::spare(UDP_HEADERS + payload.len());
+        let mut ip = spare::take(UDP_HEADERS + payload.len());
         if build_udp_into(from, to, payload, UdpChecksum::Omit, &mut ip).is_err() {
             // An IPv6 egress cannot be answered inside an IPv4 outer tunnel.
             return self.table.counters.drop(Drop::NotIp);
         }
         let mut events = std::mem::take(&mut self.events);
         self.table.send(now, id, &ip, &mut events);
-        tunnel::recycle(ip);
+        spare::give(ip);
         self.apply(&mut events, out);
         self.events = events;
     }

@@ -2,14 +2,12 @@
 //!
 //! - outgoing IP packets go into gotatun's [`PacketBufPool`] buffers, which return to the
 //!   pool when gotatun drops them after copying the packet into its message;
-//! - spares: the datagrams a relay has sent and the packets it has passed on come back
-//!   ([`recycle`]), and the next datagram to decrypt is copied into one of them.
+//! - spares ([`spare`]): the datagrams a relay has sent and the packets it has passed on
+//!   are given back, and the next datagram to decrypt is copied into one of them.
 //!
 //! The two cannot be one pool: a pooled buffer stays shared with its pool, so handing a
 //! decrypted packet out as a `Vec` would copy it, and a spare given to gotatun for
 //! encryption would be freed, not returned.
-
-use std::cell::RefCell;
 
 use bytes::BytesMut;
 use gotatun::packet::{Packet, PacketBufPool};
@@ -18,17 +16,9 @@ use gotatun::packet::{Packet, PacketBufPool};
 /// for padding. Larger packets take a fresh allocation.
 const POOL_BUF: usize = 2048;
 
-/// Spares kept per thread; more are freed.
-const SPARES: usize = 64;
-/// Smaller buffers are not worth keeping (control replies, handshakes are rare).
-const MIN_CAPACITY: usize = 1024;
-/// Larger ones would pin memory (a 64 KiB TUN read, say).
-const MAX_CAPACITY: usize = 4096;
-
 thread_local! {
     /// A few buffers per thread rather than one per session: an idle session holds none.
     static POOL: PacketBufPool<POOL_BUF> = PacketBufPool::new(16);
-    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// An outgoing IP packet in a pooled buffer.
@@ -51,40 +41,9 @@ pub(crate) fn into_vec(mut packet: Packet) -> Vec<u8> {
     Vec::from(std::mem::take(packet.buf_mut()))
 }
 
-/// Gives a buffer that is no longer needed back for reuse. Any `Vec` may come back; one
-/// of an unsuitable size, or beyond the spares kept, is freed.
-pub fn recycle(mut buf: Vec<u8>) {
-    if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&buf.capacity()) {
-        return;
-    }
-    buf.clear();
-    // A thread being torn down has no spares left to add to.
-    let _ = SPARE.try_with(|s| {
-        let mut s = s.borrow_mut();
-        if s.len() < SPARES {
-            s.push(buf);
-        }
-    });
-}
-
-/// An empty buffer with room for `capacity` bytes: a spare when one is large enough.
-pub fn spare(capacity: usize) -> Vec<u8> {
-    let spare = SPARE
-        .try_with(|s| {
-            let mut s = s.borrow_mut();
-            match s.last() {
-                Some(b) if b.capacity() >= capacity => s.pop(),
-                _ => None,
-            }
-        })
-        .ok()
-        .flatten();
-    spare.unwrap_or_else(|| Vec::with_capacity(capacity.max(MIN_CAPACITY)))
-}
-
 /// `bytes` in a buffer of its own, a spare when one is large enough.
 pub(crate) fn copy_of(bytes: &[u8]) -> BytesMut {
-    let mut buf = spare(bytes.len());
+    let mut buf = spare::take(bytes.len());
     // With its whole capacity in use, `Bytes` takes the allocation as it is (no shared
     // header) and hands it on as a `BytesMut`.
     buf.resize(buf.capacity(), 0);

@@ -18,7 +18,6 @@ mod nested;
 mod session;
 pub mod wire;
 
-pub use buffers::{recycle, spare};
 pub use error::TunnelError;
 pub use keys::{KeyError, PublicKey, StaticSecret};
 pub use nested::{Nested, NestedEvent, INNER_PORT};

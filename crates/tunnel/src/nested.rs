@@ -3,7 +3,6 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
-use crate::buffers;
 use crate::wire::{self, parse_udp, UdpChecksum};
 use crate::{Action, Session, TunnelError};
 
@@ -168,7 +167,7 @@ impl Nested {
         };
         let mut inner_out = std::mem::take(&mut self.inner_scratch);
         let res = self.inner.decapsulate(now, payload, &mut inner_out);
-        buffers::recycle(ip);
+        spare::give(ip);
         if res.is_ok() {
             self.last_inner_rx = Some(now);
         }
@@ -185,14 +184,14 @@ impl Nested {
                     // Inner messages are at most MTU-sized, so they always fit one datagram.
                     // Its UDP checksum is left out: the outer tunnel authenticates it, and
                     // the egress the message inside.
-                    let mut ip = buffers::spare(UDP_HEADERS + msg.len());
+                    let mut ip = spare::take(UDP_HEADERS + msg.len());
                     if wire::build_udp_into(src, self.egress, &msg, UdpChecksum::Omit, &mut ip)
                         .is_ok()
                     {
                         self.outer.encapsulate(now, &ip, &mut self.scratch);
                     }
-                    buffers::recycle(ip);
-                    buffers::recycle(msg);
+                    spare::give(ip);
+                    spare::give(msg);
                 }
                 Action::Deliver(ip) => out.push(NestedEvent::Inner(ip)),
                 Action::NewIndex(_) => {}

@@ -97,7 +97,7 @@ fn data_packets_cost_one_allocation_each_way_and_none_to_decrypt_into_spares() {
     // A relay gives back what it has sent and passed on: then decryption takes no new
     // buffer at all.
     for d in datagrams.drain(..) {
-        tunnel::recycle(d);
+        spare::give(d);
     }
     for _ in 0..PACKETS {
         client.encapsulate(now, &ip, &mut out);
@@ -109,13 +109,13 @@ fn data_packets_cost_one_allocation_each_way_and_none_to_decrypt_into_spares() {
         let Classified::Index { msg, .. } = relay.classify(now, from, &d).unwrap() else {
             panic!("a data message");
         };
-        tunnel::recycle(d);
+        spare::give(d);
         server.receive(now, msg, &mut out).unwrap();
         for a in out.drain(..) {
             if let Action::Deliver(p) = a {
                 assert_eq!(p, ip, "the packet comes out as it went in");
                 delivered += 1;
-                tunnel::recycle(p);
+                spare::give(p);
             }
         }
     }

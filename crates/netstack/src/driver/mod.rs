@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::time::Instant;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, Notify};
 
 use crate::{Event, FlowId, Mode, Stack, StackError, Stats, UdpDatagram, Unreachable};
@@ -167,7 +166,7 @@ impl Inner {
 pub(crate) struct Shared {
     stack: Stack,
     wakers: HashMap<FlowId, FlowWakers>,
-    udp_sockets: HashMap<u16, mpsc::Sender<(SocketAddr, Bytes)>>,
+    udp_sockets: HashMap<u16, mpsc::Sender<(SocketAddr, Vec<u8>)>>,
     incoming_tcp: Option<mpsc::Sender<IncomingTcp>>,
     incoming_udp: Option<mpsc::Sender<UdpDatagram>>,
     /// The task has ended; nothing will make progress any more.
@@ -312,9 +311,13 @@ async fn run(inner: Arc<Inner>, mut ip_in: mpsc::Receiver<Vec<u8>>, ip_out: mpsc
                 let Some(packet) = packet else { break };
                 let mut shared = inner.lock();
                 shared.stack.receive(&packet);
+                spare::give(packet);
                 for _ in 0..RECEIVE_BATCH {
                     match ip_in.try_recv() {
-                        Ok(packet) => shared.stack.receive(&packet),
+                        Ok(packet) => {
+                            shared.stack.receive(&packet);
+                            spare::give(packet);
+                        }
                         Err(_) => break,
                     }
                 }

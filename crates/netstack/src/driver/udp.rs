@@ -5,7 +5,6 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, Mutex};
 
 use super::Inner;
@@ -15,14 +14,14 @@ use super::Inner;
 pub struct UdpSocket {
     inner: Arc<Inner>,
     port: u16,
-    rx: Mutex<mpsc::Receiver<(SocketAddr, Bytes)>>,
+    rx: Mutex<mpsc::Receiver<(SocketAddr, Vec<u8>)>>,
 }
 
 impl UdpSocket {
     pub(super) fn new(
         inner: Arc<Inner>,
         port: u16,
-        rx: mpsc::Receiver<(SocketAddr, Bytes)>,
+        rx: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
     ) -> Self {
         Self {
             inner,
@@ -50,7 +49,7 @@ impl UdpSocket {
     }
 
     /// Wait for the next datagram; returns its payload and sender.
-    pub async fn recv_from(&self) -> io::Result<(Bytes, SocketAddr)> {
+    pub async fn recv_from(&self) -> io::Result<(Vec<u8>, SocketAddr)> {
         match self.rx.lock().await.recv().await {
             Some((src, payload)) => Ok((payload, src)),
             None => Err(io::Error::new(

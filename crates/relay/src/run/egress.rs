@@ -121,7 +121,10 @@ async fn event_loop(
                 Ok(()) => received = true,
                 Err(e) => tracing::debug!("receive error: {}", e.kind()),
             },
-            Some((id, ip)) = out_rx.recv() => table.send(Instant::now(), id, &ip, &mut events),
+            Some((id, ip)) = out_rx.recv() => {
+                table.send(Instant::now(), id, &ip, &mut events);
+                spare::give(ip);
+            }
             _ = tokio::time::sleep_until(deadline) => table.handle_timeout(Instant::now(), &mut events),
             _ = sweep.tick() => stop_idle(&mut slots, Instant::now(), idle.stack, &mut table),
             (req, evidence) = attester.done() => table.answer_attest(Instant::now(), &req, evidence, &mut events),
@@ -139,6 +142,7 @@ async fn event_loop(
                 break;
             };
             table.send(Instant::now(), id, &ip, &mut events);
+            spare::give(ip);
         }
         let now = Instant::now();
         for ev in events.drain(..) {
@@ -187,7 +191,7 @@ async fn event_loop(
         }
         socket.send_all(&sends).await;
         for (_, d) in sends.drain(..) {
-            tunnel::recycle(d);
+            spare::give(d);
         }
         counters_tx.send_replace(merged(&table, &flows));
     }
@@ -350,19 +354,25 @@ async fn relay_udp(
             };
             if !run_socket.as_ref().is_some_and(|s| Arc::ptr_eq(s, &socket)) {
                 if let Some(s) = run_socket.take() {
-                    s.send_all(&run).await;
+                    send_run(&s, &mut run).await;
                 }
-                run.clear();
                 run_socket = Some(socket);
             }
             run.push((d.dst, d.payload));
         }
         if let Some(s) = run_socket.take() {
-            s.send_all(&run).await;
+            send_run(&s, &mut run).await;
         }
-        run.clear();
         UDP_BATCH.set(batch);
         UDP_RUN.set(run);
+    }
+}
+
+/// Sends a run of datagrams for one flow together and gives their buffers back.
+async fn send_run(socket: &BatchSocket, run: &mut Vec<(SocketAddr, Vec<u8>)>) {
+    socket.send_all(run).await;
+    for (_, payload) in run.drain(..) {
+        spare::give(payload);
     }
 }
 
@@ -370,7 +380,7 @@ thread_local! {
     /// Datagrams taken from a stack's queue in one turn of [`relay_udp`].
     static UDP_BATCH: RefCell<Vec<UdpDatagram>> = const { RefCell::new(Vec::new()) };
     /// A run of them for one flow's socket, sent together.
-    static UDP_RUN: RefCell<Vec<(SocketAddr, bytes::Bytes)>> = const { RefCell::new(Vec::new()) };
+    static UDP_RUN: RefCell<Vec<(SocketAddr, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The socket that sends `d` on, opened for its client endpoint if need be; `None` when

@@ -304,7 +304,7 @@ async fn event_loop(
                     table.counters.forwarded += 1;
                     table.counters.forwarded_bytes += ip.len() as u64;
                     to_tun.push(&ip);
-                    tunnel::recycle(ip);
+                    spare::give(ip);
                     if to_tun.is_full() {
                         write_tun(&dev, &mut to_tun, &mut table.counters);
                     }
@@ -315,7 +315,7 @@ async fn event_loop(
         }
         socket.send_all(&sends).await;
         for (_, d) in sends.drain(..) {
-            tunnel::recycle(d);
+            spare::give(d);
         }
         if !to_tun.is_empty() {
             write_tun(&dev, &mut to_tun, &mut table.counters);

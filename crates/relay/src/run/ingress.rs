@@ -64,7 +64,7 @@ async fn event_loop(
             },
             Some((id, from, payload)) = fwd_rx.recv() => {
                 ingress.handle_egress(Instant::now(), id, from, &payload, &mut out);
-                tunnel::recycle(payload);
+                spare::give(payload);
             }
             _ = tokio::time::sleep_until(deadline) => ingress.handle_timeout(Instant::now(), &mut out),
             (req, evidence) = attester.done() => ingress.answer_attest(Instant::now(), &req, evidence, &mut out),
@@ -82,7 +82,7 @@ async fn event_loop(
                 break;
             };
             ingress.handle_egress(Instant::now(), id, from, &payload, &mut out);
-            tunnel::recycle(payload);
+            spare::give(payload);
         }
         for o in out.drain(..) {
             match o {
@@ -121,14 +121,14 @@ async fn event_loop(
         }
         socket.send_all(&to_clients).await;
         for (_, d) in to_clients.drain(..) {
-            tunnel::recycle(d);
+            spare::give(d);
         }
         for (id, batch) in to_egress.iter_mut() {
             if let Some((s, _)) = forwards.get(id) {
                 s.send_all(batch).await;
             }
             for (_, d) in batch.drain(..) {
-                tunnel::recycle(d);
+                spare::give(d);
             }
         }
         to_egress.retain(|id, _| forwards.contains_key(id));
@@ -154,7 +154,7 @@ async fn read_forward(
         // An error (say, an ICMP error queued on the socket) loses nothing: wait again.
         let _ = socket
             .recv_each(|from, d| {
-                let mut buf = tunnel::spare(d.len());
+                let mut buf = spare::take(d.len());
                 buf.extend_from_slice(d);
                 batch
                     .get_or_insert_with(|| FORWARDED.take())
