@@ -65,6 +65,9 @@ pub struct Counters {
     pub stacks_started: u64,
     /// Userspace egress: session stacks stopped (idle, or their session closed).
     pub stacks_stopped: u64,
+    /// Userspace egress: UDP sends to destinations that carried several datagrams of a
+    /// flow in one segmented (GSO) call.
+    pub udp_segmented: u64,
     /// TUN egress: packets written to the TUN device.
     pub tun_packets: u64,
     /// TUN egress: writes they took (fewer when packets of a flow were coalesced).
@@ -133,7 +136,8 @@ impl Counters {
 }
 
 /// ` asleep=now/slept` once a session has slept, ` stacks=live/started` where stacks run
-/// (a userspace egress that has started one), ` tun=packets/writes` where a TUN egress
+/// (a userspace egress that has started one), ` udp_segmented=sends` once flows' datagrams
+/// have gone out segmented, ` tun=packets/writes` where a TUN egress
 /// has written and ` tun_refused=packets` where the kernel refused some.
 struct Levels<'a>(&'a Counters);
 
@@ -146,6 +150,9 @@ impl fmt::Display for Levels<'_> {
         if c.stacks_started > 0 {
             let live = c.stacks_started.saturating_sub(c.stacks_stopped);
             write!(f, " stacks={live}/{}", c.stacks_started)?;
+        }
+        if c.udp_segmented > 0 {
+            write!(f, " udp_segmented={}", c.udp_segmented)?;
         }
         if c.tun_packets > 0 {
             write!(f, " tun={}/{}", c.tun_packets, c.tun_writes)?;
@@ -175,6 +182,7 @@ impl std::ops::AddAssign for Counters {
         self.tokens_redeemed += o.tokens_redeemed;
         self.stacks_started += o.stacks_started;
         self.stacks_stopped += o.stacks_stopped;
+        self.udp_segmented += o.udp_segmented;
         self.tun_packets += o.tun_packets;
         self.tun_writes += o.tun_writes;
         self.tun_refused += o.tun_refused;

@@ -33,6 +33,7 @@ const STACK_QUEUE: usize = 1024;
 struct FlowCounters {
     refused_policy: AtomicU64,
     connect_failed: AtomicU64,
+    udp_segmented: AtomicU64,
 }
 
 /// An admitted session: what its stack needs, and the stack while it runs.
@@ -239,6 +240,7 @@ fn stop_idle(
 fn merged(table: &SessionTable, flows: &FlowCounters) -> Counters {
     let mut c = table.counters;
     c.dropped_policy += flows.refused_policy.load(Ordering::Relaxed);
+    c.udp_segmented += flows.udp_segmented.load(Ordering::Relaxed);
     c
 }
 
@@ -354,14 +356,14 @@ async fn relay_udp(
             };
             if !run_socket.as_ref().is_some_and(|s| Arc::ptr_eq(s, &socket)) {
                 if let Some(s) = run_socket.take() {
-                    send_run(&s, &mut run).await;
+                    send_run(&s, &mut run, &ctx.flows).await;
                 }
                 run_socket = Some(socket);
             }
             run.push((d.dst, d.payload));
         }
         if let Some(s) = run_socket.take() {
-            send_run(&s, &mut run).await;
+            send_run(&s, &mut run, &ctx.flows).await;
         }
         UDP_BATCH.set(batch);
         UDP_RUN.set(run);
@@ -369,8 +371,18 @@ async fn relay_udp(
 }
 
 /// Sends a run of datagrams for one flow together and gives their buffers back.
-async fn send_run(socket: &BatchSocket, run: &mut Vec<(SocketAddr, Vec<u8>)>) {
+async fn send_run(
+    socket: &BatchSocket,
+    run: &mut Vec<(SocketAddr, Vec<u8>)>,
+    flows: &FlowCounters,
+) {
+    let before = socket.segmented.load(Ordering::Relaxed);
     socket.send_all(run).await;
+    let segmented = socket
+        .segmented
+        .load(Ordering::Relaxed)
+        .saturating_sub(before);
+    flows.udp_segmented.fetch_add(segmented, Ordering::Relaxed);
     for (_, payload) in run.drain(..) {
         spare::give(payload);
     }
@@ -478,5 +490,96 @@ async fn udp_replies(
             Ok(Ok(())) if !stack_gone => {}
             _ => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::udp::Offload;
+
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 2);
+    const BURST: usize = 8;
+
+    /// Queues a burst of same-size datagrams of one flow for a session's stack at once, as
+    /// a batch of decrypted packets arrives; returns what the destination got, in order,
+    /// the replies that came back into the tunnel, and the segmented sends counted.
+    async fn burst(offload: Offload) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, u64) {
+        let dest = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = dest.local_addr().unwrap();
+        let flows = Arc::new(FlowCounters::default());
+        let ctx = FlowContext {
+            policy: Arc::new(DestinationPolicy::new(
+                vec!["127.0.0.0/8".parse().unwrap()],
+                Vec::new(),
+            )),
+            flows: flows.clone(),
+            mtu: 1420,
+            udp_idle: Duration::from_secs(30),
+            offload,
+            observer: None,
+        };
+        let (out_tx, mut out_rx) = mpsc::channel(64);
+        let stack = start_stack(SessionId(1), CLIENT, out_tx, ctx).unwrap();
+        let from = SocketAddr::from((CLIENT, 40_000));
+        let sent: Vec<Vec<u8>> = (0..BURST as u8).map(|i| vec![i; 1000]).collect();
+        for payload in &sent {
+            let ip = tunnel::wire::build_udp(from, to, payload).unwrap();
+            stack.ip_in.try_send(ip).unwrap();
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while got.len() < BURST {
+            let (n, peer) = tokio::time::timeout(Duration::from_secs(5), dest.recv_from(&mut buf))
+                .await
+                .expect("the burst reaches the destination")
+                .unwrap();
+            got.push(buf[..n].to_vec());
+            dest.send_to(&buf[..n], peer).await.unwrap();
+        }
+        let mut replies = Vec::new();
+        while replies.len() < BURST {
+            let (id, ip) = tokio::time::timeout(Duration::from_secs(5), out_rx.recv())
+                .await
+                .expect("the replies come back into the tunnel")
+                .unwrap();
+            assert_eq!(id, SessionId(1));
+            let d = tunnel::wire::parse_udp(&ip).unwrap();
+            assert_eq!(
+                (d.src, d.dst),
+                (to, from),
+                "a reply comes from where it was sent"
+            );
+            replies.push(d.payload.to_vec());
+        }
+        (got, replies, flows.udp_segmented.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_burst_of_one_flow_leaves_in_one_segmented_send_in_order() {
+        let (got, replies, segmented) = burst(Offload::On).await;
+        let sent: Vec<Vec<u8>> = (0..BURST as u8).map(|i| vec![i; 1000]).collect();
+        assert_eq!(got, sent, "byte-exact and in order");
+        assert_eq!(replies, sent, "replies byte-exact and in order");
+        let probe =
+            BatchSocket::new(UdpSocket::bind("127.0.0.1:0").await.unwrap(), Offload::On).unwrap();
+        if probe.max_segments() > 1 {
+            assert!(segmented >= 1, "the burst went out segmented");
+            assert!(
+                segmented < BURST as u64,
+                "{segmented} segmented sends for {BURST}"
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn with_offloads_off_a_burst_goes_out_datagram_by_datagram_in_order() {
+        let (got, replies, segmented) = burst(Offload::Off).await;
+        let sent: Vec<Vec<u8>> = (0..BURST as u8).map(|i| vec![i; 1000]).collect();
+        assert_eq!(got, sent);
+        assert_eq!(replies, sent);
+        assert_eq!(segmented, 0);
     }
 }
