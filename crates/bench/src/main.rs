@@ -1,7 +1,8 @@
 //! `openrelay-bench`: the benchmark harness of issue 6. In one run, in network namespaces on
 //! this machine, it measures the bare veth path, wireguard-go single hop, boringtun-cli
-//! single hop (when installed), OpenRelay single hop (a stock wireguard-go peer of a TUN-mode
-//! egress) and OpenRelay two hops (`openrelay client --tun` through an ingress and a
+//! single hop (when installed), OpenRelay single hop (`openrelay-bench-peer`, the client's
+//! data path with one session, straight to a TUN-mode egress), a stock wireguard-go peer of
+//! that egress, and OpenRelay two hops (`openrelay client --tun` through an ingress and a
 //! TUN-mode egress), then prints one table and writes it as JSON.
 //!
 //! Needs root, iproute2, nftables, iperf3, ping, python3, wireguard-go and wg. Run it with
@@ -27,6 +28,9 @@ struct Args {
     /// The `openrelay` executable to measure (build it with --release).
     #[arg(long, default_value = "target/release/openrelay")]
     openrelay: PathBuf,
+    /// The one-hop peer (`openrelay-bench-peer`, built with this harness).
+    #[arg(long, default_value = "target/release/openrelay-bench-peer")]
+    peer: PathBuf,
     /// Seconds per iperf3 run (TCP up, TCP down, UDP).
     #[arg(long, default_value_t = 10)]
     seconds: u32,
@@ -52,6 +56,7 @@ enum Pick {
     WireguardGo,
     Boringtun,
     OneHop,
+    StockPeer,
     TwoHops,
 }
 
@@ -116,8 +121,10 @@ enum Scenario {
     WireguardGo,
     /// boringtun at both ends, one hop (the executable's name).
     Boringtun(&'static str),
-    /// A stock wireguard-go peer of an OpenRelay TUN-mode egress.
+    /// `openrelay-bench-peer` straight to an OpenRelay TUN-mode egress.
     OneHop,
+    /// A stock wireguard-go peer of an OpenRelay TUN-mode egress.
+    StockPeer,
     /// `openrelay client --tun` through an ingress and a TUN-mode egress.
     TwoHops,
 }
@@ -134,6 +141,7 @@ impl Scenario {
                 &[bin, "--foreground", "--disable-drop-privileges"],
             ),
             Self::OneHop => scenario::openrelay_one_hop(env),
+            Self::StockPeer => scenario::stock_peer(env),
             Self::TwoHops => scenario::openrelay_two_hops(env),
         }
     }
@@ -158,7 +166,7 @@ fn run() -> Result<()> {
         pings: 20,
         udp_rate_mbps: args.udp_rate,
     };
-    let env = Env::new(&args.openrelay, plan)?;
+    let env = Env::new(&args.openrelay, &args.peer, plan)?;
     let machine = machine();
     eprintln!(
         "machine: {} ({} cores), Linux {}, load {:.2}; {} s per iperf3 run",
@@ -180,6 +188,11 @@ fn run() -> Result<()> {
             "OpenRelay 1 hop",
             Some(Pick::OneHop),
             Some(Scenario::OneHop),
+        ),
+        (
+            "wireguard-go -> OpenRelay egress",
+            Some(Pick::StockPeer),
+            Some(Scenario::StockPeer),
         ),
         (
             "OpenRelay 2 hops",

@@ -17,6 +17,8 @@ use crate::measure::{self, wait_for, Metrics, Plan};
 pub(crate) struct Env {
     /// The `openrelay` executable under test.
     openrelay: PathBuf,
+    /// `openrelay-bench-peer`, OpenRelay's one-hop data path.
+    peer: PathBuf,
     /// Scratch folder, removed on drop.
     dir: PathBuf,
     /// The directory signer's public key (`--trust`).
@@ -64,15 +66,22 @@ impl Env {
     /// Makes the keys, the signed directory (sim TEE, one sim vendor, this binary's
     /// measurement; no token issuer) and the relay configs for the testbed's addresses,
     /// which are the same in every testbed.
-    pub(crate) fn new(openrelay: &Path, plan: Plan) -> Result<Self> {
+    pub(crate) fn new(openrelay: &Path, peer: &Path, plan: Plan) -> Result<Self> {
         let openrelay = openrelay
             .canonicalize()
             .with_context(|| format!("no openrelay binary at {}", openrelay.display()))?;
+        let peer = peer.canonicalize().with_context(|| {
+            format!(
+                "no openrelay-bench-peer binary at {} (cargo build --release -p openrelay-bench)",
+                peer.display()
+            )
+        })?;
         let dir = std::env::temp_dir().join(format!("openrelay-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {dir:?}"))?;
         let mut env = Self {
             openrelay,
+            peer,
             dir,
             signer: String::new(),
             egress_pub: String::new(),
@@ -330,9 +339,55 @@ pub(crate) fn userspace_wireguard(env: &Env, program: &[&str]) -> Result<Outcome
     })
 }
 
-/// Scenario 4: Debian's wireguard-go in the client host as a stock WireGuard peer of an
-/// OpenRelay egress in TUN mode, admitted with a Hello inside the tunnel.
+/// Scenario 4: OpenRelay at both ends of one hop: `openrelay-bench-peer` (the client's TUN
+/// edge, batched UDP and one session) in the client host, straight to a TUN-mode egress.
 pub(crate) fn openrelay_one_hop(env: &Env) -> Result<Outcome> {
+    let bed = testbed()?;
+    let mut started = Started::new(&bed, &[]);
+    let epid = env.start_relay(&bed, "egress", "egress-tun.toml")?;
+    started.push(epid);
+
+    let tun = format!("orp{}", std::process::id() % 100_000);
+    let endpoint = format!("{}:51820", bed.egress.addr);
+    let child = bed
+        .command(&bed.client, &env.peer.to_string_lossy())
+        .args([
+            "--egress",
+            &endpoint,
+            "--egress-key",
+            &env.egress_pub,
+            "--tun",
+            &tun,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(env.log("peer")?)
+        .spawn()
+        .context("cannot start openrelay-bench-peer")?;
+    let mut peer = ClientGuard(child);
+    let ppid = peer.0.id();
+    wait_line(env, &mut peer, "peer", "admitted ", Duration::from_secs(30))?;
+    for dst in ["100.64.0.1/32".to_string(), format!("{}/32", bed.dest.addr)] {
+        ns(
+            &bed,
+            &bed.client,
+            &["ip", "route", "add", &dst, "dev", &tun],
+        )?;
+    }
+    wait_through(&bed).with_context(|| format!("egress log:\n{}", env.log_tail("egress")))?;
+
+    let metrics = measure::run(&bed, env.plan, &[ppid, epid])?;
+    drop(peer);
+    started.stop();
+    Ok(Outcome {
+        metrics,
+        connect_ms: None,
+    })
+}
+
+/// Scenario 5: Debian's wireguard-go in the client host as a stock WireGuard peer of an
+/// OpenRelay egress in TUN mode, admitted with a Hello inside the tunnel.
+pub(crate) fn stock_peer(env: &Env) -> Result<Outcome> {
     let bed = testbed()?;
     let tag = std::process::id() % 100_000;
     let cif = format!("orb{tag}o");
@@ -458,37 +513,14 @@ pub(crate) fn openrelay_two_hops(env: &Env) -> Result<Outcome> {
         .context("cannot start openrelay client")?;
     let mut client = ClientGuard(child);
     let cpid = client.0.id();
-    let stdout = client
-        .0
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow!("no stdout of the client"))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let end = t0 + Duration::from_secs(60);
-    let connect = loop {
-        let left = end.checked_duration_since(Instant::now()).ok_or_else(|| {
-            anyhow!(
-                "the client did not connect within 60 s\nclient log:\n{}",
-                env.log_tail("client")
-            )
-        })?;
-        match rx.recv_timeout(left) {
-            Ok(line) if line.starts_with("connected through") => break t0.elapsed(),
-            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => bail!(
-                "the client exited before connecting\nclient log:\n{}",
-                env.log_tail("client")
-            ),
-        }
-    };
+    wait_line(
+        env,
+        &mut client,
+        "client",
+        "connected through",
+        Duration::from_secs(60),
+    )?;
+    let connect = t0.elapsed();
     wait_through(&bed)?;
 
     let metrics = measure::run(&bed, env.plan, &[cpid, ipid, epid])?;
@@ -498,6 +530,49 @@ pub(crate) fn openrelay_two_hops(env: &Env) -> Result<Outcome> {
         metrics,
         connect_ms: Some(connect.as_secs_f64() * 1e3),
     })
+}
+
+/// Waits until the process prints a line starting with `prefix` and returns that line;
+/// its standard error goes to the log `name`, quoted when it fails.
+fn wait_line(
+    env: &Env,
+    child: &mut ClientGuard,
+    name: &str,
+    prefix: &str,
+    within: Duration,
+) -> Result<String> {
+    let stdout = child
+        .0
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no stdout of the {name}"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let end = Instant::now() + within;
+    loop {
+        let left = end.checked_duration_since(Instant::now()).ok_or_else(|| {
+            anyhow!(
+                "the {name} printed no \"{prefix}\" within {} s\n{name} log:\n{}",
+                within.as_secs(),
+                env.log_tail(name)
+            )
+        })?;
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with(prefix) => return Ok(line),
+            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => bail!(
+                "the {name} exited before printing \"{prefix}\"\n{name} log:\n{}",
+                env.log_tail(name)
+            ),
+        }
+    }
 }
 
 /// Runs a command in a host's namespace.
@@ -596,7 +671,8 @@ impl Drop for Started<'_> {
     }
 }
 
-/// The whole-host client: stopped with SIGTERM (it restores the host), then killed.
+/// The whole-host client or the one-hop peer: stopped with SIGTERM (the client restores
+/// the host), then killed.
 struct ClientGuard(Child);
 
 impl Drop for ClientGuard {

@@ -284,7 +284,7 @@ pub async fn run_client(settings: ClientSettings) -> io::Result<ClientHandle> {
 }
 
 /// The user's side of the tunnel: a userspace stack (SOCKS5 mode) or a TUN device.
-pub(crate) trait Local: Send {
+pub trait Local: Send {
     /// Both hops admitted the session: set up for this tunnel address and MTU.
     fn ready(&mut self, inner: &control::Admission, mtu: u16) -> io::Result<()>;
     /// An IP packet from the tunnel.
