@@ -44,13 +44,13 @@ pub(crate) fn into_vec(mut packet: Packet) -> Vec<u8> {
 /// `bytes` in a buffer of its own, a spare when one is large enough.
 pub(crate) fn copy_of(bytes: &[u8]) -> BytesMut {
     let mut buf = spare::take(bytes.len());
+    buf.extend_from_slice(bytes);
     // With its whole capacity in use, `Bytes` takes the allocation as it is (no shared
-    // header) and hands it on as a `BytesMut`.
+    // header) and hands it on as a `BytesMut`; only the room past the copy is zeroed.
     buf.resize(buf.capacity(), 0);
     match bytes::Bytes::from(buf).try_into_mut() {
         Ok(mut b) => {
-            b.clear();
-            b.extend_from_slice(bytes);
+            b.truncate(bytes.len());
             b
         }
         Err(_) => BytesMut::from(bytes),

@@ -47,9 +47,13 @@ const LOCAL_BATCH: usize = 64;
 
 fn main() {
     let args = Args::parse();
+    // On a worker thread, as `openrelay client` runs its connection.
     let result = tokio::runtime::Runtime::new()
         .context("cannot start the async runtime")
-        .and_then(|rt| rt.block_on(run(args)));
+        .and_then(|rt| {
+            rt.block_on(async { tokio::spawn(run(args)).await })
+                .context("the peer's task failed")?
+        });
     if let Err(e) = result {
         eprintln!("openrelay-bench-peer: {e:#}");
         std::process::exit(1);
