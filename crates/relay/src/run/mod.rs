@@ -213,7 +213,10 @@ enum Placement {
     /// On a thread of its own, with a single-threaded runtime. A loop that spawns tasks per
     /// session needs this: a block freed on another thread than the one that allocated it
     /// stays with the allocator (with two shared threads, 10,000 sessions' stopped stacks
-    /// gave back nothing of 377 MiB; on one thread, 132 MiB came back).
+    /// gave back nothing of 377 MiB; on one thread, 132 MiB came back), and a task that
+    /// wakes the loop on the same thread costs no cross-thread wake-up (the ingress's
+    /// per-session readers: two-hop upload 1,644, 1,495 and 1,763 Mbit/s against 1,491,
+    /// 1,137 and 1,426 on the shared runtime, alternating).
     OwnThread,
 }
 
