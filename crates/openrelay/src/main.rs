@@ -85,16 +85,18 @@ fn run() -> anyhow::Result<()> {
         std::env::set_var("OPENRELAY_LOG", "warn");
     }
     relay::cli::init_logging();
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let runtime = || tokio::runtime::Runtime::new().context("cannot start the async runtime");
     match cli.command {
-        Command::Demo(args) => runtime.block_on(openrelay::demo::run(args)),
-        Command::Client(args) => runtime.block_on(client_cmd::run(args)),
-        Command::Relay(cmd) => Ok(runtime.block_on(relay::cli::run_until_signal(&cmd))?),
+        Command::Demo(args) => runtime()?.block_on(openrelay::demo::run(args)),
+        Command::Client(args) => client::run::runtime()
+            .context("cannot start the async runtime")?
+            .block_on(client_cmd::run(args)),
+        Command::Relay(cmd) => Ok(runtime()?.block_on(relay::cli::run_until_signal(&cmd))?),
         Command::Directory(cmd) => directory_cmd::run(cmd),
         Command::Attest(cmd) => attest_cmd::run(cmd),
         Command::Image(cmd) => image_cmd::run(cmd),
-        Command::Account(cmd) => runtime.block_on(account_cmd::run(cmd)),
-        Command::Issuer(cmd) => runtime.block_on(openrelay::issuer::cmd::run(cmd)),
+        Command::Account(cmd) => runtime()?.block_on(account_cmd::run(cmd)),
+        Command::Issuer(cmd) => runtime()?.block_on(openrelay::issuer::cmd::run(cmd)),
         Command::Keygen { output } => {
             let key = tunnel::StaticSecret::generate();
             write_secret(&output, &key.to_base64())?;

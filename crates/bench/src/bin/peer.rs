@@ -47,8 +47,8 @@ const LOCAL_BATCH: usize = 64;
 
 fn main() {
     let args = Args::parse();
-    // On a worker thread, as `openrelay client` runs its connection.
-    let result = tokio::runtime::Runtime::new()
+    // On the client's runtime, its connection on a worker thread, as `openrelay client`.
+    let result = client::run::runtime()
         .context("cannot start the async runtime")
         .and_then(|rt| {
             rt.block_on(async { tokio::spawn(run(args)).await })
