@@ -660,10 +660,8 @@ async fn connect_once(
 
 /// The runtime a client runs on: one worker thread. The TUN edge's tasks and the
 /// connection loop then wake each other on one thread, which costs less per packet than
-/// handing packets between two: in alternating two-hop runs of `bench/run` the client on
-/// one worker moved 1,794, 1,802 and 1,622 Mbit/s up and 1,762, 1,735 and 1,721 down at
-/// 7.19, 7.15 and 7.33 CPU seconds per GB, against 1,685, 1,780 and 1,638 up, 1,556, 1,639
-/// and 1,583 down at 8.03, 7.57 and 7.91 on two. One core carries more than most links.
+/// handing batches between two (more throughput and fewer CPU seconds per GB in the
+/// README's benchmark), and one core carries more than most links.
 pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -872,9 +872,12 @@ fn whole_host_client_reconnects_after_an_egress_restart_while_the_kill_switch_ho
     if !require_root() {
         return;
     }
+    const BIG: usize = 16 * 1024 * 1024;
     let bed = Testbed::new().unwrap();
     let s = Setup::new(&bed, "reconnect");
-    std::fs::write(s.dir.join("www/big.bin"), vec![9u8; 8 * 1024 * 1024]).unwrap();
+    // curl's --limit-rate lets the first seconds run ahead (8 MiB at "1M" took 3.7 to 5 s
+    // on loopback), so the file is large enough to be still arriving at the restart.
+    std::fs::write(s.dir.join("www/big.bin"), vec![9u8; BIG]).unwrap();
     start_web(&bed, &s, &bed.dest.addr.to_string());
     let egress_pid = start_egress(&bed, &s, "egress.toml");
     start_ingress(&bed, &s);
@@ -882,7 +885,7 @@ fn whole_host_client_reconnects_after_an_egress_restart_while_the_kill_switch_ho
     let at_client = bed.capture(&bed.client).unwrap();
 
     let url = format!("http://{}/big.bin", bed.dest.addr);
-    let download = bed
+    let mut download = bed
         .command(&bed.client, "curl")
         .args([
             "--silent",
@@ -908,6 +911,10 @@ fn whole_host_client_reconnects_after_an_egress_restart_while_the_kill_switch_ho
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        download.try_wait().unwrap().is_none(),
+        "the download ended before the egress restart, so it tests no reconnect"
+    );
     // The egress restarts: same key and port, every session forgotten.
     bed.kill(egress_pid);
     start_egress(&bed, &s, "egress.toml");
@@ -918,10 +925,7 @@ fn whole_host_client_reconnects_after_an_egress_restart_while_the_kill_switch_ho
         "the retried download did not complete: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        std::fs::read(s.path("got.bin")).unwrap(),
-        vec![9u8; 8 * 1024 * 1024]
-    );
+    assert_eq!(std::fs::read(s.path("got.bin")).unwrap(), vec![9u8; BIG]);
     let reported: Vec<String> = lines.try_iter().collect();
     assert!(
         reported.iter().any(|l| l.starts_with("connection lost")),

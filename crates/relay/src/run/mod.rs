@@ -215,8 +215,7 @@ enum Placement {
     /// stays with the allocator (with two shared threads, 10,000 sessions' stopped stacks
     /// gave back nothing of 377 MiB; on one thread, 132 MiB came back), and a task that
     /// wakes the loop on the same thread costs no cross-thread wake-up (the ingress's
-    /// per-session readers: two-hop upload 1,644, 1,495 and 1,763 Mbit/s against 1,491,
-    /// 1,137 and 1,426 on the shared runtime, alternating).
+    /// per-session readers; see the README's benchmark).
     OwnThread,
 }
 
