@@ -10,6 +10,7 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::{self, CongestionControl, RecvError, SendError};
 use smoltcp::time::Duration as SmolDuration;
 
+use crate::device::Input;
 use crate::error::{FlowError, StackError};
 use crate::event::{CloseReason, Event, TcpState};
 use crate::wire::Syn;
@@ -498,7 +499,7 @@ impl Stack {
     /// caller for a decision.
     pub(crate) fn receive_tcp(
         &mut self,
-        packet: &[u8],
+        packet: Input<'_>,
         src: SocketAddr,
         dst: SocketAddr,
         syn: Option<Syn>,
@@ -508,7 +509,7 @@ impl Stack {
             Mode::Client => {
                 if self.is_local(dst.ip()) {
                     // smoltcp answers segments for no flow (unsolicited SYNs) with RST.
-                    self.dev.rx.push_back(spare::copy_of(packet));
+                    self.dev.rx.push_back(packet.keep());
                 } else {
                     self.stats.unsupported_dropped += 1;
                 }
