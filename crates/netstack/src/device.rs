@@ -69,39 +69,6 @@ impl phy::Device for Queues {
     }
 }
 
-/// A packet given to the stack: borrowed from the caller (copied into a spare if the stack
-/// keeps it) or handed over (kept as it is). A handed-over buffer the stack does not keep
-/// goes back to the thread's spares.
-pub(crate) enum Input<'a> {
-    Borrowed(&'a [u8]),
-    Owned(Vec<u8>),
-}
-
-impl Input<'_> {
-    pub(crate) fn bytes(&self) -> &[u8] {
-        match self {
-            Self::Borrowed(b) => b,
-            Self::Owned(v) => v,
-        }
-    }
-
-    /// The packet in a buffer of the stack's own.
-    pub(crate) fn keep(mut self) -> Vec<u8> {
-        match &mut self {
-            Self::Borrowed(b) => spare::copy_of(b),
-            Self::Owned(v) => std::mem::take(v),
-        }
-    }
-}
-
-impl Drop for Input<'_> {
-    fn drop(&mut self) {
-        if let Self::Owned(v) = self {
-            spare::give(std::mem::take(v));
-        }
-    }
-}
-
 /// One received packet; its buffer goes back to the thread's spares once smoltcp is done.
 pub(crate) struct RxToken(Vec<u8>);
 

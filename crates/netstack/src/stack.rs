@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use smoltcp::iface::{Config, Interface, PollResult, SocketSet};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 
-use crate::device::{Input, Queues};
+use crate::device::Queues;
 use crate::error::ConfigError;
 use crate::event::{Event, Stats};
 use crate::tcp::{Direction, Flow, ReadyList};
@@ -128,39 +128,15 @@ impl Stack {
     /// Feed one IP packet from the tunnel. Malformed or unsupported packets are dropped and
     /// counted in [`Stats`]; nothing here panics on any input.
     pub fn receive(&mut self, packet: &[u8]) {
-        self.receive_input(Input::Borrowed(packet));
-    }
-
-    /// [`receive`](Self::receive) for a packet whose buffer the caller hands over: a TCP
-    /// segment goes to smoltcp without a copy, and a buffer the stack does not keep goes
-    /// back to the thread's spares.
-    pub fn receive_owned(&mut self, packet: Vec<u8>) {
-        self.receive_input(Input::Owned(packet));
-    }
-
-    fn receive_input(&mut self, packet: Input<'_>) {
         self.stats.packets_in += 1;
-        let tcp = match wire::parse(packet.bytes()) {
-            Err(wire::Malformed) => {
-                self.stats.malformed_dropped += 1;
-                None
-            }
-            Ok(Parsed::Unsupported) => {
-                self.stats.unsupported_dropped += 1;
-                None
-            }
-            Ok(Parsed::Tcp { src, dst, syn, rst }) => Some((src, dst, syn, rst)),
-            Ok(Parsed::Udp { src, dst, payload }) => {
-                self.receive_udp(src, dst, payload);
-                None
-            }
+        match wire::parse(packet) {
+            Err(wire::Malformed) => self.stats.malformed_dropped += 1,
+            Ok(Parsed::Unsupported) => self.stats.unsupported_dropped += 1,
+            Ok(Parsed::Tcp { src, dst, syn, rst }) => self.receive_tcp(packet, src, dst, syn, rst),
+            Ok(Parsed::Udp { src, dst, payload }) => self.receive_udp(src, dst, payload),
             Ok(Parsed::UdpUnreachable { local, remote }) => {
-                self.receive_udp_unreachable(local, remote);
-                None
+                self.receive_udp_unreachable(local, remote)
             }
-        };
-        if let Some((src, dst, syn, rst)) = tcp {
-            self.receive_tcp(packet, src, dst, syn, rst);
         }
     }
 

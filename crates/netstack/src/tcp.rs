@@ -10,7 +10,6 @@ use smoltcp::iface::SocketHandle;
 use smoltcp::socket::tcp::{self, CongestionControl, RecvError, SendError};
 use smoltcp::time::Duration as SmolDuration;
 
-use crate::device::Input;
 use crate::error::{FlowError, StackError};
 use crate::event::{CloseReason, Event, TcpState};
 use crate::wire::Syn;
@@ -499,7 +498,7 @@ impl Stack {
     /// caller for a decision.
     pub(crate) fn receive_tcp(
         &mut self,
-        packet: Input<'_>,
+        packet: &[u8],
         src: SocketAddr,
         dst: SocketAddr,
         syn: Option<Syn>,
@@ -509,7 +508,7 @@ impl Stack {
             Mode::Client => {
                 if self.is_local(dst.ip()) {
                     // smoltcp answers segments for no flow (unsolicited SYNs) with RST.
-                    self.dev.rx.push_back(packet.keep());
+                    self.dev.rx.push_back(spare::copy_of(packet));
                 } else {
                     self.stats.unsupported_dropped += 1;
                 }

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use smoltcp::socket::tcp;
 
-use crate::device::Input;
 use crate::error::StackError;
 use crate::event::{CloseReason, Event, TcpState};
 use crate::stack::is_unicast;
@@ -76,7 +75,7 @@ impl Stack {
     /// Route a TCP segment in terminate mode.
     pub(crate) fn receive_terminated_tcp(
         &mut self,
-        packet: Input<'_>,
+        packet: &[u8],
         src: SocketAddr,
         dst: SocketAddr,
         syn: Option<Syn>,
@@ -94,9 +93,9 @@ impl Stack {
         let existing = self.tuples.get(&(src, dst)).copied();
         let Some(flow) = existing else {
             match syn {
-                Some(syn) => self.intercept_syn(packet.bytes(), src, dst, syn),
+                Some(syn) => self.intercept_syn(packet, src, dst, syn),
                 // No flow: smoltcp answers with RST (and ignores RSTs).
-                None => self.dev.rx.push_back(packet.keep()),
+                None => self.dev.rx.push_back(spare::copy_of(packet)),
             }
             return;
         };
@@ -115,10 +114,10 @@ impl Stack {
                 // The client reuses the endpoints of a finished flow: that flow is over.
                 self.drop_socket(flow);
                 if let Some(syn) = syn {
-                    self.intercept_syn(packet.bytes(), src, dst, syn);
+                    self.intercept_syn(packet, src, dst, syn);
                 }
             }
-            _ => self.dev.rx.push_back(packet.keep()),
+            _ => self.dev.rx.push_back(spare::copy_of(packet)),
         }
     }
 

@@ -36,7 +36,7 @@ struct Rig {
 
 impl Rig {
     /// Moves packets both ways until none is left; returns how many crossed. Each packet is
-    /// handed over or given back once the other side has read it, as the relays do.
+    /// given back once the other side has read it, as a relay gives back what it has sent.
     fn pump(&mut self) -> u64 {
         self.events.clear();
         self.client_events.clear();
@@ -45,9 +45,9 @@ impl Rig {
             self.client.poll(self.now);
             self.server.poll(self.now);
             let mut moved = false;
-            // Handed over one way, as the egress's driver does; lent the other way.
             while let Some(p) = self.client.pop_transmit() {
-                self.server.receive_owned(p);
+                self.server.receive(&p);
+                spare::give(p);
                 moved = true;
                 crossed += 1;
             }

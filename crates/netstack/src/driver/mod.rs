@@ -310,10 +310,14 @@ async fn run(inner: Arc<Inner>, mut ip_in: mpsc::Receiver<Vec<u8>>, ip_out: mpsc
             packet = ip_in.recv() => {
                 let Some(packet) = packet else { break };
                 let mut shared = inner.lock();
-                shared.stack.receive_owned(packet);
+                shared.stack.receive(&packet);
+                spare::give(packet);
                 for _ in 0..RECEIVE_BATCH {
                     match ip_in.try_recv() {
-                        Ok(packet) => shared.stack.receive_owned(packet),
+                        Ok(packet) => {
+                            shared.stack.receive(&packet);
+                            spare::give(packet);
+                        }
                         Err(_) => break,
                     }
                 }
