@@ -710,11 +710,21 @@ async fn fetch_page(net: &DemoNetwork) {
 }
 
 async fn wait_stacks(net: &DemoNetwork, want: (u64, u64)) {
+    wait_stacks_until(net, |s| s == want, &format!("{want:?}")).await;
+}
+
+/// Waits until `started` stacks have started (however many have stopped): the workers
+/// publish their counters after the turn that answered, not with the answer.
+async fn wait_started(net: &DemoNetwork, started: u64) {
+    wait_stacks_until(net, |s| s.0 == started, &format!("({started}, _)")).await;
+}
+
+async fn wait_stacks_until(net: &DemoNetwork, done: impl Fn((u64, u64)) -> bool, want: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while stacks(net) != want {
+    while !done(stacks(net)) {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "stacks (started, stopped) = {:?}, want {want:?}",
+            "stacks (started, stopped) = {:?}, want {want}",
             stacks(net)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -766,7 +776,7 @@ async fn egress_stacks_start_on_first_packet_and_stop_when_idle() {
     assert_eq!(stacks(&net), (0, 0));
 
     fetch_page(&net).await;
-    assert_eq!(stacks(&net).0, 1);
+    wait_started(&net, 1).await;
     // Nothing open, nothing sent: the stack stops and the session stays admitted.
     wait_stacks(&net, (1, 1)).await;
 
@@ -795,7 +805,7 @@ async fn egress_stacks_start_on_first_packet_and_stop_when_idle() {
 
     // The same session, a fresh stack.
     fetch_page(&net).await;
-    assert_eq!(stacks(&net).0, 3);
+    wait_started(&net, 3).await;
     assert_eq!(
         egress_sum(&net, |c| c.sessions_admitted),
         1,
