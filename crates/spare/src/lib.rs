@@ -15,7 +15,7 @@ use std::cell::RefCell;
 /// Spares kept per thread; more are freed. Enough for a burst of full-size packets in
 /// flight between a stack's queue and a socket batch.
 pub const KEPT: usize = 256;
-/// Smaller buffers are not worth keeping, and every spare can hold a tunnel packet.
+/// Smaller buffers are not worth keeping (they fit only control replies and ACKs).
 pub const MIN_CAPACITY: usize = 1024;
 /// Larger ones would pin memory (a 64 KiB TUN read, say).
 pub const MAX_CAPACITY: usize = 4096;
