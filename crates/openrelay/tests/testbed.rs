@@ -140,7 +140,8 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
-/// The destination's web server (python3's http.server) serving the setup's www folder.
+/// The destination's web server (python3's http.server) serving the setup's www folder;
+/// returns once it listens, since a fresh machine can take seconds to start python.
 fn start_web(bed: &Testbed, s: &Setup, bind: &str) {
     let www = s.path("www");
     let args = [
@@ -155,6 +156,10 @@ fn start_web(bed: &Testbed, s: &Setup, bind: &str) {
     ];
     bed.spawn(&bed.dest, &args, Stdio::null(), Stdio::null())
         .unwrap();
+    wait_for("the web server's TCP port", Duration::from_secs(20), || {
+        bed.exec(&bed.dest.ns, &["ss", "-Htlnp", "sport = :80"])
+            .is_ok_and(|out| out.contains("python3"))
+    });
 }
 
 /// The egress relay with one of the setup's configs; returns its pid.
@@ -1026,6 +1031,14 @@ fn tun_path_is_byte_exact(egress_config: &str, name: &str) -> Option<(u64, u64)>
         Stdio::inherit(),
     )
     .unwrap();
+    wait_for(
+        "the hash echo server's TCP port",
+        Duration::from_secs(20),
+        || {
+            bed.exec(&bed.dest.ns, &["ss", "-Htlnp", "sport = :9000"])
+                .is_ok_and(|out| out.contains("python3"))
+        },
+    );
     let (egress, egress_log) = start_egress_logged(&bed, &s, egress_config);
     start_ingress(&bed, &s);
     let (client, _lines) = start_whole_host_client(&bed, &s);
@@ -1113,7 +1126,12 @@ fn a_tun_egress_whose_device_goes_down_drops_and_keeps_running() {
     start_ingress(&bed, &s);
     let (client, _lines) = start_whole_host_client(&bed, &s);
     let page = format!("http://{dest}/page.html");
-    assert!(direct_curl(&bed, &[&page]).status.success());
+    let out = direct_curl(&bed, &[&page]);
+    assert!(
+        out.status.success(),
+        "no page through the TUN egress before its device went down: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     bed.exec(&bed.egress.ns, &["ip", "link", "set", "orexit0", "down"])
         .unwrap();
