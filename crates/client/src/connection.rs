@@ -25,8 +25,8 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(22);
 /// Quiet time after incoming traffic before the client checks that both relays still know
 /// the session.
 pub const PROBE_AFTER: Duration = Duration::from_secs(5);
-/// Probing stops once the connection has been quiet this long (an idle client sends
-/// nothing).
+/// Probing stops once no user packet has come in for this long (an idle client sends
+/// nothing), or once the connection rests, whichever is sooner.
 pub const PROBE_WHILE_ACTIVE: Duration = Duration::from_secs(60);
 
 /// Client port for control messages inside each tunnel.
@@ -139,6 +139,9 @@ pub enum ConnEvent {
         /// handshakes, the relays' evidence and its verification.
         attesting: Duration,
     },
+    /// Idle for the rest time: both hops were told `Rest` and both sessions' keys are
+    /// erased, here and at the relays. The next packet either way makes new ones.
+    Rested,
     /// The connection is over; set up a new one (fresh keys) if wanted.
     Lost(ConnectionError),
 }
@@ -263,6 +266,14 @@ pub struct Connection {
     /// The first user packet sent since the egress was last heard from.
     unanswered_since: Option<Instant>,
     last_probe: Option<Instant>,
+    /// The last user packet that came in.
+    last_user_rx: Option<Instant>,
+    /// The last user packet either way.
+    last_traffic: Option<Instant>,
+    /// Quiet time after which the connection rests; `None`: never.
+    rest_after: Option<Duration>,
+    /// When the connection last rested.
+    rested_at: Option<Instant>,
     /// User packets dropped because the connection was not ready.
     pub dropped_not_ready: u64,
     /// What the tunnel asks for on the data path; reused so packets allocate no list.
@@ -314,9 +325,19 @@ impl Connection {
             ended: false,
             unanswered_since: None,
             last_probe: None,
+            last_user_rx: None,
+            last_traffic: None,
+            rest_after: Some(control::REST_AFTER),
+            rested_at: None,
             dropped_not_ready: 0,
             events: Vec::new(),
         }
+    }
+
+    /// Rests after this much quiet instead of [`control::REST_AFTER`]; `None`: never (keys
+    /// then live until WireGuard's own 180 s).
+    pub fn set_rest_after(&mut self, after: Option<Duration>) {
+        self.rest_after = after;
     }
 
     /// Starts the setup: the outer handshake, carrying `Attest` to the ingress.
@@ -372,6 +393,7 @@ impl Connection {
         if self.unanswered_since.is_none_or(answered) {
             self.unanswered_since = Some(now);
         }
+        self.last_traffic = Some(now);
         let mut ev = std::mem::take(&mut self.events);
         self.nested.send_inner(now, ip, &mut ev);
         self.map(now, &mut ev, out);
@@ -405,6 +427,9 @@ impl Connection {
         if self.probe_due(now) {
             self.probe(now, out);
         }
+        if self.rest_due(now) {
+            self.rest(now, out);
+        }
         if now >= self.step_deadline {
             match self.phase {
                 Phase::OuterAttest(_) | Phase::Outer(_) => {
@@ -431,15 +456,58 @@ impl Connection {
     /// Whether to check that the relays still know the session: traffic came in recently
     /// but has stopped (a download stalls silently when a relay restarts, since the
     /// receiving client sends nothing that could notice).
+    ///
+    /// Quiet counts from the last user packet in: the `Pong` answers must not keep the
+    /// probing going.
     fn probe_due(&self, now: Instant) -> bool {
-        let (Some(_), Some(rx)) = (self.ready_at, self.nested.last_inner_rx()) else {
+        let (Some(_), Some(rx)) = (self.ready_at, self.last_user_rx) else {
             return false;
         };
         let quiet = now.saturating_duration_since(rx);
         let probed_recently = self
             .last_probe
             .is_some_and(|p| now.saturating_duration_since(p) < PROBE_AFTER);
-        quiet >= PROBE_AFTER && quiet < PROBE_WHILE_ACTIVE && !probed_recently
+        let until = self
+            .rest_after
+            .map_or(PROBE_WHILE_ACTIVE, |r| r.min(PROBE_WHILE_ACTIVE));
+        quiet >= PROBE_AFTER && quiet < until && !probed_recently && !self.is_resting()
+    }
+
+    /// Whether the connection rested and nothing has come in or gone out since.
+    fn is_resting(&self) -> bool {
+        let Some(rested) = self.rested_at else {
+            return false;
+        };
+        let heard = self.nested.last_outer_rx().max(self.nested.last_inner_rx());
+        self.last_traffic.is_none_or(|t| t <= rested) && heard.is_none_or(|h| h <= rested)
+    }
+
+    /// Whether the connection has been quiet, no user packet either way, for the rest time.
+    fn rest_due(&self, now: Instant) -> bool {
+        let (Some(after), Some(ready)) = (self.rest_after, self.ready_at) else {
+            return false;
+        };
+        let last = self.last_traffic.map_or(ready, |t| t.max(ready));
+        now.saturating_duration_since(last) >= after && !self.is_resting()
+    }
+
+    /// Tells each hop whose keys are live to erase them (`Rest`), then erases ours. The
+    /// relays keep the admissions, so the next packet costs a handshake per hop and no
+    /// new token.
+    fn rest(&mut self, now: Instant, out: &mut Vec<ConnEvent>) {
+        let ip = control_packet(Ipv4Addr::UNSPECIFIED, &Message::Rest);
+        let mut ev = Vec::new();
+        if self.nested.inner().is_established() {
+            self.nested.send_inner(now, &ip, &mut ev);
+        }
+        if self.nested.outer().is_established() {
+            self.nested.send_outer(now, &ip, &mut ev);
+        }
+        self.nested.rest(now);
+        self.rested_at = Some(now);
+        self.unanswered_since = None;
+        self.map(now, &mut ev, out);
+        out.push(ConnEvent::Rested);
     }
 
     /// Pings both relays: a relay that knows the session answers `Pong`; one that
@@ -497,6 +565,8 @@ impl Connection {
                 NestedEvent::Inner(ip) => match control_message(&ip) {
                     Some(msg) => self.on_control(now, Hop::Egress, msg, out),
                     None if self.is_ready() && self.is_for_us(&ip) => {
+                        self.last_user_rx = Some(now);
+                        self.last_traffic = Some(now);
                         out.push(ConnEvent::Packet(ip))
                     }
                     None => {}

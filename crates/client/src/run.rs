@@ -52,6 +52,9 @@ pub struct ClientSettings {
     pub accept_out_of_date: bool,
     /// Refill `stock` from this account by itself (when the directory lists an issuer).
     pub refill: Option<RefillSettings>,
+    /// Quiet time after which a connection rests (erases its keys at both relays and
+    /// here); `None`: never.
+    pub rest_after: Option<Duration>,
 }
 
 impl ClientSettings {
@@ -66,6 +69,7 @@ impl ClientSettings {
             accept_out_of_date: false,
             stock: None,
             refill: None,
+            rest_after: Some(control::REST_AFTER),
         }
     }
 }
@@ -577,6 +581,7 @@ async fn connect_once(
             tickets,
         },
     );
+    conn.set_rest_after(settings.rest_after);
     let mut events = Vec::new();
     conn.start(now, &mut events);
     let mut sends: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
@@ -619,6 +624,9 @@ async fn connect_once(
                         setup,
                         attesting,
                     });
+                }
+                ConnEvent::Rested => {
+                    tracing::debug!("idle: erased the session keys here and at both relays");
                 }
                 ConnEvent::Lost(e) => {
                     socket.send_all(&sends).await;

@@ -36,6 +36,13 @@ pub const CONTROL_ADDR: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
 /// The UDP port of the control channel at [`CONTROL_ADDR`].
 pub const CONTROL_PORT: u16 = 51821;
 
+/// How long a client's connection stays quiet, nothing sent and nothing received, before
+/// the client rests it (`Message::Rest`): both ends erase the session's keys, and the next
+/// packet either way costs a new handshake (one round trip per hop). WireGuard keeps keys
+/// for up to 180 s after their handshake whether used or not; a minute of silence is long
+/// past a page load or a stalled download's probes.
+pub const REST_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Where clients send control messages, as one socket address.
 pub const fn control_endpoint() -> SocketAddrV4 {
     SocketAddrV4::new(CONTROL_ADDR, CONTROL_PORT)

@@ -42,6 +42,8 @@ pub enum MessageType {
     Ping = 7,
     /// Relay → client: yes; an unadmitted session gets `Refused(NotAdmitted)` instead.
     Pong = 8,
+    /// Client → relay: idle, the client erased this session's keys; erase yours.
+    Rest = 9,
 }
 
 impl TryFrom<u8> for MessageType {
@@ -57,6 +59,7 @@ impl TryFrom<u8> for MessageType {
             6 => Self::Redeem,
             7 => Self::Ping,
             8 => Self::Pong,
+            9 => Self::Rest,
             _ => return Err(DecodeError::UnknownType { got }),
         })
     }
@@ -73,6 +76,7 @@ impl fmt::Display for MessageType {
             Self::Redeem => "Redeem",
             Self::Ping => "Ping",
             Self::Pong => "Pong",
+            Self::Rest => "Rest",
         })
     }
 }
@@ -231,6 +235,12 @@ pub enum Message {
         /// The `Ping`'s nonce.
         nonce: u64,
     },
+    /// Client → relay: the client has been idle and has erased this session's keys; the
+    /// relay erases its own and keeps the admission. The client's next handshake, with the
+    /// same key, wakes the session with the same address and no new token. Keys that no
+    /// one holds cannot be taken from a relay later, and an idle session costs the relay
+    /// its admission only (a few hundred bytes instead of the WireGuard state).
+    Rest,
     /// Relay → client: the session (or a packet of it) is refused.
     Refused {
         /// Why, as a number.
@@ -266,6 +276,7 @@ impl Message {
             Self::Redeem { .. } => MessageType::Redeem,
             Self::Ping { .. } => MessageType::Ping,
             Self::Pong { .. } => MessageType::Pong,
+            Self::Rest => MessageType::Rest,
         }
     }
 
@@ -273,6 +284,7 @@ impl Message {
     pub fn body_len(&self) -> usize {
         match self {
             Self::Hello { .. } => HELLO_LEN,
+            Self::Rest => 0,
             Self::Admitted { .. } => ADMITTED_LEN,
             Self::Refused { detail, .. } => REFUSED_MIN_LEN + detail.as_str().len(),
             Self::Ping { .. } | Self::Pong { .. } => PING_LEN,
@@ -336,6 +348,10 @@ impl Message {
             MessageType::Pong => Ok(Self::Pong {
                 nonce: u64::from_be_bytes(fixed::<PING_LEN>(ty, body)?),
             }),
+            MessageType::Rest => {
+                fixed::<0>(ty, body)?;
+                Ok(Self::Rest)
+            }
             MessageType::Attest => Ok(Self::Attest {
                 nonce: fixed::<ATTEST_LEN>(ty, body)?,
             }),
@@ -432,6 +448,7 @@ impl Message {
                 body[..PING_LEN].copy_from_slice(&nonce.to_be_bytes());
             }
             Self::Attest { nonce } => body[..ATTEST_LEN].copy_from_slice(nonce),
+            Self::Rest => {}
             Self::Evidence { part, parts, bytes } => {
                 body[0..2].copy_from_slice(&part.to_be_bytes());
                 body[2..4].copy_from_slice(&parts.to_be_bytes());
@@ -525,6 +542,7 @@ mod tests {
             detail: Detail::new("full").unwrap(),
         };
         assert_eq!(refused.encode(), b"OR\x01\x03\x00\x05\x03full");
+        assert_eq!(Message::Rest.encode(), b"OR\x01\x09\x00\x00");
     }
 
     #[test]
@@ -534,8 +552,8 @@ mod tests {
             Err(DecodeError::UnknownType { got: 0 })
         );
         assert_eq!(
-            Message::decode(&raw(9, &[])),
-            Err(DecodeError::UnknownType { got: 9 })
+            Message::decode(&raw(10, &[])),
+            Err(DecodeError::UnknownType { got: 10 })
         );
         assert_eq!(
             Message::decode(&raw(7, &[1, 2])),
@@ -591,6 +609,14 @@ mod tests {
                 ty: MessageType::Refused,
                 min: 1,
                 got: 0
+            })
+        );
+        assert_eq!(
+            Message::decode(&raw(9, &[0])),
+            Err(DecodeError::BodyLength {
+                ty: MessageType::Rest,
+                expected: 0,
+                got: 1
             })
         );
     }
@@ -692,6 +718,7 @@ mod tests {
                     bytes
                 }),
             any::<u64>().prop_map(|nonce| Message::Pong { nonce }),
+            Just(Message::Rest),
             (
                 proptest::collection::vec(any::<u8>(), 0..REDEEM_FIELD_LEN),
                 proptest::collection::vec(any::<u8>(), 1..REDEEM_FIELD_LEN)

@@ -1,9 +1,9 @@
 //! One simulated client, sans-IO: handshake, `Hello` → `Admitted`, a few UDP packets, then
-//! idle. It takes datagrams and `now` and returns datagrams to send; sockets, pacing and
+//! idle, and after the rest time at rest (keys erased at both ends), as the real client. It takes datagrams and `now` and returns datagrams to send; sockets, pacing and
 //! retries belong to the driver ([`drive`](fn@crate::drive)).
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use control::{Message, RefuseReason};
 use tunnel::wire::{build_udp, parse_udp};
@@ -14,8 +14,8 @@ const CONTROL_CLIENT_PORT: u16 = 51822;
 /// The client's UDP port for the packets sent once admitted.
 const DATA_PORT: u16 = 40_000;
 
-/// Where a client is in its setup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a client is in its setup, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
     /// Handshake initiation sent, no response yet.
     Handshake,
@@ -23,6 +23,8 @@ pub enum Phase {
     AwaitAdmitted,
     /// Admitted and its packets sent; sends nothing more.
     Idle,
+    /// Idle for the rest time: `Rest` sent and the keys erased.
+    Resting,
 }
 
 /// What a client asks of the driver.
@@ -67,6 +69,9 @@ pub struct Traffic {
     pub packets: usize,
     /// Payload bytes per packet.
     pub payload_len: usize,
+    /// Quiet time after which a client rests, as `client::connection` does (`None`:
+    /// never; the relay's sessions then sleep only once their keys expire).
+    pub rest_after: Option<Duration>,
 }
 
 /// One client session against the relay.
@@ -78,6 +83,8 @@ pub struct Client {
     /// When the latest handshake or `Hello` went out (for retries).
     last_attempt: Instant,
     attempts: u32,
+    /// When the client last sent or received a packet (not a WireGuard keepalive).
+    last_traffic: Instant,
 }
 
 impl Client {
@@ -90,6 +97,7 @@ impl Client {
             started: now,
             last_attempt: now,
             attempts: 1,
+            last_traffic: now,
         }
     }
 
@@ -126,14 +134,23 @@ impl Client {
         match self.phase {
             Phase::Handshake => self.session = fresh_session(now, relay, out),
             Phase::AwaitAdmitted => self.send_hello(now, out),
-            Phase::Idle => {}
+            Phase::Idle | Phase::Resting => {}
         }
     }
 
     /// Runs the client's WireGuard timers, as an idle client's tunnel does: the keepalive
     /// that answers `Admitted`, and handshakes the relay starts. A session that expired on
-    /// the client's side sends nothing more.
-    pub fn handle_timeout(&mut self, now: Instant, out: &mut Vec<Output>) {
+    /// the client's side sends nothing more. An idle client rests once its rest time is up.
+    pub fn handle_timeout(&mut self, now: Instant, traffic: &Traffic, out: &mut Vec<Output>) {
+        let rest_due = traffic
+            .rest_after
+            .is_some_and(|after| now.saturating_duration_since(self.last_traffic) >= after);
+        if self.phase == Phase::Idle && rest_due {
+            self.phase = Phase::Resting;
+            self.send_control(now, &Message::Rest, out);
+            self.session.rest(now);
+            return;
+        }
         let mut actions = Vec::new();
         if self.session.handle_timeout(now, &mut actions).is_ok() {
             push(actions, out);
@@ -183,10 +200,11 @@ impl Client {
             return Ok(None);
         };
         if d.src != SocketAddr::V4(control::control_endpoint()) {
+            self.last_traffic = now;
             return Ok(None);
         }
         match Message::decode(d.payload)? {
-            Message::Admitted { tunnel_addr, .. } if self.phase != Phase::Idle => {
+            Message::Admitted { tunnel_addr, .. } if self.phase < Phase::Idle => {
                 self.phase = Phase::Idle;
                 self.send_traffic(now, tunnel_addr, traffic, out);
                 Ok(Some(Progress::Admitted(tunnel_addr)))
@@ -200,10 +218,14 @@ impl Client {
         let hello = Message::Hello {
             client_version: control::CLIENT_VERSION,
         };
+        self.send_control(now, &hello, out);
+    }
+
+    fn send_control(&mut self, now: Instant, msg: &Message, out: &mut Vec<Output>) {
         let src = SocketAddr::from((Ipv4Addr::UNSPECIFIED, CONTROL_CLIENT_PORT));
         let dst = SocketAddr::V4(control::control_endpoint());
-        // A Hello of a few bytes always fits a UDP packet.
-        if let Ok(ip) = build_udp(src, dst, &hello.encode()) {
+        // A Hello or Rest of a few bytes always fits a UDP packet.
+        if let Ok(ip) = build_udp(src, dst, &msg.encode()) {
             self.encapsulate(now, &ip, out);
         }
     }
@@ -216,6 +238,7 @@ impl Client {
         out: &mut Vec<Output>,
     ) {
         let src = SocketAddr::from((addr, DATA_PORT));
+        self.last_traffic = now;
         for n in 0..traffic.packets {
             let mut payload = format!("openrelay-loadgen {n} ").into_bytes();
             payload.resize(traffic.payload_len.max(payload.len()), b'.');

@@ -293,7 +293,7 @@ impl Driver<'_> {
             .filter(|&slot| {
                 self.clients.get(slot).is_some_and(|c| {
                     let backoff = 1u32 << c.attempts().clamp(1, 4).saturating_sub(1);
-                    c.phase() != Phase::Idle
+                    c.phase() < Phase::Idle
                         && now.duration_since(c.last_attempt()) >= self.plan.retry_after * backoff
                 })
             })
@@ -324,7 +324,7 @@ impl Driver<'_> {
     async fn run_timers(&mut self, now: Instant) {
         for slot in 0..self.clients.len() {
             if let Some(client) = self.clients.get_mut(slot) {
-                client.handle_timeout(now, &mut self.out);
+                client.handle_timeout(now, &self.plan.traffic, &mut self.out);
             }
             if !self.out.is_empty() {
                 self.flush(slot).await;

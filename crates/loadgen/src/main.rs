@@ -59,9 +59,14 @@ struct Args {
     payload: usize,
     /// Seconds to wait after the last admission before measuring idle memory and CPU. The
     /// clients keep their tunnels running meanwhile (keepalives, handshake answers). Past
-    /// 190 s a relay's quiet sessions have slept (dropped their WireGuard state).
+    /// the rest time (--rest-after-secs) the clients have rested, and the relay's sessions
+    /// with them (dropped their WireGuard state); without resting, past 190 s.
     #[arg(long, default_value_t = 5)]
     settle_secs: u64,
+    /// Seconds of quiet after which each client rests (`Rest`: it and the relay erase the
+    /// session's keys), as the real client does; 0: never.
+    #[arg(long, default_value_t = control::REST_AFTER.as_secs())]
+    rest_after_secs: u64,
     /// Seconds without progress before a session retries.
     #[arg(long, default_value_t = 2)]
     retry_secs: u64,
@@ -105,6 +110,8 @@ async fn measure(args: &Args, sink: &Sink, egress: &mut Egress, ticks: u64) -> a
             sink: sink.addr(),
             packets: args.packets,
             payload_len: args.payload,
+            rest_after: (args.rest_after_secs > 0)
+                .then(|| Duration::from_secs(args.rest_after_secs)),
         },
         retry_after: Duration::from_secs(args.retry_secs),
         max_attempts: 5,

@@ -55,6 +55,7 @@ fn plan(
             sink: sink.addr(),
             packets,
             payload_len: 32,
+            rest_after: None,
         },
         retry_after: Duration::from_secs(2),
         max_attempts: 5,

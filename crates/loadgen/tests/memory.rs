@@ -54,6 +54,7 @@ async fn stopped_stacks_give_their_memory_back() {
             sink: sink.addr(),
             packets: 3,
             payload_len: 32,
+            rest_after: None,
         },
         retry_after: Duration::from_secs(2),
         max_attempts: 8,

@@ -85,6 +85,14 @@ pub(crate) struct ClientArgs {
     /// used up the stock).
     #[arg(long, value_name = "SECS", hide = true, requires = "refill_account")]
     refill_delay_secs: Option<u64>,
+    /// Seconds with no packet either way after which the connection rests: the client
+    /// tells both relays, and all three erase the session's keys. Keys no longer in use
+    /// then cannot be taken from a relay or from this host, and an idle session costs each
+    /// relay a few hundred bytes instead of its WireGuard state. The next packet sets up
+    /// new keys (a handshake per hop, no new tokens). 0: never rest; keys then live up to
+    /// WireGuard's 180 s.
+    #[arg(long, value_name = "SECS", default_value_t = control::REST_AFTER.as_secs())]
+    rest_after: u64,
     /// Where the SOCKS5 proxy listens. Keep it on loopback: anyone who can reach it can
     /// use your tunnel.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1080")]
@@ -155,6 +163,7 @@ pub(crate) async fn run(args: ClientArgs) -> anyhow::Result<()> {
     }
     settings.refill = refill;
     settings.retry_after_attestation_failure = args.try_other_relays;
+    settings.rest_after = (args.rest_after > 0).then(|| Duration::from_secs(args.rest_after));
     settings.accept_out_of_date = args.accept_out_of_date;
     if args.accept_out_of_date {
         say("warning: --accept-out-of-date: relays on TEE platforms with known, unpatched vulnerabilities will be accepted");

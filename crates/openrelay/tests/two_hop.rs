@@ -813,3 +813,76 @@ async fn egress_stacks_start_on_first_packet_and_stop_when_idle() {
     );
     net.shutdown().await;
 }
+
+/// Sessions rested so far at (the ingress, the egresses).
+fn rested(net: &DemoNetwork) -> (u64, u64) {
+    (
+        net.ingress.counters.borrow().sessions_rested,
+        egress_sum(net, |c| c.sessions_rested),
+    )
+}
+
+async fn wait_rested(net: &DemoNetwork, want: (u64, u64)) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while rested(net) != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sessions rested (ingress, egress) = {:?}, want {want:?}",
+            rested(net)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An idle connection rests: both relays erase its keys at once. The next fetch wakes it
+/// on the same session, without new tokens; and an answer that comes after the client
+/// rested, on a flow still open, wakes it from the relays' side and arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_rests_and_wakes_from_either_side() {
+    let slow = slow_web(Duration::from_secs(6)).await;
+    let mut net = DemoNetwork::start(DemoOptions {
+        rest_after: Some(Duration::from_secs(2)),
+        ..with_accounts()
+    })
+    .await
+    .unwrap();
+    net.wait_connected(Duration::from_secs(30)).await.unwrap();
+    fetch_page(&net).await;
+    wait_rested(&net, (1, 1)).await;
+    assert_eq!(net.ingress.counters.borrow().sessions_asleep, 1);
+    assert_eq!(egress_sum(&net, |c| c.sessions_asleep), 1);
+    let tokens = redeemed(&net);
+    assert_eq!(tokens, (1, 1));
+
+    // The client wakes it.
+    fetch_page(&net).await;
+    assert_eq!(net.ingress.counters.borrow().sessions_admitted, 1);
+    assert_eq!(egress_sum(&net, |c| c.sessions_admitted), 1);
+    assert_eq!(redeemed(&net), tokens, "waking spent tokens");
+    wait_rested(&net, (2, 2)).await;
+
+    // The relays wake it: the server answers 6 s after the request, long after the client
+    // rested (2 s of quiet).
+    let slow_url = format!("http://{slow}/");
+    let proxy_addr = proxy(&net);
+    let late = tokio::spawn(async move {
+        Command::new("curl")
+            .args(["--silent", "--show-error", "--max-time", "30"])
+            .args(["--socks5-hostname", &proxy_addr, &slow_url])
+            .output()
+            .await
+            .unwrap()
+    });
+    wait_rested(&net, (3, 3)).await;
+    assert!(!late.is_finished(), "the answer came before the rest");
+    let out = late.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "late but whole");
+    assert_eq!(egress_sum(&net, |c| c.sessions_admitted), 1);
+    assert_eq!(redeemed(&net), tokens);
+    net.shutdown().await;
+}

@@ -51,6 +51,8 @@ pub struct Counters {
     pub sessions_slept: u64,
     /// Sessions asleep now (a level, not a total: woken and removed ones leave it).
     pub sessions_asleep: u64,
+    /// Of the sessions put to sleep, those whose idle client asked for it (`Rest`).
+    pub sessions_rested: u64,
     /// User packets carried for admitted sessions (both directions).
     pub forwarded: u64,
     /// Payload bytes carried for admitted sessions (both directions).
@@ -135,7 +137,7 @@ impl Counters {
     }
 }
 
-/// ` asleep=now/slept` once a session has slept, ` stacks=live/started` where stacks run
+/// ` asleep=now/slept` once a session has slept, ` rested=n` once a client asked for it, ` stacks=live/started` where stacks run
 /// (a userspace egress that has started one), ` udp_segmented=sends` once flows' datagrams
 /// have gone out segmented, ` tun=packets/writes` where a TUN egress
 /// has written and ` tun_refused=packets` where the kernel refused some.
@@ -146,6 +148,9 @@ impl fmt::Display for Levels<'_> {
         let c = self.0;
         if c.sessions_slept > 0 {
             write!(f, " asleep={}/{}", c.sessions_asleep, c.sessions_slept)?;
+        }
+        if c.sessions_rested > 0 {
+            write!(f, " rested={}", c.sessions_rested)?;
         }
         if c.stacks_started > 0 {
             let live = c.stacks_started.saturating_sub(c.stacks_stopped);
@@ -175,6 +180,7 @@ impl std::ops::AddAssign for Counters {
         self.sessions_closed += o.sessions_closed;
         self.sessions_slept += o.sessions_slept;
         self.sessions_asleep += o.sessions_asleep;
+        self.sessions_rested += o.sessions_rested;
         self.forwarded += o.forwarded;
         self.forwarded_bytes += o.forwarded_bytes;
         self.control += o.control;

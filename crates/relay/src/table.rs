@@ -9,6 +9,10 @@
 //! The fresh one has not seen the client's earlier handshakes, so a replayed initiation can
 //! wake a sleeping session (its 19 KiB again, until it sleeps) but not use it: the replayer
 //! lacks the client's private keys.
+//!
+//! A client that has been idle for a while says so sooner (`Rest`, after
+//! `control::REST_AFTER`): it has erased its keys, and the relay erases its own and sleeps
+//! the session at once, the same way.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -382,13 +386,34 @@ impl SessionTable {
         if quiet < KEYS_EXPIRE || !keyless {
             return;
         }
-        if let Some(session) = entry.session.take() {
-            for index in session.indices() {
-                self.by_index.remove(index);
-            }
+        self.sleep(id);
+    }
+
+    /// Drops an awake session's state machine and its receiver indices, keeping the entry.
+    fn sleep(&mut self, id: SessionId) {
+        let Some(session) = self.entries.get_mut(&id).and_then(|e| e.session.take()) else {
+            return;
+        };
+        for index in session.indices() {
+            self.by_index.remove(index);
         }
         self.counters.sessions_slept += 1;
         self.counters.sessions_asleep += 1;
+    }
+
+    /// The client erased its keys (`Rest`): an admitted session sleeps now, keeping its
+    /// address for the next handshake; one that was never admitted has nothing to keep.
+    fn rest(&mut self, id: SessionId, out: &mut Vec<TableEvent>) {
+        let Some(entry) = self.entries.get(&id) else {
+            return;
+        };
+        if entry.admitted.is_none() {
+            return self.remove(id, out);
+        }
+        if entry.session.is_some() {
+            self.sleep(id);
+            self.counters.sessions_rested += 1;
+        }
     }
 
     /// When [`SessionTable::handle_timeout`] wants to run.
@@ -427,7 +452,10 @@ impl SessionTable {
         for action in actions.drain(..) {
             match action {
                 Action::NewIndex(index) => {
-                    self.by_index.insert(index, id);
+                    // Not for a session that rested while these actions were queued.
+                    if self.entries.get(&id).is_some_and(|e| e.session.is_some()) {
+                        self.by_index.insert(index, id);
+                    }
                     self.counters.handshakes += 1;
                 }
                 Action::Transmit(d) => {
@@ -506,6 +534,8 @@ impl SessionTable {
             Message::Redeem { challenge, token } => {
                 return self.redeem(now, id, reply_to, challenge, token, out)
             }
+            // No answer: the client has no keys left to read one with.
+            Message::Rest => return self.rest(id, out),
             _ => {}
         }
         let tokens_required = self.tokens.is_some();
@@ -547,7 +577,7 @@ impl SessionTable {
             _ => Message::Refused {
                 reason: RefuseReason::Unsupported,
                 detail: Detail::truncate(
-                    "relays accept only Attest, Redeem, Hello and Ping on the control address",
+                    "relays accept only Attest, Redeem, Hello, Ping and Rest on the control address",
                 ),
             },
         };

@@ -93,6 +93,10 @@ struct Net {
     at_client: Vec<Vec<u8>>,
     ready: bool,
     lost: Vec<ConnectionError>,
+    /// Times the connection rested.
+    rested: usize,
+    /// Datagrams the client sent to the ingress.
+    client_sent: usize,
 }
 
 impl Net {
@@ -137,6 +141,8 @@ impl Net {
             at_client: Vec::new(),
             ready: false,
             lost: Vec::new(),
+            rested: 0,
+            client_sent: 0,
         }
     }
 
@@ -152,6 +158,7 @@ impl Net {
             for e in ev.drain(..) {
                 match e {
                     ConnEvent::ToIngress(d) => {
+                        self.client_sent += 1;
                         let mut out = Vec::new();
                         self.ingress
                             .handle_client(self.now, CLIENT.parse().unwrap(), &d, &mut out);
@@ -159,6 +166,7 @@ impl Net {
                     }
                     ConnEvent::Packet(p) => self.at_client.push(p),
                     ConnEvent::Ready { .. } => self.ready = true,
+                    ConnEvent::Rested => self.rested += 1,
                     ConnEvent::Lost(e) => self.lost.push(e),
                 }
             }
@@ -355,6 +363,43 @@ fn ingress_forwards_only_to_listed_egresses() {
 }
 
 impl Net {
+    /// A packet from the internet that the egress sends to the client's session, through
+    /// the ingress.
+    fn egress_reply(&mut self, payload: &[u8]) -> Vec<u8> {
+        let id = self
+            .egress
+            .session_for_addr("100.64.0.2".parse().unwrap())
+            .expect("admitted at the egress");
+        let reply = build_udp(
+            "93.184.216.34:443".parse().unwrap(),
+            "100.64.0.2:5000".parse().unwrap(),
+            payload,
+        )
+        .unwrap();
+        let mut ev = Vec::new();
+        self.egress.send(self.now, id, &reply, &mut ev);
+        let ingress_id = relay::table::SessionId(1);
+        let mut out = Vec::new();
+        for e in ev {
+            if let TableEvent::Transmit { datagram, .. } = e {
+                self.ingress.handle_egress(
+                    self.now,
+                    ingress_id,
+                    EGRESS.parse().unwrap(),
+                    &datagram,
+                    &mut out,
+                );
+            }
+        }
+        let to_client = self.ingress_out(out);
+        let mut cev = Vec::new();
+        for d in to_client {
+            self.conn.receive(self.now, &d, &mut cev);
+        }
+        self.client_events(cev);
+        reply
+    }
+
     fn conn_outer_send(&mut self, ip: &[u8], out: &mut Vec<ConnEvent>) {
         self.conn.send_outer_raw(self.now, ip, out);
     }
@@ -496,37 +541,7 @@ fn a_stalled_download_notices_an_egress_restart_without_user_sends() {
     net.start();
     assert!(net.ready);
     // The egress delivers data to the client (a download): the client only receives.
-    let id = net
-        .egress
-        .session_for_addr("100.64.0.2".parse().unwrap())
-        .expect("admitted at the egress");
-    let reply = build_udp(
-        "93.184.216.34:443".parse().unwrap(),
-        "100.64.0.2:5000".parse().unwrap(),
-        b"data",
-    )
-    .unwrap();
-    let mut ev = Vec::new();
-    net.egress.send(net.now, id, &reply, &mut ev);
-    let datagrams: Vec<Vec<u8>> = ev
-        .into_iter()
-        .filter_map(|e| match e {
-            TableEvent::Transmit { datagram, .. } => Some(datagram),
-            _ => None,
-        })
-        .collect();
-    let ingress_id = relay::table::SessionId(1);
-    let mut out = Vec::new();
-    for d in datagrams {
-        net.ingress
-            .handle_egress(net.now, ingress_id, EGRESS.parse().unwrap(), &d, &mut out);
-    }
-    let to_client = net.ingress_out(out);
-    let mut cev = Vec::new();
-    for d in to_client {
-        net.conn.receive(net.now, &d, &mut cev);
-    }
-    net.client_events(cev);
+    net.egress_reply(b"data");
     assert_eq!(net.at_client.len(), 1);
 
     // The egress restarts; the client sends nothing of its own.
@@ -1044,4 +1059,88 @@ fn a_token_of_an_expired_week_is_refused() {
     // Two weeks after the tokens' epoch: past its week and the grace week.
     let net = tokened_at(UNIX_NOW + 2 * token::Epoch::SECONDS, true, |_| {});
     refused_for_token(net, Hop::Ingress, "not redeemable now");
+}
+
+#[test]
+fn an_idle_connection_rests_both_hops_and_its_next_packet_wakes_them() {
+    let mut net = Net::new();
+    net.start();
+    assert!(net.ready);
+    net.send(&user_packet(b"before"));
+    net.advance(control::REST_AFTER - Duration::from_secs(1));
+    assert_eq!(net.rested, 0, "rested before the rest time");
+    assert_eq!(net.egress.counters.sessions_asleep, 0);
+    net.advance(Duration::from_secs(2));
+    assert_eq!(net.rested, 1);
+    let handshakes = [
+        net.ingress.counters().handshakes,
+        net.egress.counters.handshakes,
+    ];
+    for c in [*net.ingress.counters(), net.egress.counters] {
+        assert_eq!((c.sessions_asleep, c.sessions_rested), (1, 1), "{c}");
+        assert!(c.to_string().contains(" asleep=1/1 rested=1"), "{c}");
+    }
+
+    // Resting means silent: no keepalive, no probe, no handshake.
+    let sent = net.client_sent;
+    net.advance(Duration::from_secs(100));
+    assert_eq!(net.client_sent, sent, "a resting client sent something");
+    assert_eq!(net.rested, 1);
+
+    // The next packet costs one handshake per hop; no new session, no new admission.
+    let pkt = user_packet(b"after");
+    net.send(&pkt);
+    assert_eq!(net.at_egress.last(), Some(&pkt));
+    for (c, before) in [*net.ingress.counters(), net.egress.counters]
+        .into_iter()
+        .zip(handshakes)
+    {
+        assert_eq!(c.sessions_asleep, 0, "{c}");
+        assert_eq!((c.sessions_created, c.sessions_admitted), (1, 1), "{c}");
+        assert_eq!(c.handshakes, before + 1, "{c}");
+    }
+    assert!(net.lost.is_empty(), "{:?}", net.lost);
+
+    // And it rests again after the next quiet spell.
+    net.advance(control::REST_AFTER + Duration::from_secs(1));
+    assert_eq!(net.rested, 2);
+    assert_eq!(net.egress.counters.sessions_rested, 2);
+}
+
+#[test]
+fn a_reply_for_a_resting_client_wakes_both_hops_from_the_relays_side() {
+    let mut net = Net::new();
+    net.start();
+    net.send(&user_packet(b"request"));
+    net.advance(control::REST_AFTER + Duration::from_secs(1));
+    assert_eq!(net.rested, 1);
+    assert_eq!(net.ingress.counters().sessions_asleep, 1);
+
+    let reply = net.egress_reply(b"a late answer");
+    assert_eq!(net.at_client.last(), Some(&reply));
+    assert_eq!(net.ingress.counters().sessions_asleep, 0);
+    assert_eq!(net.egress.counters.sessions_asleep, 0);
+    assert!(net.lost.is_empty(), "{:?}", net.lost);
+}
+
+#[test]
+fn without_resting_the_client_stops_probing_a_minute_after_the_last_packet_in() {
+    let mut net = Net::new();
+    net.start();
+    net.conn.set_rest_after(None);
+    net.egress_reply(b"the start of a download");
+    let pings = |net: &Net| net.egress.counters.control;
+    let before = pings(&net);
+    net.advance(client::connection::PROBE_WHILE_ACTIVE + Duration::from_secs(5));
+    let probed = pings(&net);
+    assert!(
+        probed >= before + 5,
+        "{} probes in a minute",
+        probed - before
+    );
+    // The Pongs do not count as traffic that keeps the probing going.
+    net.advance(Duration::from_secs(120));
+    assert_eq!(pings(&net), probed, "an idle client kept probing");
+    assert_eq!(net.rested, 0);
+    assert!(net.lost.is_empty(), "{:?}", net.lost);
 }

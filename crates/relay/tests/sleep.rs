@@ -222,3 +222,48 @@ fn a_sleeping_session_ends_when_an_awake_one_would_have_expired() {
     assert_eq!(p.table.counters.sessions_asleep, 0);
     assert_eq!(p.table.session_for_addr(p.addr.unwrap()), None);
 }
+
+#[test]
+fn a_resting_client_has_its_keys_erased_at_the_relay_at_once() {
+    let mut p = Pair::new();
+    p.admit();
+    let mut actions = Vec::new();
+    p.client
+        .encapsulate(p.now, &p.user_packet(b"first"), &mut actions);
+    let sent = actions.clone();
+    p.carry_to_relay(actions);
+    assert_eq!(p.at_relay.len(), 1);
+
+    p.advance(Duration::from_secs(61));
+    p.client_send(&control_packet(Ipv4Addr::UNSPECIFIED, &Message::Rest));
+    p.client.rest(p.now);
+    assert_eq!(p.table.counters.sessions_asleep, 1);
+    assert_eq!(p.table.counters.sessions_rested, 1);
+    assert!(p.closed.is_empty());
+
+    // What the client sent with the old keys no longer opens at the relay.
+    let no_session = p.table.counters.dropped_no_session;
+    p.carry_to_relay(sent);
+    assert_eq!(p.table.counters.dropped_no_session, no_session + 1);
+    assert_eq!(p.at_relay.len(), 1);
+
+    // The next packet: a new handshake, the same session and address, no new Hello.
+    let addr = p.addr.unwrap();
+    let next = p.user_packet(b"after the rest");
+    p.client_send(&next);
+    assert_eq!(p.at_relay.last(), Some(&next));
+    assert_eq!(p.table.admitted_addr(p.id.unwrap()), Some(addr));
+    assert_eq!(p.table.counters.sessions_asleep, 0);
+    assert_eq!(p.table.counters.sessions_created, 1);
+    assert_eq!(p.table.counters.sessions_admitted, 1);
+}
+
+#[test]
+fn a_rest_from_a_session_never_admitted_ends_it() {
+    let mut p = Pair::new();
+    p.client_send(&control_packet(Ipv4Addr::UNSPECIFIED, &Message::Rest));
+    assert_eq!(p.table.counters.sessions_created, 1);
+    assert_eq!(p.closed.len(), 1);
+    assert_eq!(p.table.len(), 0);
+    assert_eq!(p.table.counters.sessions_rested, 0);
+}

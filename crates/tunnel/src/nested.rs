@@ -109,6 +109,13 @@ impl Nested {
         self.inner_scratch = inner_out;
     }
 
+    /// Erases both sessions' keys (see [`Session::rest`]); the next packet either way
+    /// sets them up again, outer first.
+    pub fn rest(&mut self, now: Instant) {
+        self.inner.rest(now);
+        self.outer.rest(now);
+    }
+
     /// Processes one datagram from the ingress.
     pub fn receive(
         &mut self,

@@ -216,6 +216,15 @@ impl Session {
         self.next_tick
     }
 
+    /// Erases the session's keys, handshake state and queued packets: the session is as
+    /// new, and its next packet starts a handshake. For a peer that agreed to forget the
+    /// keys too (an idle client's `Rest`); the receiver indices go with them.
+    pub fn rest(&mut self, now: Instant) {
+        self.clock.enter(now);
+        self.tunn.reset();
+        self.indices.clear();
+    }
+
     /// Time since the last completed handshake, if any.
     pub fn since_handshake(&self) -> Option<Duration> {
         self.tunn.time_since_last_handshake()

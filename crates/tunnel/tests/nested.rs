@@ -365,3 +365,58 @@ fn keepalive_and_rekey_follow_simulated_time() {
         "no rekey after REKEY_AFTER_TIME: {out:?}"
     );
 }
+
+impl Relay {
+    /// Forgets every session's keys, as a relay does when its client rests.
+    fn rest(&mut self, now: Instant) {
+        for s in &mut self.sessions {
+            *s = self.responder.session(now, s.peer());
+        }
+        self.by_index.clear();
+    }
+}
+
+fn is_handshake_initiation(datagram: &[u8]) -> bool {
+    datagram.first() == Some(&1)
+}
+
+#[test]
+fn after_a_rest_both_layers_shake_hands_again_before_the_next_packet() {
+    let mut net = Net::new();
+    let mut out = Vec::new();
+    net.client.connect(net.now, &mut out);
+    net.run(out);
+    net.send_inner(&inner_packet(b"before"));
+    assert!(net.client.inner().is_established());
+    // What the ingress would still send with the keys it had.
+    let stale = net.ingress.send(net.now, &inner_packet(b"stale"));
+
+    net.now += Duration::from_secs(61);
+    net.client.rest(net.now);
+    assert!(!net.client.outer().is_established());
+    assert!(!net.client.inner().is_established());
+    for d in &stale {
+        let err = net.client.receive(net.now, d, &mut Vec::new()).unwrap_err();
+        assert!(matches!(err, TunnelError::NoSession(_)), "{err:?}");
+    }
+    net.ingress.rest(net.now);
+    net.egress.rest(net.now);
+
+    let inits = |net: &Net| {
+        let count = |link: &[Vec<u8>]| link.iter().filter(|d| is_handshake_initiation(d)).count();
+        (
+            count(&net.wire_client_ingress),
+            count(&net.wire_ingress_egress),
+        )
+    };
+    let (outer_before, inner_before) = inits(&net);
+    let after = inner_packet(b"after");
+    net.send_inner(&after);
+    assert_eq!(net.at_egress.last(), Some(&after));
+    assert_eq!(
+        inits(&net),
+        (outer_before + 1, inner_before + 1),
+        "one new handshake per layer"
+    );
+    assert!(net.client.inner().is_established());
+}

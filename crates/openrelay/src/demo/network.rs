@@ -102,6 +102,8 @@ pub struct DemoOptions {
     /// Run a token issuer: relays require tokens, and the demo creates an account, credits
     /// it and buys tickets before connecting.
     pub accounts: bool,
+    /// When the client's idle connection rests (see `control::REST_AFTER`).
+    pub rest_after: Option<Duration>,
 }
 
 /// The demo as `openrelay demo` runs it, without accounts: any seed, nothing extra allowed,
@@ -116,6 +118,7 @@ impl Default for DemoOptions {
             offload: relay::udp::Offload::On,
             accounts: false,
             idle: relay::run::Idle::default(),
+            rest_after: Some(control::REST_AFTER),
         }
     }
 }
@@ -338,6 +341,7 @@ impl DemoNetwork {
             client::run::ClientSettings::new(directory.clone(), SocketAddr::new(LOOPBACK, 0));
         settings.seed = opts.seed;
         settings.retry_after_attestation_failure = opts.try_other_relays;
+        settings.rest_after = opts.rest_after;
         let issuer = match issuer {
             Some(i) => {
                 let demo = open_account(i, &directory, &demo_account).await?;
