@@ -204,7 +204,7 @@ impl Idle<'_> {
     /// Keeps every client's tunnel running for `period`: each answers what the relay sends
     /// and runs its timers, as a real idle client does, so that sessions stay as a relay
     /// would see them idle rather than vanished.
-    pub async fn keep_for(mut self, period: Duration) -> IdleOutcome {
+    pub async fn keep_for(&mut self, period: Duration) -> IdleOutcome {
         let end = tokio::time::Instant::now() + period;
         let mut tick = tokio::time::interval(TIMER_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

@@ -121,7 +121,7 @@ async fn measure(args: &Args, sink: &Sink, egress: &mut Egress, ticks: u64) -> a
         "opening {} sessions against {} (pid {}) at up to {}/s, at most {} pending, over {} sockets",
         args.sessions, egress.endpoint, egress.pid, args.rate, args.window, args.sockets
     );
-    let (outcome, clients) = drive(&plan).await.context("load generation failed")?;
+    let (outcome, mut clients) = drive(&plan).await.context("load generation failed")?;
     let loaded = proc::sample(egress.pid, ticks)?;
     let settle = Duration::from_secs(args.settle_secs);
     let clients_idle = clients.keep_for(settle).await;

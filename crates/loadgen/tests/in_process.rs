@@ -125,7 +125,7 @@ async fn idle_clients_answer_like_real_tunnels() {
     let egress = start_egress(&key).await;
     let sink = Sink::start().await.unwrap();
     let plan = plan(&egress, &key, &sink, IDLE_SESSIONS, 0);
-    let (outcome, clients) = drive(&plan).await.unwrap();
+    let (outcome, mut clients) = drive(&plan).await.unwrap();
     assert_eq!(outcome.admitted, IDLE_SESSIONS, "{outcome:?}");
     let before = *egress.counters.borrow();
     let idle = clients.keep_for(Duration::from_secs(13)).await;
