@@ -625,33 +625,30 @@ fn start_whole_host_client(bed: &Testbed, s: &Setup) -> (u32, std::sync::mpsc::R
 }
 
 /// The whole-host client with more arguments; returns its pid and its stdout lines after
-/// it connected.
+/// it connected. The testbed kills it if the test ends without stopping it.
 fn start_whole_host_client_with(
     bed: &Testbed,
     s: &Setup,
     extra: &[&str],
 ) -> (u32, std::sync::mpsc::Receiver<String>) {
-    let mut child = bed
-        .command(&bed.client, BIN)
-        .args([
-            "client",
-            "--tun",
-            "--state-dir",
-            &s.path("state"),
-            "--directory",
-            &s.path("directory.toml"),
-            "--trust",
-            &s.signer,
-        ])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
+    let state = s.path("state");
+    let directory = s.path("directory.toml");
+    let mut args = vec![
+        BIN,
+        "client",
+        "--tun",
+        "--state-dir",
+        &state,
+        "--directory",
+        &directory,
+        "--trust",
+        &s.signer,
+    ];
+    args.extend_from_slice(extra);
+    let (pid, stdout) = bed
+        .spawn_piped(&bed.client, &args, Stdio::inherit())
         .unwrap();
-    let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
         use std::io::BufRead;
         for line in std::io::BufReader::new(stdout)
@@ -660,7 +657,6 @@ fn start_whole_host_client_with(
         {
             let _ = tx.send(line);
         }
-        let _ = child.wait();
     });
     let end = Instant::now() + Duration::from_secs(30);
     loop {

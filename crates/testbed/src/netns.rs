@@ -1,5 +1,5 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
@@ -228,21 +228,51 @@ impl Testbed {
         stdout: Stdio,
         stderr: Stdio,
     ) -> Result<u32, Error> {
+        let child = self.start(host, args, stdout, stderr)?;
+        Ok(self.keep(child))
+    }
+
+    /// Like [`Testbed::spawn`], with the process's standard output for the caller to read.
+    pub fn spawn_piped(
+        &self,
+        host: &Host,
+        args: &[&str],
+        stderr: Stdio,
+    ) -> Result<(u32, ChildStdout), Error> {
+        let mut child = self.start(host, args, Stdio::piped(), stderr)?;
+        let stdout = child.stdout.take().ok_or_else(|| Error::Spawn {
+            command: format!("{args:?}"),
+            source: std::io::Error::other("no standard output pipe"),
+        })?;
+        Ok((self.keep(child), stdout))
+    }
+
+    fn start(
+        &self,
+        host: &Host,
+        args: &[&str],
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<Child, Error> {
         let mut cmd = self.command(host, args.first().copied().unwrap_or("true"));
         cmd.args(args.get(1..).unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
-        let child = cmd.spawn().map_err(|source| Error::Spawn {
+        cmd.spawn().map_err(|source| Error::Spawn {
             command: format!("{args:?}"),
             source,
-        })?;
+        })
+    }
+
+    /// Keeps a child to kill when the testbed is dropped; returns its pid.
+    fn keep(&self, child: Child) -> u32 {
         let pid = child.id();
         self.children
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(child);
-        Ok(pid)
+        pid
     }
 
     /// Starts tcpdump on `host`'s link to the router.
