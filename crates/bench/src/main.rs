@@ -110,6 +110,8 @@ struct Row {
     tcp_down_vs_wireguard_go: Option<f64>,
     /// Process start until the client printed "connected through" (both hops attested).
     connect_ms: Option<f64>,
+    /// The first ping after the client rested (a new handshake with each relay), ms.
+    wake_ms: Option<f64>,
 }
 
 /// One of the measured setups.
@@ -221,6 +223,7 @@ fn run() -> Result<()> {
             name: name.to_string(),
             skipped,
             connect_ms: outcome.as_ref().and_then(|o| o.connect_ms),
+            wake_ms: outcome.as_ref().and_then(|o| o.wake_ms),
             metrics: outcome.map(|o| o.metrics),
             rtt_idle_added_ms: None,
             rtt_load_added_ms: None,
@@ -348,6 +351,7 @@ fn table(report: &Report) -> String {
         "RTT +ms load",
         "CPU s/GB",
         "connect ms",
+        "wake ms",
     ];
     let opt =
         |v: Option<f64>, prec: usize| v.map_or_else(|| "-".to_string(), |v| format!("{v:.prec$}"));
@@ -373,6 +377,7 @@ fn table(report: &Report) -> String {
             opt(r.rtt_load_added_ms, 3),
             opt(m.cpu_s_per_gb, 2),
             opt(r.connect_ms, 0),
+            opt(r.wake_ms, 1),
         ]);
     }
     let mut widths = vec![0; header.len()];

@@ -35,7 +35,15 @@ pub(crate) struct Outcome {
     pub(crate) metrics: Metrics,
     /// Process start until the client reported "connected through", ms.
     pub(crate) connect_ms: Option<f64>,
+    /// The first ping after the client rested, ms: it waits for a new handshake per hop.
+    pub(crate) wake_ms: Option<f64>,
 }
+
+/// Quiet seconds after which the two-hop client rests: longer than any gap between the
+/// measurements, so that it rests only once they are over.
+const REST_SECS: u64 = 5;
+/// What the client logs when it rests.
+const RESTED: &str = "erased the session keys here and at both relays";
 
 /// The tunnel addresses of the userspace WireGuard scenarios.
 const WG_CLIENT: &str = "10.77.0.2";
@@ -239,6 +247,7 @@ pub(crate) fn bare(env: &Env) -> Result<Outcome> {
     Ok(Outcome {
         metrics,
         connect_ms: None,
+        wake_ms: None,
     })
 }
 
@@ -336,6 +345,7 @@ pub(crate) fn userspace_wireguard(env: &Env, program: &[&str]) -> Result<Outcome
     Ok(Outcome {
         metrics,
         connect_ms: None,
+        wake_ms: None,
     })
 }
 
@@ -382,6 +392,7 @@ pub(crate) fn openrelay_one_hop(env: &Env) -> Result<Outcome> {
     Ok(Outcome {
         metrics,
         connect_ms: None,
+        wake_ms: None,
     })
 }
 
@@ -479,6 +490,7 @@ pub(crate) fn stock_peer(env: &Env) -> Result<Outcome> {
     Ok(Outcome {
         metrics,
         connect_ms: None,
+        wake_ms: None,
     })
 }
 
@@ -505,6 +517,8 @@ pub(crate) fn openrelay_two_hops(env: &Env) -> Result<Outcome> {
             &env.path("directory.toml"),
             "--trust",
             &env.signer,
+            "--rest-after",
+            &REST_SECS.to_string(),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -524,12 +538,33 @@ pub(crate) fn openrelay_two_hops(env: &Env) -> Result<Outcome> {
     wait_through(&bed)?;
 
     let metrics = measure::run(&bed, env.plan, &[cpid, ipid, epid])?;
+    let wake_ms = wake_after_rest(env, &bed)?;
     drop(client);
     started.stop();
     Ok(Outcome {
         metrics,
         connect_ms: Some(connect.as_secs_f64() * 1e3),
+        wake_ms,
     })
+}
+
+/// Waits for the client to rest, then times one ping; `None` if it did not rest in time.
+fn wake_after_rest(env: &Env, bed: &Testbed) -> Result<Option<f64>> {
+    let rests = || {
+        std::fs::read_to_string(env.path("client.log"))
+            .unwrap_or_default()
+            .matches(RESTED)
+            .count()
+    };
+    let before = rests();
+    let end = Instant::now() + Duration::from_secs(REST_SECS + 10);
+    while rests() == before {
+        if Instant::now() > end {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    measure::ping(bed, &bed.dest.addr.to_string(), 1)
 }
 
 /// Waits until the process prints a line starting with `prefix` and returns that line;

@@ -626,7 +626,7 @@ async fn connect_once(
                     });
                 }
                 ConnEvent::Rested => {
-                    tracing::debug!("idle: erased the session keys here and at both relays");
+                    tracing::info!("idle: erased the session keys here and at both relays; the next packet sets up new ones");
                 }
                 ConnEvent::Lost(e) => {
                     socket.send_all(&sends).await;
