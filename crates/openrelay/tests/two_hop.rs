@@ -731,6 +731,20 @@ async fn wait_stacks_until(net: &DemoNetwork, done: impl Fn((u64, u64)) -> bool,
     }
 }
 
+/// Fetches from `slow_web` through the proxy, in the background.
+fn fetch_slowly(net: &DemoNetwork, slow: SocketAddr) -> tokio::task::JoinHandle<Output> {
+    let url = format!("http://{slow}/");
+    let proxy_addr = proxy(net);
+    tokio::spawn(async move {
+        Command::new("curl")
+            .args(["--silent", "--show-error", "--max-time", "30"])
+            .args(["--socks5-hostname", &proxy_addr, &url])
+            .output()
+            .await
+            .unwrap()
+    })
+}
+
 /// An HTTP server that answers after `delay`, so that a flow stays open and quiet.
 async fn slow_web(delay: Duration) -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -781,16 +795,7 @@ async fn egress_stacks_start_on_first_packet_and_stop_when_idle() {
     wait_stacks(&net, (1, 1)).await;
 
     // A flow that stays quiet for four idle periods keeps its stack, and completes.
-    let slow_url = format!("http://{slow}/");
-    let proxy_addr = proxy(&net);
-    let fetch = tokio::spawn(async move {
-        Command::new("curl")
-            .args(["--silent", "--show-error", "--max-time", "30"])
-            .args(["--socks5-hostname", &proxy_addr, &slow_url])
-            .output()
-            .await
-            .unwrap()
-    });
+    let fetch = fetch_slowly(&net, slow);
     wait_stacks(&net, (2, 1)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(stacks(&net), (2, 1), "the open flow lost its stack");
@@ -863,16 +868,7 @@ async fn an_idle_connection_rests_and_wakes_from_either_side() {
 
     // The relays wake it: the server answers 6 s after the request, long after the client
     // rested (2 s of quiet).
-    let slow_url = format!("http://{slow}/");
-    let proxy_addr = proxy(&net);
-    let late = tokio::spawn(async move {
-        Command::new("curl")
-            .args(["--silent", "--show-error", "--max-time", "30"])
-            .args(["--socks5-hostname", &proxy_addr, &slow_url])
-            .output()
-            .await
-            .unwrap()
-    });
+    let late = fetch_slowly(&net, slow);
     wait_rested(&net, (3, 3)).await;
     assert!(!late.is_finished(), "the answer came before the rest");
     let out = late.await.unwrap();
