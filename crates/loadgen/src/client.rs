@@ -1,6 +1,7 @@
 //! One simulated client, sans-IO: handshake, `Hello` → `Admitted`, a few UDP packets, then
-//! idle, and after the rest time at rest (keys erased at both ends), as the real client. It takes datagrams and `now` and returns datagrams to send; sockets, pacing and
-//! retries belong to the driver ([`drive`](fn@crate::drive)).
+//! idle, and after the rest time at rest (keys erased at both ends), as the real client.
+//! It takes datagrams and `now` and returns datagrams to send; sockets, pacing and retries
+//! belong to the driver ([`drive`](fn@crate::drive)).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};

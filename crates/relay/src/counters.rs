@@ -137,10 +137,11 @@ impl Counters {
     }
 }
 
-/// ` asleep=now/slept` once a session has slept, ` rested=n` once a client asked for it, ` stacks=live/started` where stacks run
-/// (a userspace egress that has started one), ` udp_segmented=sends` once flows' datagrams
-/// have gone out segmented, ` tun=packets/writes` where a TUN egress
-/// has written and ` tun_refused=packets` where the kernel refused some.
+/// ` asleep=now/slept` once a session has slept, ` rested=n` once a client asked for it,
+/// ` stacks=live/started` where stacks run (a userspace egress that has started one),
+/// ` udp_segmented=sends` once flows' datagrams have gone out segmented,
+/// ` tun=packets/writes` where a TUN egress has written and ` tun_refused=packets` where the
+/// kernel refused some.
 struct Levels<'a>(&'a Counters);
 
 impl fmt::Display for Levels<'_> {
