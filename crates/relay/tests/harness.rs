@@ -1144,3 +1144,74 @@ fn without_resting_the_client_stops_probing_a_minute_after_the_last_packet_in() 
     assert_eq!(net.rested, 0);
     assert!(net.lost.is_empty(), "{:?}", net.lost);
 }
+
+/// What a client and the internet do to a connection, in any order.
+#[derive(Debug, Clone)]
+enum Step {
+    /// The client sends a packet.
+    Send,
+    /// A packet from the internet comes to the egress for the client.
+    Reply,
+    /// Time passes with nothing sent, in seconds.
+    Quiet(u64),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        Just(Step::Send),
+        Just(Step::Reply),
+        (0u64..100).prop_map(Step::Quiet),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// However sends, replies and quiet spells interleave, every packet arrives, the
+    /// connection rests once a quiet spell passes the rest time and sends nothing while it
+    /// rests, and both relays keep the one admission.
+    #[test]
+    fn rests_and_wakes_in_any_order_lose_nothing(steps in proptest::collection::vec(step(), 1..14)) {
+        let mut net = Net::new();
+        net.start();
+        prop_assert!(net.ready);
+        let mut last = net.now;
+        for (n, s) in steps.iter().enumerate() {
+            match s {
+                Step::Send => {
+                    let pkt = user_packet(format!("send {n}").as_bytes());
+                    net.send(&pkt);
+                    prop_assert_eq!(net.at_egress.last(), Some(&pkt));
+                    last = net.now;
+                }
+                Step::Reply => {
+                    let reply = net.egress_reply(format!("reply {n}").as_bytes());
+                    prop_assert_eq!(net.at_client.last(), Some(&reply));
+                    last = net.now;
+                }
+                Step::Quiet(secs) => {
+                    // Keep it shorter than a session's life without handshakes (540 s).
+                    if (net.now - last).as_secs() + secs > 400 {
+                        net.send(&user_packet(b"keep alive"));
+                        last = net.now;
+                    }
+                    let resting = net.now - last > control::REST_AFTER + Duration::from_secs(1);
+                    let sent = net.client_sent;
+                    net.advance(Duration::from_secs(*secs));
+                    if resting {
+                        prop_assert_eq!(net.client_sent, sent, "sent while resting");
+                    }
+                    if net.now - last > control::REST_AFTER + Duration::from_secs(1) {
+                        prop_assert_eq!(net.ingress.counters().sessions_asleep, 1);
+                        prop_assert_eq!(net.egress.counters.sessions_asleep, 1);
+                    }
+                }
+            }
+            prop_assert!(net.lost.is_empty(), "{:?}", net.lost);
+        }
+        for c in [*net.ingress.counters(), net.egress.counters] {
+            prop_assert_eq!((c.sessions_created, c.sessions_admitted), (1, 1), "{}", c);
+            prop_assert_eq!(c.dropped(), 0, "{}", c);
+        }
+    }
+}
