@@ -345,6 +345,7 @@ pub(crate) async fn supervise(
     let (level_tx, level_rx) = watch::channel(None);
     let (stopping_tx, stopping_rx) = watch::channel(false);
     let refilled = Notify::new();
+    let connection = status.subscribe();
     let connections = async {
         keep_connected(
             settings, local, from_local, status, shutdown, &level_tx, &refilled,
@@ -365,6 +366,7 @@ pub(crate) async fn supervise(
             stopping: stopping_rx,
             report: &refill_status,
             refilled: &refilled,
+            connection,
         };
         crate::refill::run::drive(settings, refill, stock, links).await;
     };

@@ -1294,7 +1294,8 @@ fn whole_host_client_refills_its_tokens_through_the_tunnel() {
     start_ingress(&bed, &s);
     let at_client = bed.capture(&bed.client).unwrap();
     // Connecting spends the only connection's tickets; the stock (0) is below half of
-    // --keep 2, so the client refills it after a short wait.
+    // --keep 2, so the client refills it, with no wait: the refill starts while the tunnel
+    // is still being set up, and must wait for it.
     let (pid, lines) = start_whole_host_client_with(
         &bed,
         &s,
@@ -1308,7 +1309,7 @@ fn whole_host_client_refills_its_tokens_through_the_tunnel() {
             "--keep",
             "2",
             "--refill-delay-secs",
-            "1",
+            "0",
         ],
     );
     let end = Instant::now() + Duration::from_secs(60);

@@ -16,7 +16,7 @@ use tokio::sync::{watch, Notify};
 
 use super::{Outcome, RefillPolicy, RefillSettings, RefillStatus};
 use crate::issuer_client::{IssuerClient, IssuerError};
-use crate::run::ClientSettings;
+use crate::run::{ClientSettings, Status};
 use crate::tickets::{self, AccountError, Prepaid, Stock};
 
 /// Why a refill failed, and what fixes it.
@@ -143,6 +143,8 @@ pub(crate) struct Links<'a> {
     pub(crate) report: &'a watch::Sender<RefillStatus>,
     /// Woken after tickets were added, so a supervisor waiting for tokens goes on at once.
     pub(crate) refilled: &'a Notify,
+    /// The connection's state: in whole-host mode the issuer is reached through it.
+    pub(crate) connection: watch::Receiver<Status>,
 }
 
 /// Runs the refill until the client stops.
@@ -262,6 +264,20 @@ async fn attempt(
             "the directory lists no token issuer".into(),
         ));
     };
+    // In whole-host mode the issuer is reachable only through the tunnel. A socket opened
+    // before the tunnel device has its address would keep a source address that the egress
+    // refuses as spoofed, so the refill waits for the connection.
+    if settings.fwmark.is_some() {
+        let up = links
+            .connection
+            .wait_for(|s| matches!(s, Status::Connected { .. }));
+        tokio::select! {
+            r = up => if r.is_err() {
+                return Ended::Stopping;
+            },
+            _ = links.stopping.wait_for(|s| *s) => return Ended::Stopping,
+        }
+    }
     // Nothing is paid before the first batch: stopping may cut the session and login short.
     let connect = IssuerClient::connect(
         issuer.endpoint,
