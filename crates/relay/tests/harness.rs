@@ -240,6 +240,22 @@ impl Net {
             }
             let mut eg = Vec::new();
             self.egress.handle_timeout(self.now, &mut eg);
+            // The egress's own retries and keepalives go back through the ingress.
+            let mut out = Vec::new();
+            for e in eg {
+                if let TableEvent::Transmit { datagram, .. } = e {
+                    self.ingress.handle_egress(
+                        self.now,
+                        relay::table::SessionId(1),
+                        EGRESS.parse().unwrap(),
+                        &datagram,
+                        &mut out,
+                    );
+                }
+            }
+            for d in self.ingress_out(out) {
+                self.conn.receive(self.now, &d, &mut ev);
+            }
             self.client_events(ev);
         }
     }
@@ -1156,6 +1172,9 @@ enum Step {
     Quiet(u64),
 }
 
+/// WireGuard's handshake retry time (REKEY_TIMEOUT, 5 s) and its jitter.
+const RETRY: Duration = Duration::from_secs(6);
+
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         Just(Step::Send),
@@ -1167,9 +1186,10 @@ fn step() -> impl Strategy<Value = Step> {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
 
-    /// However sends, replies and quiet spells interleave, every packet arrives, the
-    /// connection rests once a quiet spell passes the rest time and sends nothing while it
-    /// rests, and both relays keep the one admission.
+    /// However sends, replies and quiet spells interleave, every packet arrives (at once,
+    /// or after one WireGuard handshake retry, 5 s), the connection rests once a quiet
+    /// spell passes the rest time and sends nothing while it rests, and both relays keep
+    /// the one admission.
     #[test]
     fn rests_and_wakes_in_any_order_lose_nothing(steps in proptest::collection::vec(step(), 1..14)) {
         let mut net = Net::new();
@@ -1181,11 +1201,21 @@ proptest! {
                 Step::Send => {
                     let pkt = user_packet(format!("send {n}").as_bytes());
                     net.send(&pkt);
+                    if net.at_egress.last() != Some(&pkt) {
+                        net.advance(RETRY);
+                    }
                     prop_assert_eq!(net.at_egress.last(), Some(&pkt));
                     last = net.now;
                 }
                 Step::Reply => {
                     let reply = net.egress_reply(format!("reply {n}").as_bytes());
+                    // A handshake that meets another one from the same side in the same
+                    // instant is refused as a flood or replay and retried after 5 s
+                    // (found by this test: a relay's rekey as the client rested, then a
+                    // reply that woke the relays).
+                    if net.at_client.last() != Some(&reply) {
+                        net.advance(RETRY);
+                    }
                     prop_assert_eq!(net.at_client.last(), Some(&reply));
                     last = net.now;
                 }
@@ -1209,9 +1239,14 @@ proptest! {
             }
             prop_assert!(net.lost.is_empty(), "{:?}", net.lost);
         }
+        // A relay that starts a handshake (a rekey) just as the client rests gets the
+        // answer after it has dropped its state: that answer is dropped as `no_session`,
+        // at most one per rest, and nothing else is (found by this test: a rekey at 180 s
+        // met the rest at 180 s).
         for c in [*net.ingress.counters(), net.egress.counters] {
             prop_assert_eq!((c.sessions_created, c.sessions_admitted), (1, 1), "{}", c);
-            prop_assert_eq!(c.dropped(), 0, "{}", c);
+            prop_assert_eq!(c.dropped(), c.dropped_no_session, "{}", c);
+            prop_assert!(c.dropped_no_session <= c.sessions_rested, "{}", c);
         }
     }
 }

@@ -65,6 +65,11 @@ pub struct Session {
     tunn: Tunn,
     clock: SessionClock,
     peer: PublicKey,
+    /// What a new state machine for [`Session::rest`] is made from.
+    local: StaticSecret,
+    keepalive: Option<u16>,
+    index_table: IndexTable,
+    limiter: Arc<RateLimiter>,
     mtu: MtuWatcher,
     next_tick: Instant,
     indices: Vec<u32>,
@@ -97,13 +102,17 @@ impl Session {
             peer.to_x25519(),
             None,
             cfg.persistent_keepalive,
-            indices,
-            limiter,
+            indices.clone(),
+            limiter.clone(),
         );
         Self {
             tunn,
             clock,
             peer,
+            local: local.clone(),
+            keepalive: cfg.persistent_keepalive,
+            index_table: indices,
+            limiter,
             mtu: MtuWatcher::new(cfg.mtu),
             next_tick: now + TIMER_TICK,
             indices: Vec::new(),
@@ -219,9 +228,22 @@ impl Session {
     /// Erases the session's keys, handshake state and queued packets: the session is as
     /// new, and its next packet starts a handshake. For a peer that agreed to forget the
     /// keys too (an idle client's `Rest`); the receiver indices go with them.
+    ///
+    /// A new state machine, not gotatun's `Tunn::reset`, which keeps the last handshake
+    /// timestamp seen from the peer. The peer forgets too and starts from a new state
+    /// machine of its own, whose timestamps count from when it was made: after a step
+    /// back of its clock (or in simulated time) they can be older than the last one seen,
+    /// and every handshake it started would be refused as a replay.
     pub fn rest(&mut self, now: Instant) {
         self.clock.enter(now);
-        self.tunn.reset();
+        self.tunn = Tunn::new(
+            self.local.x25519().clone(),
+            self.peer.to_x25519(),
+            None,
+            self.keepalive,
+            self.index_table.clone(),
+            self.limiter.clone(),
+        );
         self.indices.clear();
     }
 
