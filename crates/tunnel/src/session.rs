@@ -97,20 +97,13 @@ impl Session {
         limiter: Arc<RateLimiter>,
     ) -> Self {
         let clock = SessionClock::new(now);
-        let tunn = Tunn::new(
-            local.x25519().clone(),
-            peer.to_x25519(),
-            None,
-            cfg.persistent_keepalive,
-            indices.clone(),
-            limiter.clone(),
-        );
+        let keepalive = cfg.persistent_keepalive;
         Self {
-            tunn,
+            tunn: new_tunn(local, peer, keepalive, &indices, &limiter),
             clock,
             peer,
             local: local.clone(),
-            keepalive: cfg.persistent_keepalive,
+            keepalive,
             index_table: indices,
             limiter,
             mtu: MtuWatcher::new(cfg.mtu),
@@ -236,13 +229,12 @@ impl Session {
     /// and every handshake it started would be refused as a replay.
     pub fn rest(&mut self, now: Instant) {
         self.clock.enter(now);
-        self.tunn = Tunn::new(
-            self.local.x25519().clone(),
-            self.peer.to_x25519(),
-            None,
+        self.tunn = new_tunn(
+            &self.local,
+            self.peer,
             self.keepalive,
-            self.index_table.clone(),
-            self.limiter.clone(),
+            &self.index_table,
+            &self.limiter,
         );
         self.indices.clear();
     }
@@ -270,6 +262,24 @@ impl Session {
         }
         out.push(Action::Transmit(buffers::into_vec(Packet::from(msg))));
     }
+}
+
+/// A state machine with no keys between `local` and `peer`.
+fn new_tunn(
+    local: &StaticSecret,
+    peer: PublicKey,
+    keepalive: Option<u16>,
+    indices: &IndexTable,
+    limiter: &Arc<RateLimiter>,
+) -> Tunn {
+    Tunn::new(
+        local.x25519().clone(),
+        peer.to_x25519(),
+        None,
+        keepalive,
+        indices.clone(),
+        limiter.clone(),
+    )
 }
 
 /// A WireGuard message checked by a [`Responder`], ready for [`Session::receive`].
