@@ -14,8 +14,10 @@ fn repo() -> PathBuf {
 
 #[test]
 fn two_builds_of_one_commit_in_different_places_are_identical() {
-    let base = std::env::temp_dir().join(format!("openrelay-image-test-{}", std::process::id()));
+    remove_stale_runs();
+    let base = std::env::temp_dir().join(format!("{PREFIX}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&base);
+    let _cleanup = Cleanup(base.clone());
     let (a, b) = (base.join("a"), base.join("b/somewhere/much/deeper"));
     std::fs::create_dir_all(&a).unwrap();
     std::fs::create_dir_all(&b).unwrap();
@@ -168,7 +170,35 @@ fn two_builds_of_one_commit_in_different_places_are_identical() {
         )),
         "{err}"
     );
-    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// Names this test's directories, followed by the test process's id.
+const PREFIX: &str = "openrelay-image-test-";
+
+/// Removes the test's directory however the test ends: it holds two release builds (about
+/// a gigabyte), and directories left by failed runs once filled a CI machine's disk.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes directories of earlier runs whose process is gone (killed before its cleanup).
+fn remove_stale_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else {
+            continue;
+        };
+        if !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn verify(manifest: &std::path::Path, repo: &std::path::Path) -> std::process::Output {
