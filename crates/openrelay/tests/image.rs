@@ -176,7 +176,7 @@ fn two_builds_of_one_commit_in_different_places_are_identical() {
 const PREFIX: &str = "openrelay-image-test-";
 
 /// Removes the test's directory however the test ends: it holds two release builds (about
-/// a gigabyte), and directories left by failed runs once filled a CI machine's disk.
+/// a gigabyte), and directories left by failed runs add up on a machine kept between runs.
 struct Cleanup(PathBuf);
 
 impl Drop for Cleanup {
