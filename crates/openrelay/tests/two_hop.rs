@@ -784,6 +784,16 @@ async fn egress_stacks_start_on_first_packet_and_stop_when_idle() {
     .await
     .unwrap();
     net.wait_connected(Duration::from_secs(20)).await.unwrap();
+    // The egress publishes its counters after the turn that admitted the client, which
+    // may come after the client is connected.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while egress_sum(&net, |c| c.sessions_admitted) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no admission counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(egress_sum(&net, |c| c.sessions_admitted), 1);
     // Admitted, attested and paid for, but no packet yet: no stack.
     tokio::time::sleep(Duration::from_millis(300)).await;
