@@ -28,6 +28,10 @@ struct Args {
     /// The `openrelay` executable to measure (build it with --release).
     #[arg(long, default_value = "target/release/openrelay")]
     openrelay: PathBuf,
+    /// The relay executable that the ingress and egress run: the relay image
+    /// (`openrelay-relay`), as operators deploy it.
+    #[arg(long, default_value = "target/release/openrelay-relay")]
+    relay: PathBuf,
     /// The one-hop peer (`openrelay-bench-peer`, built with this harness).
     #[arg(long, default_value = "target/release/openrelay-bench-peer")]
     peer: PathBuf,
@@ -168,7 +172,7 @@ fn run() -> Result<()> {
         pings: 20,
         udp_rate_mbps: args.udp_rate,
     };
-    let env = Env::new(&args.openrelay, &args.peer, plan)?;
+    let env = Env::new(&args.openrelay, &args.relay, &args.peer, plan)?;
     let machine = machine();
     eprintln!(
         "machine: {} ({} cores), Linux {}, load {:.2}; {} s per iperf3 run",

@@ -12,11 +12,13 @@ use testbed::{Host, Testbed};
 
 use crate::measure::{self, wait_for, Metrics, Plan};
 
-/// What every scenario shares: the `openrelay` binary, a scratch folder with keys, the
-/// signed directory and relay configs, and the measurement plan.
+/// What every scenario shares: the `openrelay` and relay binaries, a scratch folder with
+/// keys, the signed directory and relay configs, and the measurement plan.
 pub(crate) struct Env {
-    /// The `openrelay` executable under test.
+    /// The `openrelay` executable under test: the client, and the keys and directory tools.
     openrelay: PathBuf,
+    /// The relay executable under test (`openrelay-relay`, the image that clients attest).
+    relay: PathBuf,
     /// `openrelay-bench-peer`, OpenRelay's one-hop data path.
     peer: PathBuf,
     /// Scratch folder, removed on drop.
@@ -71,13 +73,19 @@ sys.exit("no Admitted from the relay")
 "#;
 
 impl Env {
-    /// Makes the keys, the signed directory (sim TEE, one sim vendor, this binary's
+    /// Makes the keys, the signed directory (sim TEE, one sim vendor, the relay binary's
     /// measurement; no token issuer) and the relay configs for the testbed's addresses,
     /// which are the same in every testbed.
-    pub(crate) fn new(openrelay: &Path, peer: &Path, plan: Plan) -> Result<Self> {
+    pub(crate) fn new(openrelay: &Path, relay: &Path, peer: &Path, plan: Plan) -> Result<Self> {
         let openrelay = openrelay
             .canonicalize()
             .with_context(|| format!("no openrelay binary at {}", openrelay.display()))?;
+        let relay = relay.canonicalize().with_context(|| {
+            format!(
+                "no relay binary at {} (cargo build --release -p openrelay-relay)",
+                relay.display()
+            )
+        })?;
         let peer = peer.canonicalize().with_context(|| {
             format!(
                 "no openrelay-bench-peer binary at {} (cargo build --release -p openrelay-bench)",
@@ -89,6 +97,7 @@ impl Env {
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {dir:?}"))?;
         let mut env = Self {
             openrelay,
+            relay,
             peer,
             dir,
             signer: String::new(),
@@ -107,7 +116,7 @@ impl Env {
         ])?;
         let measurement = {
             use sha2::Digest;
-            let bytes = std::fs::read(&env.openrelay).context("cannot read openrelay")?;
+            let bytes = std::fs::read(&env.relay).context("cannot read the relay binary")?;
             sha2::Sha256::digest(bytes)
                 .iter()
                 .map(|b| format!("{b:02x}"))
@@ -202,10 +211,10 @@ impl Env {
         } else {
             &bed.egress
         };
-        let bin = self.openrelay.to_string_lossy();
+        let bin = self.relay.to_string_lossy();
         let pid = bed.spawn(
             host,
-            &[&bin, "relay", role, "--config", &self.path(config)],
+            &[&bin, role, "--config", &self.path(config)],
             Stdio::null(),
             self.log(role)?,
         )?;
