@@ -720,13 +720,19 @@ async fn wait_started(net: &DemoNetwork, started: u64) {
 }
 
 async fn wait_stacks_until(net: &DemoNetwork, done: impl Fn((u64, u64)) -> bool, want: &str) {
+    wait_until(
+        || done(stacks(net)),
+        || format!("stacks (started, stopped) = {:?}, want {want}", stacks(net)),
+    )
+    .await;
+}
+
+/// Polls `done` for up to 15 s, for counters that the relays publish after the turn that
+/// answered, not with the answer; `seen` says what was there instead.
+async fn wait_until(done: impl Fn() -> bool, seen: impl Fn() -> String) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !done(stacks(net)) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "stacks (started, stopped) = {:?}, want {want}",
-            stacks(net)
-        );
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "{}", seen());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -786,14 +792,11 @@ async fn egress_stacks_start_on_first_packet_and_stop_when_idle() {
     net.wait_connected(Duration::from_secs(20)).await.unwrap();
     // The egress publishes its counters after the turn that admitted the client, which
     // may come after the client is connected.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while egress_sum(&net, |c| c.sessions_admitted) == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no admission counted"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        || egress_sum(&net, |c| c.sessions_admitted) > 0,
+        || "no admission counted".to_string(),
+    )
+    .await;
     assert_eq!(egress_sum(&net, |c| c.sessions_admitted), 1);
     // Admitted, attested and paid for, but no packet yet: no stack.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -838,15 +841,16 @@ fn rested(net: &DemoNetwork) -> (u64, u64) {
 }
 
 async fn wait_rested(net: &DemoNetwork, want: (u64, u64)) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while rested(net) != want {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "sessions rested (ingress, egress) = {:?}, want {want:?}",
-            rested(net)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        || rested(net) == want,
+        || {
+            format!(
+                "sessions rested (ingress, egress) = {:?}, want {want:?}",
+                rested(net)
+            )
+        },
+    )
+    .await;
 }
 
 /// An idle connection rests: both relays erase its keys at once. The next fetch wakes it
