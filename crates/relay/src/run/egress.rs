@@ -76,7 +76,6 @@ pub async fn run_egress(settings: EgressSettings) -> io::Result<RelayHandle> {
     let report_interval = c.report_interval;
     let handle = super::spawn_workers(
         "egress",
-        super::Placement::OwnThread,
         local_addr,
         report_interval,
         shards,

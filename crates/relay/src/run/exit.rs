@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, watch};
-use tun_rs::{AsyncDevice, DeviceBuilder, VIRTIO_NET_HDR_LEN};
+use tun_rs::{AsyncDevice, DeviceBuilder, SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::{EgressSettings, RelayHandle};
 use crate::counters::{Counters, Drop};
@@ -56,7 +56,7 @@ pub async fn run_egress_tun(
         // A queue per worker. The kernel sends a flow's replies to the queue that wrote
         // its packets (tun's flow steering); those it sends elsewhere are handed over.
         .multi_queue(n > 1)
-        .build_async()
+        .build_sync()
         .map_err(|e| {
             io::Error::new(
                 e.kind(),
@@ -67,10 +67,12 @@ pub async fn run_egress_tun(
             )
         })?;
     dev.enabled(true)?;
-    let mut queues = vec![Arc::new(dev)];
+    // Each worker registers its queue on its own runtime (`event_loop`).
+    let mut queues = Vec::with_capacity(n);
     for _ in 1..n {
-        queues.push(Arc::new(queues[0].try_clone()?));
+        queues.push(Some(dev.try_clone()?));
     }
+    queues.insert(0, Some(dev));
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -102,20 +104,20 @@ pub async fn run_egress_tun(
     let mut handoff_rx: Vec<_> = handoff_rx.into_iter().map(Some).collect();
     let mut handle = super::spawn_workers(
         "egress",
-        super::Placement::Shared,
         local_addr,
         c.report_interval,
         shards,
         |k, socket, table, counters_tx, shutdown_rx| {
+            let queue = queues.get_mut(k).and_then(Option::take);
             let worker = Worker {
                 index: k,
-                dev: queues[k % queues.len()].clone(),
                 handoff_in: handoff_rx[k].take(),
                 handoff_out: handoff_tx.clone(),
             };
             event_loop(
                 settings.clone(),
                 socket,
+                queue,
                 worker,
                 table,
                 counters_tx,
@@ -182,8 +184,6 @@ async fn nft(ruleset: &str) -> io::Result<()> {
 /// One worker's part of the TUN device and its way to the others.
 struct Worker {
     index: usize,
-    /// This worker's queue of the TUN device.
-    dev: Arc<AsyncDevice>,
     /// Replies that the kernel gave another worker's queue, for sessions of this one.
     handoff_in: Option<mpsc::Receiver<Vec<u8>>>,
     /// Every worker's handoff queue, by index (one per worker).
@@ -246,6 +246,7 @@ fn write_tun(dev: &AsyncDevice, batch: &mut tunio::WriteBatch, counters: &mut Co
 async fn event_loop(
     settings: EgressSettings,
     mut socket: crate::udp::BatchSocket,
+    queue: Option<SyncDevice>,
     mut worker: Worker,
     mut table: SessionTable,
     counters_tx: watch::Sender<Counters>,
@@ -260,7 +261,12 @@ async fn event_loop(
     let mut to_tun = tunio::WriteBatch::new();
     let mut events = Vec::new();
     let mut sends: Vec<(std::net::SocketAddr, Vec<u8>)> = Vec::new();
-    let dev = worker.dev.clone();
+    // Registered here, on the worker's own runtime: its readiness wakes this thread.
+    let dev = match queue.map(AsyncDevice::new) {
+        Some(Ok(dev)) => dev,
+        Some(Err(e)) => return tracing::error!("egress worker {}: TUN queue: {e}", worker.index),
+        None => return tracing::error!("egress worker {}: no TUN queue", worker.index),
+    };
     let mut handoff_in = worker.handoff_in.take();
     let mut attester = super::Attester::new(table.evidence_source());
     loop {

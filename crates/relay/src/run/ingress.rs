@@ -23,7 +23,6 @@ pub async fn run_ingress(settings: IngressSettings) -> io::Result<RelayHandle> {
     let n = shards.len();
     let handle = super::spawn_workers(
         "ingress",
-        super::Placement::OwnThread,
         local_addr,
         c.report_interval,
         shards,

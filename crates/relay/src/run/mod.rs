@@ -204,25 +204,17 @@ impl Common {
     }
 }
 
-/// Where a worker's event loop, and every task it spawns, runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Placement {
-    /// As a task of the runtime that starts the relay: tokio may move it, and what it
-    /// spawns, between that runtime's threads.
-    Shared,
-    /// On a thread of its own, with a single-threaded runtime. A loop that spawns tasks per
-    /// session needs this: a block freed on another thread than the one that allocated it
-    /// stays with the allocator (with two shared threads, 10,000 sessions' stopped stacks
-    /// gave back nothing of 377 MiB; on one thread, 132 MiB came back), and a task that
-    /// wakes the loop on the same thread costs no cross-thread wake-up (the ingress's
-    /// per-session readers; see the README's benchmark).
-    OwnThread,
-}
-
-/// Spawns one event loop per socket and table, and supervises them as one relay.
+/// Spawns one event loop per socket and table, each on a thread of its own with a
+/// single-threaded runtime, and supervises them as one relay.
+///
+/// A thread per loop rather than tasks of the shared runtime: a block freed on another
+/// thread than the one that allocated it stays with the allocator (with two shared
+/// threads, 10,000 sessions' stopped stacks gave back nothing of 377 MiB; on one thread,
+/// 132 MiB came back), a task that wakes the loop on the same thread costs no cross-thread
+/// wake-up (the ingress's per-session readers), and tokio does not move the loop between
+/// threads (the TUN egress's loop did, both threads busy; see the README's benchmark).
 fn spawn_workers<F, Fut>(
     role: &'static str,
-    placement: Placement,
     local_addr: std::net::SocketAddr,
     report_interval: Duration,
     shards: Vec<(crate::udp::BatchSocket, SessionTable)>,
@@ -244,16 +236,11 @@ where
         .map(|(k, (socket, table))| {
             let (counters_tx, counters) = tokio::sync::watch::channel(table.counters);
             let (shutdown, shutdown_rx) = tokio::sync::oneshot::channel();
-            let task = match placement {
-                Placement::Shared => {
-                    tokio::spawn(event_loop(k, socket, table, counters_tx, shutdown_rx))
-                }
-                // The socket was bound on this runtime; the worker's own takes it over.
-                Placement::OwnThread => workers::spawn_thread(format!("{role}-{k}"), || {
-                    let socket = socket.register_here()?;
-                    Ok(event_loop(k, socket, table, counters_tx, shutdown_rx))
-                }),
-            };
+            // The socket was bound on this runtime; the worker's own takes it over.
+            let task = workers::spawn_thread(format!("{role}-{k}"), || {
+                let socket = socket.register_here()?;
+                Ok(event_loop(k, socket, table, counters_tx, shutdown_rx))
+            });
             workers::Worker {
                 counters,
                 shutdown,

@@ -16,6 +16,10 @@ use tokio::task::JoinHandle;
 
 use crate::counters::Counters;
 
+/// The least time between two publications of the summed counters; what changes in
+/// between is published together at the end of it.
+const PUBLISH_GAP: Duration = Duration::from_millis(10);
+
 /// How many workers a relay runs: `configured`, or one per core when it is 0.
 pub(crate) fn count(configured: usize) -> usize {
     if configured > 0 {
@@ -104,6 +108,12 @@ pub(crate) fn supervise(
                     counters_tx.send_replace(sum(&watched));
                     if !alive {
                         break;
+                    }
+                    // A busy worker changes its counters every batch: waking this task on
+                    // each (another thread) cost a context switch per batch on both sides.
+                    tokio::select! {
+                        _ = tokio::time::sleep(PUBLISH_GAP) => {}
+                        _ = &mut shutdown_rx => break,
                     }
                 }
                 _ = report_tick.tick() => super::report(role, &sum(&watched)),
@@ -194,5 +204,39 @@ mod tests {
         }
         stopped.sort();
         assert_eq!(stopped, [0, 1, 2]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_changes_is_published_once_after_the_gap() {
+        let (tx, rx) = watch::channel(Counters::default());
+        let (stop, _stop_rx) = oneshot::channel::<()>();
+        let worker = Worker {
+            counters: rx,
+            shutdown: stop,
+            task: tokio::spawn(std::future::pending()),
+        };
+        let s = supervise("test", vec![worker], Duration::from_secs(3600));
+        let mut total = s.counters.clone();
+        tx.send_modify(|c| c.forwarded = 1);
+        let wait = Duration::from_secs(5);
+        tokio::time::timeout(wait, total.wait_for(|c| c.forwarded == 1))
+            .await
+            .unwrap()
+            .unwrap();
+        let changed_at = tokio::time::Instant::now();
+        for k in 2..=50 {
+            tx.send_modify(|c| c.forwarded = k);
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            total.borrow().forwarded,
+            1,
+            "changes within the gap wait for its end"
+        );
+        tokio::time::timeout(wait, total.wait_for(|c| c.forwarded == 50))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(changed_at.elapsed() >= PUBLISH_GAP);
     }
 }
