@@ -9,13 +9,10 @@ use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
-use tunnel::wire::{build_udp_into, parse_udp, UdpChecksum};
+use tunnel::wire::{emit_udp, parse_udp, udp_packet_len, UdpChecksum};
 
 use crate::counters::{Counters, Drop};
 use crate::table::{AttestRequest, SessionId, SessionTable, TableEvent};
-
-/// IPv4 and UDP headers in front of a message for the client.
-const UDP_HEADERS: usize = 28;
 
 /// What the ingress asks its edge to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,14 +114,22 @@ impl Ingress {
         let to = SocketAddr::V4(SocketAddrV4::new(addr, fwd.client_port));
         // No UDP checksum: the session's encryption authenticates the packet, and the
         // egress's the message inside.
-        let mut ip = spare::take(UDP_HEADERS + payload.len());
-        if build_udp_into(from, to, payload, UdpChecksum::Omit, &mut ip).is_err() {
+        let Ok(len) = udp_packet_len(from, to, payload.len()) else {
             // An IPv6 egress cannot be answered inside an IPv4 outer tunnel.
             return self.table.counters.drop(Drop::NotIp);
-        }
+        };
         let mut events = std::mem::take(&mut self.events);
-        self.table.send(now, id, &ip, &mut events);
-        spare::give(ip);
+        // Written straight into the buffer that the session encrypts.
+        self.table.send_with(
+            now,
+            id,
+            len,
+            |buf| {
+                let built = emit_udp(from, to, payload, UdpChecksum::Omit, buf);
+                debug_assert!(built.is_ok(), "the buffer has the packet's size");
+            },
+            &mut events,
+        );
         self.apply(&mut events, out);
         self.events = events;
     }

@@ -307,6 +307,19 @@ impl SessionTable {
 
     /// Encrypts a packet for an admitted session (the role's replies to the client).
     pub fn send(&mut self, now: Instant, id: SessionId, ip: &[u8], out: &mut Vec<TableEvent>) {
+        self.send_with(now, id, ip.len(), |buf| buf.copy_from_slice(ip), out);
+    }
+
+    /// Like [`SessionTable::send`] for a packet of `len` bytes that `fill` writes straight
+    /// into the buffer to be encrypted (see `tunnel::Session::encapsulate_with`).
+    pub fn send_with(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+        out: &mut Vec<TableEvent>,
+    ) {
         let Some(entry) = self.entries.get_mut(&id) else {
             return self.counters.drop(Drop::NoSession);
         };
@@ -314,11 +327,16 @@ impl SessionTable {
             return self.counters.drop(Drop::Unadmitted);
         }
         self.counters.forwarded += 1;
-        self.counters.forwarded_bytes += ip.len() as u64;
+        self.counters.forwarded_bytes += len as u64;
         let mut actions = std::mem::take(&mut self.actions);
         // A sleeping session has no key: the relay starts a handshake, as gotatun does when
         // keys expired.
-        wake(entry, &self.responder, now, &mut self.counters).encapsulate(now, ip, &mut actions);
+        wake(entry, &self.responder, now, &mut self.counters).encapsulate_with(
+            now,
+            len,
+            fill,
+            &mut actions,
+        );
         self.apply(now, id, &mut actions, out);
         self.actions = actions;
     }

@@ -23,13 +23,20 @@ thread_local! {
 
 /// An outgoing IP packet in a pooled buffer.
 pub(crate) fn pooled(bytes: &[u8]) -> Packet {
-    if bytes.len() > POOL_BUF {
-        return Packet::from_bytes(BytesMut::from(bytes));
+    pooled_with(bytes.len(), |buf| buf.copy_from_slice(bytes))
+}
+
+/// A pooled buffer of `len` bytes, written by `fill`.
+pub(crate) fn pooled_with(len: usize, fill: impl FnOnce(&mut [u8])) -> Packet {
+    if len > POOL_BUF {
+        let mut packet = Packet::from_bytes(BytesMut::zeroed(len));
+        fill(&mut packet);
+        return packet;
     }
     POOL.with(|pool| {
         let mut packet = pool.get();
-        packet.truncate(bytes.len());
-        packet.copy_from_slice(bytes);
+        packet.truncate(len);
+        fill(&mut packet);
         packet
     })
 }

@@ -8,8 +8,6 @@ use crate::{Action, Session, TunnelError};
 
 /// UDP port the client uses, inside the outer tunnel, for inner WireGuard datagrams.
 pub const INNER_PORT: u16 = 51820;
-/// IPv4 and UDP headers in front of an inner message.
-const UDP_HEADERS: usize = 28;
 
 /// What the nested tunnel asks its caller to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -190,14 +188,21 @@ impl Nested {
                 Action::Transmit(msg) => {
                     // Inner messages are at most MTU-sized, so they always fit one datagram.
                     // Its UDP checksum is left out: the outer tunnel authenticates it, and
-                    // the egress the message inside.
-                    let mut ip = spare::take(UDP_HEADERS + msg.len());
-                    if wire::build_udp_into(src, self.egress, &msg, UdpChecksum::Omit, &mut ip)
-                        .is_ok()
-                    {
-                        self.outer.encapsulate(now, &ip, &mut self.scratch);
+                    // the egress the message inside. Written straight into the buffer that
+                    // the outer session encrypts.
+                    if let Ok(len) = wire::udp_packet_len(src, self.egress, msg.len()) {
+                        let egress = self.egress;
+                        self.outer.encapsulate_with(
+                            now,
+                            len,
+                            |buf| {
+                                let built =
+                                    wire::emit_udp(src, egress, &msg, UdpChecksum::Omit, buf);
+                                debug_assert!(built.is_ok(), "the buffer has the packet's size");
+                            },
+                            &mut self.scratch,
+                        );
                     }
-                    spare::give(ip);
                     spare::give(msg);
                 }
                 Action::Deliver(ip) => out.push(NestedEvent::Inner(ip)),

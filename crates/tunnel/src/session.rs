@@ -139,7 +139,23 @@ impl Session {
     /// handshake starts; it goes out once the handshake completes.
     pub fn encapsulate(&mut self, now: Instant, ip_packet: &[u8], out: &mut Vec<Action>) {
         self.clock.enter(now);
-        let packet = buffers::pooled(ip_packet);
+        self.send(buffers::pooled(ip_packet), out);
+    }
+
+    /// Like [`Session::encapsulate`] for a packet of `len` bytes that `fill` writes into the
+    /// buffer to be encrypted: a packet built only to be sent here is not built twice.
+    pub fn encapsulate_with(
+        &mut self,
+        now: Instant,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+        out: &mut Vec<Action>,
+    ) {
+        self.clock.enter(now);
+        self.send(buffers::pooled_with(len, fill), out);
+    }
+
+    fn send(&mut self, packet: Packet, out: &mut Vec<Action>) {
         if let Some(msg) = self
             .tunn
             .handle_outgoing_packet(packet, Some(&mut self.mtu))

@@ -33,6 +33,14 @@ pub enum WireError {
     /// The datagram would not fit in one IP packet.
     #[error("payload of {0} bytes does not fit in one IP packet")]
     TooLarge(usize),
+    /// The buffer to write a packet into is not the packet's size.
+    #[error("a {needed}-byte packet cannot be written into a {given}-byte buffer")]
+    BufferSize {
+        /// The packet's length.
+        needed: usize,
+        /// The buffer's.
+        given: usize,
+    },
 }
 
 /// A parsed UDP datagram borrowing its payload from the packet.
@@ -188,26 +196,22 @@ pub fn build_udp_into(
     checksum: UdpChecksum,
     buf: &mut Vec<u8>,
 ) -> Result<(), WireError> {
-    let udp = UdpRepr {
-        src_port: src.port(),
-        dst_port: dst.port(),
-    };
-    let udp_len = udp.header_len() + payload.len();
-    let mut caps = ChecksumCapabilities::default();
-    if checksum == UdpChecksum::Omit && src.is_ipv4() {
-        caps.udp = smoltcp::phy::Checksum::None;
-    }
+    let len = udp_packet_len(src, dst, payload.len())?;
+    buf.clear();
+    buf.resize(len, 0);
+    emit_udp(src, dst, payload, checksum, buf)
+}
+
+/// The length of the IP packet that carries `payload_len` bytes of UDP from `src` to `dst`.
+pub fn udp_packet_len(
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload_len: usize,
+) -> Result<usize, WireError> {
     if src.is_ipv4() != dst.is_ipv4() {
         return Err(WireError::MixedFamilies);
     }
-    let ip = IpRepr::new(
-        src.ip().into(),
-        dst.ip().into(),
-        IpProtocol::Udp,
-        udp_len,
-        HOP_LIMIT,
-    );
-    let ip_header_len = ip.header_len();
+    let (ip_header_len, udp_len) = (ip_repr(src, dst, payload_len).header_len(), 8 + payload_len);
     // IPv4 counts its header in the 16-bit total length; IPv6 counts only the payload.
     let counted = if src.is_ipv4() {
         ip_header_len + udp_len
@@ -215,12 +219,39 @@ pub fn build_udp_into(
         udp_len
     };
     if counted > usize::from(u16::MAX) {
-        return Err(WireError::TooLarge(payload.len()));
+        return Err(WireError::TooLarge(payload_len));
     }
-    buf.clear();
-    buf.resize(ip_header_len + udp_len, 0);
-    ip.emit(&mut buf[..], &caps);
-    let (_, udp_buf) = buf.split_at_mut(ip_header_len);
+    Ok(ip_header_len + udp_len)
+}
+
+/// Writes the IP packet carrying `payload` over UDP into `buf`, which must be
+/// [`udp_packet_len`] long: a caller that owns the buffer to be encrypted writes straight
+/// into it.
+pub fn emit_udp(
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+    checksum: UdpChecksum,
+    buf: &mut [u8],
+) -> Result<(), WireError> {
+    let len = udp_packet_len(src, dst, payload.len())?;
+    if buf.len() != len {
+        return Err(WireError::BufferSize {
+            needed: len,
+            given: buf.len(),
+        });
+    }
+    let udp = UdpRepr {
+        src_port: src.port(),
+        dst_port: dst.port(),
+    };
+    let mut caps = ChecksumCapabilities::default();
+    if checksum == UdpChecksum::Omit && src.is_ipv4() {
+        caps.udp = smoltcp::phy::Checksum::None;
+    }
+    let ip = ip_repr(src, dst, payload.len());
+    ip.emit(&mut *buf, &caps);
+    let (_, udp_buf) = buf.split_at_mut(ip.header_len());
     udp.emit(
         &mut UdpPacket::new_unchecked(udp_buf),
         &IpAddress::from(src.ip()),
@@ -230,6 +261,16 @@ pub fn build_udp_into(
         &caps,
     );
     Ok(())
+}
+
+fn ip_repr(src: SocketAddr, dst: SocketAddr, payload_len: usize) -> IpRepr {
+    IpRepr::new(
+        src.ip().into(),
+        dst.ip().into(),
+        IpProtocol::Udp,
+        8 + payload_len,
+        HOP_LIMIT,
+    )
 }
 
 /// The length an IP packet declares, so padding added by WireGuard can be cut off.
@@ -262,6 +303,39 @@ pub fn ip_addrs(packet: &[u8]) -> Option<(IpAddr, IpAddr)> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_packet_written_in_place_is_the_built_one_and_needs_its_exact_size() {
+        for (src, dst) in [
+            ("100.64.0.2:4000", "198.51.100.7:51820"),
+            ("[fd00::2]:4000", "[2001:db8::7]:51820"),
+        ] {
+            let (src, dst): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+            let payload = [0xa5; 1000];
+            let mut built = Vec::new();
+            build_udp_into(src, dst, &payload, UdpChecksum::Omit, &mut built).unwrap();
+            let len = udp_packet_len(src, dst, payload.len()).unwrap();
+            assert_eq!(len, built.len());
+            let mut in_place = vec![0xff; len];
+            emit_udp(src, dst, &payload, UdpChecksum::Omit, &mut in_place).unwrap();
+            assert_eq!(in_place, built);
+            let mut short = vec![0; len - 1];
+            assert_eq!(
+                emit_udp(src, dst, &payload, UdpChecksum::Omit, &mut short),
+                Err(WireError::BufferSize {
+                    needed: len,
+                    given: len - 1
+                })
+            );
+        }
+        let v4: SocketAddr = "100.64.0.2:4000".parse().unwrap();
+        let v6: SocketAddr = "[::1]:53".parse().unwrap();
+        assert_eq!(udp_packet_len(v4, v6, 1), Err(WireError::MixedFamilies));
+        assert_eq!(
+            udp_packet_len(v4, v4, 65_535),
+            Err(WireError::TooLarge(65_535))
+        );
+    }
 
     #[test]
     fn udp_round_trip_v4_and_v6() {
