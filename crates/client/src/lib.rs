@@ -9,6 +9,7 @@
 pub mod connection;
 pub mod issuer_client;
 pub mod issuer_link;
+pub mod local;
 pub mod refill;
 pub mod run;
 pub mod tickets;

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tunnel::PublicKey;
 
 use crate::connection::{ConnEvent, Connection, ConnectionError, Hop, RouteKeys};
+use crate::local::LocalRx;
 use crate::refill::{RefillSettings, RefillStatus};
 
 /// How long a SOCKS5 request waits for the tunnel to be up.
@@ -261,7 +262,8 @@ pub async fn run_client(settings: ClientSettings) -> io::Result<ClientHandle> {
     let (shutdown, shutdown_rx) = oneshot::channel();
     let task = tokio::spawn(async move {
         let proxy = tokio::spawn(socks::serve(listener, dialer));
-        let (out_tx, mut from_local) = mpsc::channel(STACK_QUEUE);
+        let (out_tx, from_local) = mpsc::channel(STACK_QUEUE);
+        let mut from_local = LocalRx::Packets(from_local);
         let mut local = SocksLocal {
             stack_tx,
             out_tx,
@@ -337,7 +339,7 @@ impl Local for SocksLocal {
 pub(crate) async fn supervise(
     settings: &ClientSettings,
     local: &mut impl Local,
-    from_local: &mut mpsc::Receiver<Vec<u8>>,
+    from_local: &mut LocalRx,
     status: watch::Sender<Status>,
     refill_status: watch::Sender<RefillStatus>,
     shutdown: oneshot::Receiver<()>,
@@ -378,7 +380,7 @@ pub(crate) async fn supervise(
 async fn keep_connected(
     settings: &ClientSettings,
     local: &mut impl Local,
-    from_local: &mut mpsc::Receiver<Vec<u8>>,
+    from_local: &mut LocalRx,
     status: watch::Sender<Status>,
     mut shutdown: oneshot::Receiver<()>,
     stock_level: &watch::Sender<Option<usize>>,
@@ -564,7 +566,7 @@ async fn connect_once(
     egress: &Relay,
     tickets: Option<[crate::connection::Ticket; 2]>,
     local: &mut impl Local,
-    from_local: &mut mpsc::Receiver<Vec<u8>>,
+    from_local: &mut LocalRx,
     status: &watch::Sender<Status>,
     reconnects: u32,
 ) -> io::Result<(bool, ConnectionError)> {
@@ -645,9 +647,9 @@ async fn connect_once(
         tokio::select! {
             // ICMP errors (ingress down) surface here; the timers decide when to give up.
             r = socket.recv() => received = r.is_ok(),
-            Some(ip) = from_local.recv() => {
-                conn.send(Instant::now(), &ip, &mut events);
-                spare::give(ip);
+            Some(packets) = from_local.recv() => {
+                let now = Instant::now();
+                packets.for_each(|ip| conn.send(now, ip, &mut events));
             }
             _ = tokio::time::sleep_until(deadline) => conn.handle_timeout(Instant::now(), &mut events),
         }
@@ -658,12 +660,15 @@ async fn connect_once(
             }
         }
         // User packets already waiting go out together (one segmented send).
-        for _ in 0..LOCAL_BATCH {
-            let Ok(ip) = from_local.try_recv() else {
+        let mut taken = 0;
+        while taken < LOCAL_BATCH {
+            let Some(packets) = from_local.try_recv() else {
                 break;
             };
-            conn.send(now, &ip, &mut events);
-            spare::give(ip);
+            packets.for_each(|ip| {
+                conn.send(now, ip, &mut events);
+                taken += 1;
+            });
         }
     }
 }
@@ -680,7 +685,8 @@ pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-/// User packets taken from the local side per turn of the loop, to send together.
+/// User packets taken from the local side per turn of the loop, to send together (a TUN
+/// read is taken whole, so a turn may take a read more).
 const LOCAL_BATCH: usize = 64;
 
 /// The UDP socket towards the ingress. In TUN mode it carries `fwmark`, so policy routing

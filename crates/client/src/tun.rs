@@ -8,12 +8,26 @@ use tokio::sync::{mpsc, watch};
 use tun_rs::{AsyncDevice, DeviceBuilder, VIRTIO_NET_HDR_LEN};
 use tunnel::wire::Address;
 
-/// Packets one TUN read can split into.
-const SEGMENTS: usize = 128;
-
+use crate::local::LocalRx;
 use crate::run::Local;
 
-/// Packets queued between the TUN device and the tunnel.
+/// Packets one TUN read can split into.
+const PER_READ: usize = 128;
+
+/// Packets one set of buffers holds: reads go on into the same set while another whole
+/// read fits and the device has more, so that packets read one at a time (UDP, ACKs) do not
+/// each take a set.
+const SEGMENTS: usize = 2 * PER_READ;
+
+/// Sets of packets queued for the connection (from 129 to [`SEGMENTS`] packets each when
+/// traffic queues up); more are dropped.
+const READS_QUEUED: usize = 4;
+
+/// Buffer sets a reader keeps at most: those queued, the one the connection is sending
+/// from and the one being filled. They are made as traffic needs them.
+const READ_SETS: usize = READS_QUEUED + 2;
+
+/// Packets queued from the tunnel to the TUN device.
 const QUEUE: usize = 1024;
 
 /// Packets the TUN side refused to send into the tunnel.
@@ -37,6 +51,8 @@ pub struct TunCounters {
 struct Addresses {
     host: Ipv4Addr,
     tunnel: Ipv4Addr,
+    /// The device's MTU, which sizes the buffers that reads are split into.
+    mtu: u16,
 }
 
 /// The TUN device and the tasks that move its packets.
@@ -52,7 +68,7 @@ pub struct TunLocal {
 impl TunLocal {
     /// Creates the TUN device `name` (up, no address until a session is admitted) and
     /// returns it with the receiver of the packets it reads.
-    pub fn create(name: &str, mtu: u16) -> std::io::Result<(Self, mpsc::Receiver<Vec<u8>>)> {
+    pub fn create(name: &str, mtu: u16) -> std::io::Result<(Self, LocalRx)> {
         // With the virtio-net header the kernel hands over up to 64 KiB of one TCP flow per
         // read (split here into packets) and takes coalesced writes.
         let dev = Arc::new(
@@ -64,10 +80,16 @@ impl TunLocal {
         );
         dev.enabled(true)?;
         let (addr, addr_rx) = watch::channel(None);
-        let (to_tunnel, from_tun) = mpsc::channel(QUEUE);
+        let (to_tunnel, from_tun) = mpsc::channel(READS_QUEUED);
         let (to_tun, mut writer_rx) = mpsc::channel::<Vec<u8>>(QUEUE);
         let counters = Arc::new(TunCounters::default());
-        let reader = tokio::spawn(read_tun(dev.clone(), addr_rx, to_tunnel, counters.clone()));
+        let reader = tokio::spawn(read_tun(
+            dev.clone(),
+            mtu,
+            addr_rx,
+            to_tunnel,
+            counters.clone(),
+        ));
         let writer_dev = dev.clone();
         let writer = tokio::spawn(async move {
             let mut batch = tunio::WriteBatch::new();
@@ -92,7 +114,7 @@ impl TunLocal {
                 tasks: vec![reader, writer],
                 counters,
             },
-            from_tun,
+            LocalRx::Reads(from_tun),
         ))
     }
 
@@ -121,7 +143,8 @@ impl Local for TunLocal {
             }
         };
         self.dev.set_mtu(mtu)?;
-        self.addr.send_replace(Some(Addresses { host, tunnel }));
+        self.addr
+            .send_replace(Some(Addresses { host, tunnel, mtu }));
         Ok(())
     }
 
@@ -140,57 +163,143 @@ impl Local for TunLocal {
     fn lost(&mut self) {}
 }
 
-async fn read_tun(
-    dev: Arc<AsyncDevice>,
-    addr: watch::Receiver<Option<Addresses>>,
-    to_tunnel: mpsc::Sender<Vec<u8>>,
-    counters: Arc<TunCounters>,
-) {
-    let mut raw = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
-    let mut bufs: Vec<Vec<u8>> = (0..SEGMENTS).map(|_| vec![0u8; 9_100]).collect();
-    let mut sizes = vec![0usize; SEGMENTS];
-    loop {
-        let Ok(n) = dev.recv_multiple(&mut raw, &mut bufs, &mut sizes, 0).await else {
-            return;
-        };
-        for (buf, &len) in bufs.iter().zip(&sizes).take(n) {
-            let packet = buf.get(..len).unwrap_or_default();
-            classify(packet, &addr, &to_tunnel, &counters);
+/// The buffers of one TUN read.
+struct Segments {
+    bufs: Vec<Vec<u8>>,
+    sizes: Vec<usize>,
+}
+
+impl Segments {
+    fn new() -> Self {
+        Self {
+            bufs: vec![Vec::new(); SEGMENTS],
+            sizes: vec![0; SEGMENTS],
+        }
+    }
+
+    /// Room in every buffer for a packet of the device's MTU (it grows once admitted).
+    fn fit(&mut self, mtu: u16) {
+        let len = usize::from(mtu).max(1500) + 64;
+        if self.bufs.first().is_some_and(|b| b.len() < len) {
+            for b in &mut self.bufs {
+                b.resize(len, 0);
+            }
         }
     }
 }
 
-/// Passes a packet from the host into the tunnel, if it is IPv4 from the host's tunnel
-/// address, with the session's address as its source.
-fn classify(
-    packet: &[u8],
-    addr: &watch::Receiver<Option<Addresses>>,
-    to_tunnel: &mpsc::Sender<Vec<u8>>,
-    counters: &TunCounters,
+/// The packets of one TUN read, in the buffers they were read into. Dropping it gives the
+/// buffers back to the reader.
+pub struct TunRead {
+    segments: Option<Segments>,
+    n: usize,
+    back: mpsc::UnboundedSender<Segments>,
+}
+
+impl TunRead {
+    /// The packets for the tunnel, in the order they were read; those refused are left out.
+    pub fn packets(&self) -> impl Iterator<Item = &[u8]> {
+        self.segments.iter().flat_map(|s| {
+            s.bufs
+                .iter()
+                .zip(&s.sizes)
+                .take(self.n)
+                .filter(|(_, &len)| len > 0)
+                .map(|(b, &len)| b.get(..len).unwrap_or_default())
+        })
+    }
+}
+
+impl Drop for TunRead {
+    fn drop(&mut self) {
+        if let Some(s) = self.segments.take() {
+            // A reader that has gone needs no buffers back.
+            let _ = self.back.send(s);
+        }
+    }
+}
+
+async fn read_tun(
+    dev: Arc<AsyncDevice>,
+    mtu: u16,
+    addr: watch::Receiver<Option<Addresses>>,
+    to_tunnel: mpsc::Sender<TunRead>,
+    counters: Arc<TunCounters>,
 ) {
-    let current = *addr.borrow();
+    let mut raw = vec![0u8; VIRTIO_NET_HDR_LEN + 65_535];
+    let (back, mut returned) = mpsc::unbounded_channel();
+    let mut made = 0;
+    loop {
+        let mut segments = match returned.try_recv() {
+            Ok(s) => s,
+            Err(_) if made < READ_SETS => {
+                made += 1;
+                Segments::new()
+            }
+            Err(_) => match returned.recv().await {
+                Some(s) => s,
+                None => return,
+            },
+        };
+        let current = *addr.borrow();
+        segments.fit(current.map_or(mtu, |a| a.mtu));
+        let Segments { bufs, sizes } = &mut segments;
+        let Ok(mut n) = dev
+            .recv_multiple(&mut raw, &mut bufs[..PER_READ], &mut sizes[..PER_READ], 0)
+            .await
+        else {
+            return;
+        };
+        while n + PER_READ <= SEGMENTS {
+            let (more, sizes) = (&mut bufs[n..n + PER_READ], &mut sizes[n..n + PER_READ]);
+            match dev.try_recv_multiple(&mut raw, more, sizes, 0) {
+                Ok(m) => n += m,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => return,
+            }
+        }
+        let current = *addr.borrow();
+        let mut kept = 0;
+        for (buf, len) in segments.bufs.iter_mut().zip(&mut segments.sizes).take(n) {
+            if admit(buf.get_mut(..*len).unwrap_or_default(), current, &counters) {
+                kept += 1;
+            } else {
+                *len = 0;
+            }
+        }
+        let read = TunRead {
+            segments: Some(segments),
+            n,
+            back: back.clone(),
+        };
+        if kept > 0 && to_tunnel.try_send(read).is_err() {
+            counters
+                .dropped_not_ready
+                .fetch_add(kept, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Whether a packet from the host goes into the tunnel: IPv4 from the host's tunnel
+/// address. It is given the session's address as its source.
+fn admit(packet: &mut [u8], current: Option<Addresses>, counters: &TunCounters) -> bool {
     match tunnel::wire::ip_addrs(packet) {
         Some((IpAddr::V4(src), _)) if current.is_some_and(|a| a.host == src) => {
-            let mut packet = {
-                let mut b = spare::take(packet.len());
-                b.extend_from_slice(packet);
-                b
-            };
             if let Some(a) = current.filter(|a| a.host != a.tunnel) {
-                if tunnel::wire::readdress_v4(&mut packet, Address::Source, a.tunnel).is_err() {
+                if tunnel::wire::readdress_v4(packet, Address::Source, a.tunnel).is_err() {
                     counters.dropped_source.fetch_add(1, Ordering::Relaxed);
-                    return;
+                    return false;
                 }
             }
-            if to_tunnel.try_send(packet).is_err() {
-                counters.dropped_not_ready.fetch_add(1, Ordering::Relaxed);
-            }
+            true
         }
         Some((IpAddr::V6(_), _)) => {
             counters.dropped_ipv6.fetch_add(1, Ordering::Relaxed);
+            false
         }
         _ => {
             counters.dropped_source.fetch_add(1, Ordering::Relaxed);
+            false
         }
     }
 }
@@ -204,13 +313,15 @@ mod tests {
     fn after_a_reconnect_the_host_keeps_its_address_and_packets_are_readdressed() {
         let (host, tunnel) = (Ipv4Addr::new(100, 64, 0, 2), Ipv4Addr::new(100, 64, 0, 3));
         let dest: std::net::SocketAddr = "198.51.100.7:53".parse().unwrap();
-        let (_tx, addr) = watch::channel(Some(Addresses { host, tunnel }));
-        let (to_tunnel, mut out) = mpsc::channel(4);
+        let current = Some(Addresses {
+            host,
+            tunnel,
+            mtu: 1340,
+        });
         let counters = TunCounters::default();
-        let from_host = tunnel::wire::build_udp((host, 5000).into(), dest, b"query").unwrap();
-        classify(&from_host, &addr, &to_tunnel, &counters);
-        let sent = out.try_recv().unwrap();
-        let d = tunnel::wire::parse_udp(&sent).unwrap();
+        let mut from_host = tunnel::wire::build_udp((host, 5000).into(), dest, b"query").unwrap();
+        assert!(admit(&mut from_host, current, &counters));
+        let d = tunnel::wire::parse_udp(&from_host).unwrap();
         assert_eq!(
             d.src,
             (tunnel, 5000).into(),
@@ -218,9 +329,35 @@ mod tests {
         );
         assert_eq!(d.payload, b"query");
         // A packet from the session's address itself is not the host's: dropped.
-        let stray = tunnel::wire::build_udp((tunnel, 5000).into(), dest, b"x").unwrap();
-        classify(&stray, &addr, &to_tunnel, &counters);
-        assert!(out.try_recv().is_err());
+        let mut stray = tunnel::wire::build_udp((tunnel, 5000).into(), dest, b"x").unwrap();
+        assert!(!admit(&mut stray, current, &counters));
         assert_eq!(counters.dropped_source.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_read_gives_its_packets_in_order_without_the_refused_and_its_buffers_back() {
+        let (back, mut returned) = mpsc::unbounded_channel();
+        let mut segments = Segments::new();
+        segments.fit(1340);
+        for (i, (buf, len)) in segments
+            .bufs
+            .iter_mut()
+            .zip(&mut segments.sizes)
+            .enumerate()
+        {
+            buf[..3].copy_from_slice(&[i as u8; 3]);
+            *len = if i == 1 { 0 } else { 3 };
+        }
+        let read = TunRead {
+            segments: Some(segments),
+            n: 4,
+            back,
+        };
+        let mut got = Vec::new();
+        crate::local::Outgoing::Read(read).for_each(|p| got.push(p.to_vec()));
+        assert_eq!(got, [vec![0; 3], vec![2; 3], vec![3; 3]]);
+        let again = returned.try_recv().expect("the buffers came back");
+        assert_eq!(again.bufs.len(), SEGMENTS);
+        assert!(again.bufs.iter().all(|b| b.len() >= 1340 + 64));
     }
 }

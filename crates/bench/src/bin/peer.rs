@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use client::local::LocalRx;
 use client::run::Local;
 use client::tun::TunLocal;
 use control::{Admission, Message};
-use tokio::sync::mpsc;
 use tunnel::{Action, PublicKey, Session, SessionConfig, StaticSecret};
 use udpio::{BatchSocket, Offload};
 
@@ -127,9 +127,9 @@ async fn run(args: Args) -> Result<()> {
         let mut received = false;
         tokio::select! {
             r = socket.recv() => received = r.is_ok(),
-            Some(ip) = from_tun.recv() => {
-                session.encapsulate(Instant::now(), &ip, &mut out);
-                spare::give(ip);
+            Some(packets) = from_tun.recv() => {
+                let now = Instant::now();
+                packets.for_each(|ip| session.encapsulate(now, ip, &mut out));
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                 session
@@ -149,18 +149,16 @@ async fn run(args: Args) -> Result<()> {
 }
 
 /// Packets already waiting on the TUN side go out together (one segmented send).
-fn take_local(
-    session: &mut Session,
-    from_tun: &mut mpsc::Receiver<Vec<u8>>,
-    now: Instant,
-    out: &mut Vec<Action>,
-) {
-    for _ in 0..LOCAL_BATCH {
-        let Ok(ip) = from_tun.try_recv() else {
+fn take_local(session: &mut Session, from_tun: &mut LocalRx, now: Instant, out: &mut Vec<Action>) {
+    let mut taken = 0;
+    while taken < LOCAL_BATCH {
+        let Some(packets) = from_tun.try_recv() else {
             break;
         };
-        session.encapsulate(now, &ip, out);
-        spare::give(ip);
+        packets.for_each(|ip| {
+            session.encapsulate(now, ip, out);
+            taken += 1;
+        });
     }
 }
 
