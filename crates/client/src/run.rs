@@ -644,12 +644,16 @@ async fn connect_once(
         }
         let deadline = tokio::time::Instant::from_std(conn.poll_timeout());
         let mut received = false;
+        let mut taken = 0;
         tokio::select! {
             // ICMP errors (ingress down) surface here; the timers decide when to give up.
             r = socket.recv() => received = r.is_ok(),
             Some(packets) = from_local.recv() => {
                 let now = Instant::now();
-                packets.for_each(|ip| conn.send(now, ip, &mut events));
+                packets.for_each(|ip| {
+                    conn.send(now, ip, &mut events);
+                    taken += 1;
+                });
             }
             _ = tokio::time::sleep_until(deadline) => conn.handle_timeout(Instant::now(), &mut events),
         }
@@ -660,7 +664,6 @@ async fn connect_once(
             }
         }
         // User packets already waiting go out together (one segmented send).
-        let mut taken = 0;
         while taken < LOCAL_BATCH {
             let Some(packets) = from_local.try_recv() else {
                 break;

@@ -125,11 +125,15 @@ async fn run(args: Args) -> Result<()> {
             session.poll_timeout().min(next_hello)
         };
         let mut received = false;
+        let mut taken = 0;
         tokio::select! {
             r = socket.recv() => received = r.is_ok(),
             Some(packets) = from_tun.recv() => {
                 let now = Instant::now();
-                packets.for_each(|ip| session.encapsulate(now, ip, &mut out));
+                packets.for_each(|ip| {
+                    session.encapsulate(now, ip, &mut out);
+                    taken += 1;
+                });
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                 session
@@ -144,13 +148,19 @@ async fn run(args: Args) -> Result<()> {
                 let _ = session.decapsulate(now, d, &mut out);
             }
         }
-        take_local(&mut session, &mut from_tun, now, &mut out);
+        take_local(&mut session, &mut from_tun, taken, now, &mut out);
     }
 }
 
-/// Packets already waiting on the TUN side go out together (one segmented send).
-fn take_local(session: &mut Session, from_tun: &mut LocalRx, now: Instant, out: &mut Vec<Action>) {
-    let mut taken = 0;
+/// Packets already waiting on the TUN side go out together (one segmented send), up to
+/// `LOCAL_BATCH` with the `taken` already this turn.
+fn take_local(
+    session: &mut Session,
+    from_tun: &mut LocalRx,
+    mut taken: usize,
+    now: Instant,
+    out: &mut Vec<Action>,
+) {
     while taken < LOCAL_BATCH {
         let Some(packets) = from_tun.try_recv() else {
             break;
