@@ -44,6 +44,22 @@ pub struct TunCounters {
     pub dropped_not_ready: AtomicU64,
 }
 
+/// What the counters say, for the log when the device goes: a host that lost traffic
+/// learns whether it was held back (IPv6, a reconnect) rather than lost on the way.
+impl std::fmt::Display for TunCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        write!(
+            f,
+            "{} while no connection was up or the tunnel was behind, {} IPv6 (the tunnel \
+             carries IPv4 only), {} from an address other than the tunnel's",
+            n(&self.dropped_not_ready),
+            n(&self.dropped_ipv6),
+            n(&self.dropped_source)
+        )
+    }
+}
+
 /// The host's address on the TUN device and the session's address in the tunnel.
 ///
 /// The device keeps the first session's address for as long as it exists; a later session
@@ -335,6 +351,12 @@ mod tests {
         let mut stray = tunnel::wire::build_udp((tunnel, 5000).into(), dest, b"x").unwrap();
         assert!(!admit(&mut stray, current, &counters));
         assert_eq!(counters.dropped_source.load(Ordering::Relaxed), 1);
+        let summary = counters.to_string();
+        assert!(
+            summary.ends_with("1 from an address other than the tunnel's"),
+            "{summary}"
+        );
+        assert!(summary.starts_with("0 while no connection"), "{summary}");
     }
 
     #[tokio::test]

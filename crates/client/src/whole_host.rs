@@ -118,6 +118,10 @@ async fn run_blocked(
         dns.restore()?;
     }
     routes.restore();
+    tracing::info!(
+        "packets the TUN device kept out of the tunnel: {}",
+        local.counters
+    );
     drop(local);
     Ok(())
 }
