@@ -116,7 +116,7 @@ async fn stopped_stacks_and_rested_sessions_give_their_memory_back() {
         counters.wait_for(|c| c.sessions_rested == SESSIONS as u64),
     )
     .await;
-    let rested_sessions = counters.borrow().sessions_rested;
+    let rested_sessions = egress.current().sessions_rested;
     assert!(
         rested_sessions >= SESSIONS as u64 * 9 / 10,
         "only {rested_sessions} of {SESSIONS} sessions rested"
@@ -132,7 +132,7 @@ async fn stopped_stacks_and_rested_sessions_give_their_memory_back() {
         freed >= rested_sessions * MIN_FREED_PER_REST,
         "only {freed} bytes came back from {rested_sessions} rested sessions (RSS {stopped} -> {rested})"
     );
-    let c = *egress.counters.borrow();
+    let c = egress.current();
     assert_eq!(c.sessions_closed, 0);
     assert_eq!(c.sessions_asleep, rested_sessions);
 }

@@ -57,13 +57,13 @@ async fn curl_fetches_a_page_through_two_hops() {
     let net = start().await;
     fetch_page(&net).await;
     // The traffic really crossed both relays.
-    let ingress = *net.ingress.counters.borrow();
+    let ingress = net.ingress.current();
     assert!(ingress.forwarded > 0, "{ingress}");
     let egress_forwarded: u64 = net
         .egresses
         .iter()
         .filter_map(|e| e.handle.as_ref())
-        .map(|h| h.counters.borrow().forwarded)
+        .map(|h| h.current().forwarded)
         .sum();
     assert!(egress_forwarded > 0);
     net.shutdown().await;
@@ -242,7 +242,7 @@ async fn egress_refuses_destinations_outside_its_allowlist() {
         net.egresses
             .iter()
             .filter_map(|e| e.handle.as_ref())
-            .map(|h| h.counters.borrow().dropped_policy)
+            .map(|h| h.current().dropped_policy)
             .sum()
     };
     let until = std::time::Instant::now() + Duration::from_secs(5);
@@ -284,12 +284,12 @@ async fn client_reconnects_after_the_ingress_restarts() {
     let mut net = start().await;
     net.restart_ingress().await.unwrap();
     assert_eq!(
-        net.ingress.counters.borrow().sessions_created,
+        net.ingress.current().sessions_created,
         0,
         "a restarted ingress starts empty"
     );
     assert_reconnects(&net).await;
-    assert!(net.ingress.counters.borrow().sessions_admitted >= 1);
+    assert!(net.ingress.current().sessions_admitted >= 1);
     net.shutdown().await;
 }
 
@@ -415,12 +415,12 @@ async fn an_unapproved_ingress_gets_no_user_traffic() {
     let url = format!("http://{}/", net.web);
     let out = curl(&["--max-time", "3", "--socks5-hostname", &proxy(&net), &url]).await;
     assert!(!out.status.success());
-    let ingress = *net.ingress.counters.borrow();
+    let ingress = net.ingress.current();
     assert_eq!(ingress.attestations, 1, "{ingress}");
     assert_eq!(ingress.sessions_admitted, 0, "{ingress}");
     assert_eq!(ingress.forwarded, 0, "{ingress}");
     for e in net.egresses.iter().filter_map(|e| e.handle.as_ref()) {
-        assert_eq!(e.counters.borrow().rx_datagrams, 0);
+        assert_eq!(e.current().rx_datagrams, 0);
     }
     net.shutdown().await;
 }
@@ -440,7 +440,7 @@ async fn an_unapproved_egress_gets_no_user_traffic() {
         .egresses
         .iter()
         .filter_map(|e| e.handle.as_ref())
-        .map(|h| *h.counters.borrow())
+        .map(|h| h.current())
         .collect();
     assert_eq!(egress.iter().map(|c| c.attestations).sum::<u64>(), 1);
     for c in &egress {
@@ -463,7 +463,7 @@ async fn with_try_other_relays_the_client_moves_past_an_unapproved_egress() {
         .await
         .unwrap();
         let status = net.wait_connected(Duration::from_secs(20)).await.unwrap();
-        let east = *net.egresses[0].handle.as_ref().unwrap().counters.borrow();
+        let east = net.egresses[0].handle.as_ref().unwrap().current();
         if east.attestations == 0 {
             // The first route went to egress-west: not the case under test.
             net.shutdown().await;
@@ -500,11 +500,11 @@ async fn with_accounts_each_connection_spends_one_token_per_hop() {
     fetch(&net, &url).await;
     let tokens = |net: &DemoNetwork| {
         (
-            net.ingress.counters.borrow().tokens_redeemed,
+            net.ingress.current().tokens_redeemed,
             net.egresses
                 .iter()
                 .filter_map(|e| e.handle.as_ref())
-                .map(|h| h.counters.borrow().tokens_redeemed)
+                .map(|h| h.current().tokens_redeemed)
                 .sum::<u64>(),
         )
     };
@@ -526,7 +526,7 @@ async fn with_accounts_each_connection_spends_one_token_per_hop() {
     assert_eq!(left(&stock), bought - 2);
     fetch(&net, &url).await;
     assert_eq!(
-        net.ingress.counters.borrow().tokens_redeemed,
+        net.ingress.current().tokens_redeemed,
         1,
         "the restarted ingress"
     );
@@ -563,11 +563,11 @@ async fn first_refill_report(net: &DemoNetwork) -> RefillStatus {
 /// Tokens redeemed at the ingress and at the egresses.
 fn redeemed(net: &DemoNetwork) -> (u64, u64) {
     (
-        net.ingress.counters.borrow().tokens_redeemed,
+        net.ingress.current().tokens_redeemed,
         net.egresses
             .iter()
             .filter_map(|e| e.handle.as_ref())
-            .map(|h| h.counters.borrow().tokens_redeemed)
+            .map(|h| h.current().tokens_redeemed)
             .sum::<u64>(),
     )
 }
@@ -691,7 +691,7 @@ fn egress_sum(net: &DemoNetwork, counter: impl Fn(&relay::counters::Counters) ->
     net.egresses
         .iter()
         .filter_map(|e| e.handle.as_ref())
-        .map(|h| counter(&h.counters.borrow()))
+        .map(|h| counter(&h.current()))
         .sum()
 }
 
@@ -835,7 +835,7 @@ async fn egress_stacks_start_on_first_packet_and_stop_when_idle() {
 /// Sessions rested so far at (the ingress, the egresses).
 fn rested(net: &DemoNetwork) -> (u64, u64) {
     (
-        net.ingress.counters.borrow().sessions_rested,
+        net.ingress.current().sessions_rested,
         egress_sum(net, |c| c.sessions_rested),
     )
 }
@@ -868,14 +868,14 @@ async fn an_idle_connection_rests_and_wakes_from_either_side() {
     net.wait_connected(Duration::from_secs(30)).await.unwrap();
     fetch_page(&net).await;
     wait_rested(&net, (1, 1)).await;
-    assert_eq!(net.ingress.counters.borrow().sessions_asleep, 1);
+    assert_eq!(net.ingress.current().sessions_asleep, 1);
     assert_eq!(egress_sum(&net, |c| c.sessions_asleep), 1);
     let tokens = redeemed(&net);
     assert_eq!(tokens, (1, 1));
 
     // The client wakes it.
     fetch_page(&net).await;
-    assert_eq!(net.ingress.counters.borrow().sessions_admitted, 1);
+    assert_eq!(net.ingress.current().sessions_admitted, 1);
     assert_eq!(egress_sum(&net, |c| c.sessions_admitted), 1);
     assert_eq!(redeemed(&net), tokens, "waking spent tokens");
     wait_rested(&net, (2, 2)).await;

@@ -7,14 +7,17 @@
 //! packet on top of the cipher.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use tunnel::wire::build_udp;
-use tunnel::{
-    Action, Classified, Nested, NestedEvent, Responder, Session, SessionConfig, StaticSecret,
-};
+use tunnel::{Action, Nested, NestedEvent};
+
+// The benchmark uses the two sessions of a pair, not the relay that set them up.
+#[allow(dead_code)]
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::{pair, transmitted};
 
 /// Packets per timed run.
 const BATCH: usize = 1_000;
@@ -32,41 +35,6 @@ fn median_per_packet(mut f: impl FnMut(), runs: usize) -> Duration {
         .collect();
     times.sort();
     times[times.len() / 2]
-}
-
-fn transmitted(out: &mut Vec<Action>) -> Vec<u8> {
-    let d = out
-        .drain(..)
-        .find_map(|a| match a {
-            Action::Transmit(d) => Some(d),
-            _ => None,
-        })
-        .expect("a datagram to send");
-    out.clear();
-    d
-}
-
-/// A client session and the relay's session for it, with the handshake done.
-fn pair(now: Instant) -> (Session, Session) {
-    let from: SocketAddr = "192.0.2.1:5555".parse().unwrap();
-    let mut relay = Responder::new(now, StaticSecret::generate(), SessionConfig::default());
-    let mut client = Session::initiator(
-        now,
-        &StaticSecret::generate(),
-        relay.public_key(),
-        SessionConfig::default(),
-    );
-    let mut out = Vec::new();
-    client.connect(now, &mut out);
-    let init = transmitted(&mut out);
-    let Classified::Handshake { peer, msg } = relay.classify(now, from, &init).unwrap() else {
-        panic!("a handshake initiation");
-    };
-    let mut server = relay.session(now, peer);
-    server.receive(now, msg, &mut out).unwrap();
-    let resp = transmitted(&mut out);
-    client.decapsulate(now, &resp, &mut out).unwrap();
-    (client, server)
 }
 
 fn main() {
@@ -101,7 +69,11 @@ fn main() {
         runs,
     );
 
-    let (mut client, mut server) = pair(now);
+    let support::Pair {
+        mut client,
+        mut server,
+        ..
+    } = pair(now);
     let mut out = Vec::with_capacity(16);
     let mut sent = Vec::with_capacity(BATCH);
     let encapsulate = median_per_packet(
@@ -143,8 +115,8 @@ fn main() {
         runs,
     );
 
-    let (outer, _) = pair(now);
-    let (inner, _) = pair(now);
+    let outer = pair(now).client;
+    let inner = pair(now).client;
     let mut nested = Nested::new(outer, inner, "198.51.100.7:51820".parse().unwrap());
     nested.set_outer_addr("100.64.0.2".parse().unwrap());
     let mut events = Vec::with_capacity(16);

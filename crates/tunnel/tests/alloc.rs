@@ -3,28 +3,18 @@
 //! One test in this file: dhat counts the whole process, so nothing may run beside it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use tunnel::wire::build_udp;
-use tunnel::{Action, Classified, Responder, Session, SessionConfig, StaticSecret};
+use tunnel::{Action, Classified};
+
+mod support;
+use support::{pair, transmitted};
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
 const PACKETS: u64 = 200;
-
-fn transmitted(out: &mut Vec<Action>) -> Vec<u8> {
-    let d = out
-        .drain(..)
-        .find_map(|a| match a {
-            Action::Transmit(d) => Some(d),
-            _ => None,
-        })
-        .expect("a datagram to send");
-    out.clear();
-    d
-}
 
 fn blocks() -> u64 {
     dhat::HeapStats::get().total_blocks
@@ -34,25 +24,13 @@ fn blocks() -> u64 {
 fn data_packets_cost_one_allocation_each_way_and_none_to_decrypt_into_spares() {
     let _profiler = dhat::Profiler::builder().testing().build();
     let now = Instant::now();
-    let from: SocketAddr = "192.0.2.1:5555".parse().unwrap();
-    let mut relay = Responder::new(now, StaticSecret::generate(), SessionConfig::default());
-    let mut client = Session::initiator(
-        now,
-        &StaticSecret::generate(),
-        relay.public_key(),
-        SessionConfig::default(),
-    );
+    let support::Pair {
+        mut relay,
+        mut client,
+        mut server,
+        from,
+    } = pair(now);
     let mut out = Vec::with_capacity(16);
-    client.connect(now, &mut out);
-    let init = transmitted(&mut out);
-    let Classified::Handshake { peer, msg } = relay.classify(now, from, &init).unwrap() else {
-        panic!("a handshake initiation");
-    };
-    let mut server = relay.session(now, peer);
-    server.receive(now, msg, &mut out).unwrap();
-    let resp = transmitted(&mut out);
-    client.decapsulate(now, &resp, &mut out).unwrap();
-    out.clear();
 
     let ip = build_udp(
         "10.0.0.2:1000".parse().unwrap(),

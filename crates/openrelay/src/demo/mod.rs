@@ -91,22 +91,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     if let Some(i) = &net.issuer {
-        let spent = net.ingress.counters.borrow().tokens_redeemed
+        let spent = net.ingress.current().tokens_redeemed
             + net
                 .egresses
                 .iter()
                 .filter_map(|e| e.handle.as_ref())
-                .map(|h| h.counters.borrow().tokens_redeemed)
+                .map(|h| h.current().tokens_redeemed)
                 .sum::<u64>();
         let left = client::tickets::Stock::load(&i.stock).map_or(0, |s| s.len());
         println!(
             "demo: tokens spent: {spent} (one at each hop; neither relay can link it to the account), tickets left for {left} more connections"
         );
     }
-    println!("demo: ingress counters: {}", *net.ingress.counters.borrow());
+    println!("demo: ingress counters: {}", net.ingress.current());
     for e in &net.egresses {
         if let Some(h) = &e.handle {
-            println!("demo: {} counters: {}", e.name, *h.counters.borrow());
+            println!("demo: {} counters: {}", e.name, h.current());
         }
     }
     if args.keep {

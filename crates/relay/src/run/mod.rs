@@ -138,6 +138,15 @@ pub struct RelayHandle {
     pub task: tokio::task::JoinHandle<()>,
 }
 
+impl RelayHandle {
+    /// Every worker's counters summed as they are now. `counters` may lag by up to the
+    /// supervisor's publication gap (10 ms), in which a whole short exchange can finish; a
+    /// reader that must see what it just caused (a test, a status query) reads this.
+    pub fn current(&self) -> Counters {
+        workers::sum(&self.workers)
+    }
+}
+
 impl Common {
     /// Binds the relay's socket and makes its empty session table.
     pub async fn bind(

@@ -148,7 +148,7 @@ async fn any_changed(watched: &mut [watch::Receiver<Counters>]) -> bool {
     result.is_ok()
 }
 
-fn sum(workers: &[watch::Receiver<Counters>]) -> Counters {
+pub(crate) fn sum(workers: &[watch::Receiver<Counters>]) -> Counters {
     let mut total = Counters::default();
     for w in workers {
         total += *w.borrow();
@@ -232,6 +232,11 @@ mod tests {
             total.borrow().forwarded,
             1,
             "changes within the gap wait for its end"
+        );
+        assert_eq!(
+            sum(&s.per_worker).forwarded,
+            50,
+            "the workers' own counters (`RelayHandle::current`) do not wait"
         );
         tokio::time::timeout(wait, total.wait_for(|c| c.forwarded == 50))
             .await
