@@ -18,15 +18,24 @@ pub enum Outgoing {
     Read(TunRead),
 }
 
+/// User packets a connection's loop takes per turn, to send together (one segmented send).
+/// A TUN read is taken whole, so a turn may take a read more.
+pub const LOCAL_BATCH: usize = 64;
+
 impl Outgoing {
-    /// Hands each packet to `f`, in order, then gives the buffers back for reuse.
-    pub fn for_each(self, mut f: impl FnMut(&[u8])) {
+    /// Hands each packet to `f`, in order, then gives the buffers back for reuse; returns
+    /// how many there were.
+    pub fn for_each(self, mut f: impl FnMut(&[u8])) -> usize {
         match self {
             Outgoing::Packet(ip) => {
                 f(&ip);
                 spare::give(ip);
+                1
             }
-            Outgoing::Read(read) => read.packets().for_each(f),
+            Outgoing::Read(read) => read.packets().fold(0, |n, ip| {
+                f(ip);
+                n + 1
+            }),
         }
     }
 }
@@ -54,5 +63,42 @@ impl LocalRx {
             LocalRx::Packets(rx) => rx.try_recv().ok().map(Outgoing::Packet),
             LocalRx::Reads(rx) => rx.try_recv().ok().map(Outgoing::Read),
         }
+    }
+
+    /// Hands the packets already waiting to `f`, in order, until the turn has taken
+    /// [`LOCAL_BATCH`] (`taken` of them before this call).
+    pub fn take_waiting(&mut self, mut taken: usize, mut f: impl FnMut(&[u8])) {
+        while taken < LOCAL_BATCH {
+            let Some(packets) = self.try_recv() else {
+                break;
+            };
+            taken += packets.for_each(&mut f);
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_turn_takes_waiting_packets_in_order_up_to_the_batch() {
+        let (tx, rx) = mpsc::channel(2 * LOCAL_BATCH);
+        for i in 0..2 * LOCAL_BATCH {
+            tx.try_send(vec![i as u8]).unwrap();
+        }
+        let mut rx = LocalRx::Packets(rx);
+        let mut got = Vec::new();
+        rx.take_waiting(10, |ip| got.push(ip[0]));
+        let want: Vec<u8> = (0..(LOCAL_BATCH - 10) as u8).collect();
+        assert_eq!(
+            got, want,
+            "10 were taken before: the rest of the batch, in order"
+        );
+        got.clear();
+        rx.take_waiting(0, |ip| got.push(ip[0]));
+        let want: Vec<u8> = ((LOCAL_BATCH - 10) as u8..(2 * LOCAL_BATCH - 10) as u8).collect();
+        assert_eq!(got, want, "a new turn takes a whole batch");
     }
 }

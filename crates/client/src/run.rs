@@ -650,10 +650,7 @@ async fn connect_once(
             r = socket.recv() => received = r.is_ok(),
             Some(packets) = from_local.recv() => {
                 let now = Instant::now();
-                packets.for_each(|ip| {
-                    conn.send(now, ip, &mut events);
-                    taken += 1;
-                });
+                taken = packets.for_each(|ip| conn.send(now, ip, &mut events));
             }
             _ = tokio::time::sleep_until(deadline) => conn.handle_timeout(Instant::now(), &mut events),
         }
@@ -664,15 +661,7 @@ async fn connect_once(
             }
         }
         // User packets already waiting go out together (one segmented send).
-        while taken < LOCAL_BATCH {
-            let Some(packets) = from_local.try_recv() else {
-                break;
-            };
-            packets.for_each(|ip| {
-                conn.send(now, ip, &mut events);
-                taken += 1;
-            });
-        }
+        from_local.take_waiting(taken, |ip| conn.send(now, ip, &mut events));
     }
 }
 
@@ -687,10 +676,6 @@ pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
 }
-
-/// User packets taken from the local side per turn of the loop, to send together (a TUN
-/// read is taken whole, so a turn may take a read more).
-const LOCAL_BATCH: usize = 64;
 
 /// The UDP socket towards the ingress. In TUN mode it carries `fwmark`, so policy routing
 /// sends it out of the physical interface instead of back into the tunnel.

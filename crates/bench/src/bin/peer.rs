@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use client::local::LocalRx;
 use client::run::Local;
 use client::tun::TunLocal;
 use control::{Admission, Message};
@@ -42,8 +41,6 @@ struct Args {
 const MTU: u16 = 1420;
 /// How often the Hello is sent again while no answer has come.
 const HELLO_RETRY: Duration = Duration::from_millis(500);
-/// Packets taken from the TUN side per turn of the loop, to send together (as the client).
-const LOCAL_BATCH: usize = 64;
 
 fn main() {
     let args = Args::parse();
@@ -130,10 +127,7 @@ async fn run(args: Args) -> Result<()> {
             r = socket.recv() => received = r.is_ok(),
             Some(packets) = from_tun.recv() => {
                 let now = Instant::now();
-                packets.for_each(|ip| {
-                    session.encapsulate(now, ip, &mut out);
-                    taken += 1;
-                });
+                taken = packets.for_each(|ip| session.encapsulate(now, ip, &mut out));
             }
             _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
                 session
@@ -148,27 +142,8 @@ async fn run(args: Args) -> Result<()> {
                 let _ = session.decapsulate(now, d, &mut out);
             }
         }
-        take_local(&mut session, &mut from_tun, taken, now, &mut out);
-    }
-}
-
-/// Packets already waiting on the TUN side go out together (one segmented send), up to
-/// `LOCAL_BATCH` with the `taken` already this turn.
-fn take_local(
-    session: &mut Session,
-    from_tun: &mut LocalRx,
-    mut taken: usize,
-    now: Instant,
-    out: &mut Vec<Action>,
-) {
-    while taken < LOCAL_BATCH {
-        let Some(packets) = from_tun.try_recv() else {
-            break;
-        };
-        packets.for_each(|ip| {
-            session.encapsulate(now, ip, out);
-            taken += 1;
-        });
+        // Packets already waiting on the TUN side go out together (one segmented send).
+        from_tun.take_waiting(taken, |ip| session.encapsulate(now, ip, &mut out));
     }
 }
 
