@@ -59,13 +59,7 @@ async fn curl_fetches_a_page_through_two_hops() {
     // The traffic really crossed both relays.
     let ingress = net.ingress.current();
     assert!(ingress.forwarded > 0, "{ingress}");
-    let egress_forwarded: u64 = net
-        .egresses
-        .iter()
-        .filter_map(|e| e.handle.as_ref())
-        .map(|h| h.current().forwarded)
-        .sum();
-    assert!(egress_forwarded > 0);
+    assert!(egress_sum(&net, |c| c.forwarded) > 0);
     net.shutdown().await;
 }
 
@@ -238,13 +232,7 @@ async fn egress_refuses_destinations_outside_its_allowlist() {
     .await;
     assert!(!out.status.success());
     // Counters reach the handles a moment after the refusals went out.
-    let refused = || -> u64 {
-        net.egresses
-            .iter()
-            .filter_map(|e| e.handle.as_ref())
-            .map(|h| h.current().dropped_policy)
-            .sum()
-    };
+    let refused = || egress_sum(&net, |c| c.dropped_policy);
     let until = std::time::Instant::now() + Duration::from_secs(5);
     while refused() < 2 && std::time::Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -498,17 +486,7 @@ async fn with_accounts_each_connection_spends_one_token_per_hop() {
     assert_eq!(left(&stock), bought - 1);
     let url = format!("http://{}/", net.web);
     fetch(&net, &url).await;
-    let tokens = |net: &DemoNetwork| {
-        (
-            net.ingress.current().tokens_redeemed,
-            net.egresses
-                .iter()
-                .filter_map(|e| e.handle.as_ref())
-                .map(|h| h.current().tokens_redeemed)
-                .sum::<u64>(),
-        )
-    };
-    assert_eq!(tokens(&net), (1, 1));
+    assert_eq!(redeemed(&net), (1, 1));
 
     // The ingress restarts (forgetting everything): the client reconnects with its next
     // ticket, spending a fresh token at each hop.
@@ -564,11 +542,7 @@ async fn first_refill_report(net: &DemoNetwork) -> RefillStatus {
 fn redeemed(net: &DemoNetwork) -> (u64, u64) {
     (
         net.ingress.current().tokens_redeemed,
-        net.egresses
-            .iter()
-            .filter_map(|e| e.handle.as_ref())
-            .map(|h| h.current().tokens_redeemed)
-            .sum::<u64>(),
+        egress_sum(net, |c| c.tokens_redeemed),
     )
 }
 
