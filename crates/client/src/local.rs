@@ -6,9 +6,14 @@
 //! reader once the connection has encrypted them: no copy per packet, and one channel
 //! operation per read instead of one per packet.
 
-use tokio::sync::mpsc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
 
-use crate::tun::TunRead;
+use tokio::sync::mpsc;
+use udpio::codel::Codel;
+
+use crate::tun::{TunCounters, TunRead};
 
 /// Packets from the user's side, for the tunnel.
 pub enum Outgoing {
@@ -44,8 +49,15 @@ impl Outgoing {
 pub enum LocalRx {
     /// SOCKS5 mode's userspace stack.
     Packets(mpsc::Receiver<Vec<u8>>),
-    /// A TUN device's reads.
-    Reads(mpsc::Receiver<TunRead>),
+    /// A TUN device's reads, judged by how long they waited ([`TunRead::police`]).
+    Reads {
+        /// The reads, in order.
+        rx: mpsc::Receiver<TunRead>,
+        /// Judges how long they waited.
+        codel: Codel,
+        /// Where the packets it drops are counted.
+        counters: Arc<TunCounters>,
+    },
 }
 
 impl LocalRx {
@@ -53,7 +65,10 @@ impl LocalRx {
     pub async fn recv(&mut self) -> Option<Outgoing> {
         match self {
             LocalRx::Packets(rx) => rx.recv().await.map(Outgoing::Packet),
-            LocalRx::Reads(rx) => rx.recv().await.map(Outgoing::Read),
+            LocalRx::Reads { rx, .. } => {
+                let read = rx.recv().await;
+                read.map(|r| self.police(r))
+            }
         }
     }
 
@@ -61,8 +76,23 @@ impl LocalRx {
     pub fn try_recv(&mut self) -> Option<Outgoing> {
         match self {
             LocalRx::Packets(rx) => rx.try_recv().ok().map(Outgoing::Packet),
-            LocalRx::Reads(rx) => rx.try_recv().ok().map(Outgoing::Read),
+            LocalRx::Reads { rx, .. } => {
+                let read = rx.try_recv().ok();
+                read.map(|r| self.police(r))
+            }
         }
+    }
+
+    /// A TUN read as the connection takes it, without what waited too long.
+    fn police(&mut self, mut read: TunRead) -> Outgoing {
+        if let LocalRx::Reads {
+            codel, counters, ..
+        } = self
+        {
+            let late = read.police(codel, Instant::now());
+            counters.dropped_late.fetch_add(late, Ordering::Relaxed);
+        }
+        Outgoing::Read(read)
     }
 
     /// Hands the packets already waiting to `f`, in order, until the turn has taken

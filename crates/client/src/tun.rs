@@ -4,9 +4,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use std::time::Instant;
+
 use tokio::sync::{mpsc, watch};
 use tun_rs::{AsyncDevice, DeviceBuilder, VIRTIO_NET_HDR_LEN};
 use tunnel::wire::Address;
+use udpio::codel::Codel;
 
 use crate::local::LocalRx;
 use crate::run::Local;
@@ -23,7 +26,8 @@ const COALESCE: usize = 64;
 /// Packets one set of buffers holds: a read that starts below [`COALESCE`] must fit.
 const SEGMENTS: usize = COALESCE + PER_READ;
 
-/// Sets of packets queued for the connection; more are dropped.
+/// Sets of packets queued for the connection; more are dropped. A queue that stays long is
+/// dropped from earlier, and one packet at a time ([`TunRead::police`]).
 const READS_QUEUED: usize = 8;
 
 /// Buffer sets a reader keeps at most: those queued, the one the connection is sending
@@ -42,6 +46,9 @@ pub struct TunCounters {
     pub dropped_source: AtomicU64,
     /// Packets while no connection is up (the kill switch holds them back from the link).
     pub dropped_not_ready: AtomicU64,
+    /// Packets that waited too long for the connection, which fell behind the host
+    /// (dropped early so that the host's TCP slows down before the queue is long).
+    pub dropped_late: AtomicU64,
 }
 
 /// What the counters say, for the log when the device goes: a host that lost traffic
@@ -51,9 +58,10 @@ impl std::fmt::Display for TunCounters {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         write!(
             f,
-            "{} while no connection was up or the tunnel was behind, {} IPv6 (the tunnel \
-             carries IPv4 only), {} from an address other than the tunnel's",
+            "{} while no connection was up or the tunnel was behind, {} waited too long, {} \
+             IPv6 (the tunnel carries IPv4 only), {} from an address other than the tunnel's",
             n(&self.dropped_not_ready),
+            n(&self.dropped_late),
             n(&self.dropped_ipv6),
             n(&self.dropped_source)
         )
@@ -125,6 +133,11 @@ impl TunLocal {
                 let _ = batch.flush(&writer_dev);
             }
         });
+        let local_rx = LocalRx::Reads {
+            rx: from_tun,
+            codel: Codel::default(),
+            counters: counters.clone(),
+        };
         Ok((
             Self {
                 dev,
@@ -133,7 +146,7 @@ impl TunLocal {
                 tasks: vec![reader, writer],
                 counters,
             },
-            LocalRx::Reads(from_tun),
+            local_rx,
         ))
     }
 
@@ -213,9 +226,28 @@ pub struct TunRead {
     segments: Option<Segments>,
     n: usize,
     back: mpsc::UnboundedSender<Segments>,
+    /// When the device gave the packets: how long they waited for the connection.
+    read_at: Instant,
 }
 
 impl TunRead {
+    /// Lets `codel` judge each packet by how long it waited since the read; those it drops
+    /// are left out like refused ones. Returns how many it dropped.
+    pub fn police(&mut self, codel: &mut Codel, now: Instant) -> u64 {
+        let Some(s) = self.segments.as_mut() else {
+            return 0;
+        };
+        let sojourn = now.saturating_duration_since(self.read_at);
+        let mut dropped = 0;
+        for len in s.sizes.iter_mut().take(self.n).filter(|l| **l > 0) {
+            if !codel.keep(now, sojourn, *len) {
+                *len = 0;
+                dropped += 1;
+            }
+        }
+        dropped
+    }
+
     /// The packets for the tunnel, in the order they were read; those refused are left out.
     pub fn packets(&self) -> impl Iterator<Item = &[u8]> {
         self.segments.iter().flat_map(|s| {
@@ -269,6 +301,7 @@ async fn read_tun(
         else {
             return;
         };
+        let read_at = Instant::now();
         while n < COALESCE {
             let (more, sizes) = (&mut bufs[n..n + PER_READ], &mut sizes[n..n + PER_READ]);
             match dev.try_recv_multiple(&mut raw, more, sizes, 0) {
@@ -290,6 +323,7 @@ async fn read_tun(
             segments: Some(segments),
             n,
             back: back.clone(),
+            read_at,
         };
         if kept > 0 && to_tunnel.try_send(read).is_err() {
             counters
@@ -359,9 +393,14 @@ mod tests {
         assert!(summary.starts_with("0 while no connection"), "{summary}");
     }
 
-    #[tokio::test]
-    async fn a_read_gives_its_packets_in_order_without_the_refused_and_its_buffers_back() {
-        let (back, mut returned) = mpsc::unbounded_channel();
+    /// A read of `n` packets, read `waited` ago, whose buffers go back to `back`; `fill`
+    /// writes the `i`th packet and says its length.
+    fn read_with(
+        n: usize,
+        back: mpsc::UnboundedSender<Segments>,
+        waited: std::time::Duration,
+        fill: impl Fn(usize, &mut [u8]) -> usize,
+    ) -> TunRead {
         let mut segments = Segments::new();
         segments.fit(1340);
         for (i, (buf, len)) in segments
@@ -370,14 +409,69 @@ mod tests {
             .zip(&mut segments.sizes)
             .enumerate()
         {
-            buf[..3].copy_from_slice(&[i as u8; 3]);
-            *len = if i == 1 { 0 } else { 3 };
+            *len = fill(i, buf);
         }
-        let read = TunRead {
+        TunRead {
             segments: Some(segments),
-            n: 4,
+            n,
             back,
-        };
+            read_at: Instant::now() - waited,
+        }
+    }
+
+    /// A read of `n` full-size packets numbered from `first`, read `waited` ago.
+    fn read_of(n: usize, first: u8, waited: std::time::Duration) -> TunRead {
+        read_with(n, mpsc::unbounded_channel().0, waited, |i, buf| {
+            buf[0] = first.wrapping_add(i as u8);
+            1300
+        })
+    }
+
+    #[tokio::test]
+    async fn reads_that_keep_waiting_lose_single_packets_and_the_rest_go_in_order() {
+        let mut codel = Codel::default();
+        let interval = udpio::codel::INTERVAL;
+        let (mut kept, mut dropped, mut reads) = (Vec::new(), 0, 0);
+        // Every read waited twice the target, for five intervals.
+        let start = Instant::now();
+        let mut i = 0u8;
+        while start.elapsed() < interval * 5 {
+            let mut read = read_of(64, i, udpio::codel::TARGET * 2);
+            let late = read.police(&mut codel, Instant::now());
+            assert!(late <= 1, "one drop per read at most, got {late}");
+            dropped += late;
+            kept.extend(read.packets().map(|p| p[0]));
+            i = i.wrapping_add(64);
+            reads += 1;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(dropped > 0, "a queue that stays long is dropped from");
+        assert_eq!(kept.len() as u64 + dropped, reads * 64);
+        assert!(
+            kept.windows(2)
+                .all(|w| matches!(w[1].wrapping_sub(w[0]), 1 | 2)),
+            "the rest in order, no two dropped in a row"
+        );
+        // Reads taken at once are never dropped from, however many.
+        let mut fresh = Codel::default();
+        for _ in 0..100 {
+            let mut read = read_of(64, 0, std::time::Duration::ZERO);
+            assert_eq!(read.police(&mut fresh, Instant::now()), 0);
+            assert_eq!(read.packets().count(), 64);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_read_gives_its_packets_in_order_without_the_refused_and_its_buffers_back() {
+        let (back, mut returned) = mpsc::unbounded_channel();
+        let read = read_with(4, back, std::time::Duration::ZERO, |i, buf| {
+            buf[..3].copy_from_slice(&[i as u8; 3]);
+            if i == 1 {
+                0
+            } else {
+                3
+            }
+        });
         let mut got = Vec::new();
         crate::local::Outgoing::Read(read).for_each(|p| got.push(p.to_vec()));
         assert_eq!(got, [vec![0; 3], vec![2; 3], vec![3; 3]]);

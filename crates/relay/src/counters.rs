@@ -100,6 +100,9 @@ pub struct Counters {
     pub dropped_not_ip: u64,
     /// See [`Drop::Capacity`].
     pub dropped_capacity: u64,
+    /// Datagrams that waited too long in the relay's receive queue, dropped singly and
+    /// early because the relay fell behind (CoDel, in `udpio`).
+    pub dropped_late: u64,
 }
 
 impl Counters {
@@ -134,6 +137,7 @@ impl Counters {
             + self.dropped_policy
             + self.dropped_not_ip
             + self.dropped_capacity
+            + self.dropped_late
     }
 }
 
@@ -205,6 +209,7 @@ impl std::ops::AddAssign for Counters {
         self.dropped_policy += o.dropped_policy;
         self.dropped_not_ip += o.dropped_not_ip;
         self.dropped_capacity += o.dropped_capacity;
+        self.dropped_late += o.dropped_late;
     }
 }
 
@@ -215,7 +220,7 @@ impl fmt::Display for Counters {
             "rx={} tx={} handshakes={} sessions={}/{} admitted={} forwarded={} ({} bytes) control={} attestations={} \
              tokens={} tokens_refused={}{} \
              dropped={} (malformed={} auth={} replay={} no_session={} unadmitted={} bad_control={} \
-             not_egress={} spoofed={} policy={} not_ip={} capacity={})",
+             not_egress={} spoofed={} policy={} not_ip={} capacity={} late={})",
             self.rx_datagrams,
             self.tx_datagrams,
             self.handshakes,
@@ -241,6 +246,7 @@ impl fmt::Display for Counters {
             self.dropped_policy,
             self.dropped_not_ip,
             self.dropped_capacity,
+            self.dropped_late,
         )
     }
 }

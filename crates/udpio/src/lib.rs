@@ -4,12 +4,19 @@
 //! buffer, split here by their stride); sends group consecutive datagrams to one destination
 //! of one size into a single GSO send. Both come from `quinn-udp`, which falls back to
 //! one datagram per call where the kernel lacks a feature; [`Offload::Off`] forces that
-//! path (for tests, and for kernels whose offloads misbehave).
+//! path (for tests, and for kernels whose offloads misbehave). A socket that falls behind
+//! drops datagrams early and singly ([`codel`]) rather than late and in bursts.
+
+pub mod codel;
 
 use std::cell::RefCell;
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use codel::Codel;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use tokio::io::Interest;
@@ -48,6 +55,9 @@ struct RecvBufs {
     bufs: Vec<Vec<u8>>,
     meta: Vec<RecvMeta>,
     filled: usize,
+    /// Per receive of the last batch, the datagrams (bit `i`: the `i`th of a coalesced
+    /// receive) that [`Codel`] dropped.
+    late: [u64; BATCH_SIZE],
 }
 
 thread_local! {
@@ -66,12 +76,14 @@ impl RecvBufs {
             bufs: (0..BATCH_SIZE).map(|_| vec![0; BUF_LEN]).collect(),
             meta: vec![RecvMeta::default(); BATCH_SIZE],
             filled: 0,
+            late: [0; BATCH_SIZE],
         }
     }
 
     /// One receive system call, if the socket has datagrams (`WouldBlock` if not).
     fn receive(&mut self, io: &UdpSocket, state: Option<&UdpSocketState>) -> io::Result<()> {
         self.filled = 0;
+        self.late = [0; BATCH_SIZE];
         match state {
             Some(state) => {
                 // On the stack: a receive allocates nothing.
@@ -104,27 +116,76 @@ impl RecvBufs {
             .count() as u64
     }
 
-    /// The last batch's datagrams, in arrival order, coalesced ones split again.
+    /// Lets `codel` judge each datagram of the last batch by how long its receive waited
+    /// in the kernel's queue; returns how many it dropped. Receives without a kernel
+    /// timestamp (the plain path) are all kept.
+    fn police(&mut self, codel: &mut Codel) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mono = Instant::now();
+        let mut dropped = 0;
+        for (m, late) in self.meta.iter().zip(&mut self.late).take(self.filled) {
+            let Some(stamp) = m.timestamp else { continue };
+            // A wall clock that was stepped gives nonsense: no queue holds a second.
+            let sojourn = now.saturating_sub(stamp);
+            if sojourn > MAX_SOJOURN {
+                continue;
+            }
+            for (i, len) in segment_lens(m).enumerate().take(GRO_MAX) {
+                if !codel.keep(mono, sojourn, len) {
+                    *late |= 1 << i;
+                    dropped += 1;
+                }
+            }
+        }
+        dropped
+    }
+
+    /// The last batch's datagrams, in arrival order, coalesced ones split again, without
+    /// those [`RecvBufs::police`] dropped.
     fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
         self.meta
             .iter()
             .zip(&self.bufs)
+            .zip(&self.late)
             .take(self.filled)
-            .flat_map(|(m, b)| {
+            .flat_map(|((m, b), &late)| {
                 let data = b.get(..m.len).unwrap_or_default();
-                let stride = if m.stride == 0 {
-                    data.len().max(1)
-                } else {
-                    m.stride
-                };
-                // An empty datagram is still one datagram (relays count it as malformed).
-                let count = data.len().div_ceil(stride).max(1);
-                (0..count).map(move |i| {
-                    let end = ((i + 1) * stride).min(data.len());
-                    (m.addr, data.get(i * stride..end).unwrap_or_default())
-                })
+                let stride = stride(m);
+                segment_lens(m)
+                    .enumerate()
+                    .filter(move |&(i, _)| i >= GRO_MAX || late & (1 << i) == 0)
+                    .map(move |(i, len)| {
+                        let start = i * stride;
+                        (m.addr, data.get(start..start + len).unwrap_or_default())
+                    })
             })
     }
+}
+
+/// Most datagrams the kernel coalesces into one receive (`UDP_GRO_CNT_MAX`): one bit each
+/// in [`RecvBufs::late`].
+const GRO_MAX: usize = 64;
+
+/// Longest wait in a receive queue that is believed; see [`RecvBufs::police`].
+const MAX_SOJOURN: Duration = Duration::from_secs(1);
+
+/// How far apart the datagrams of a receive are (its whole length if not coalesced).
+fn stride(m: &RecvMeta) -> usize {
+    if m.stride == 0 {
+        m.len.max(1)
+    } else {
+        m.stride
+    }
+}
+
+/// The lengths of the datagrams in one receive, in order. An empty datagram is still one
+/// datagram (relays count it as malformed).
+fn segment_lens(m: &RecvMeta) -> impl Iterator<Item = usize> {
+    let (len, stride) = (m.len, stride(m));
+    let count = len.div_ceil(stride).max(1);
+    (0..count).map(move |i| (len - (i * stride).min(len)).min(stride))
 }
 
 /// A UDP socket with batched receive and segmented send.
@@ -136,8 +197,13 @@ pub struct BatchSocket {
     /// [`BatchSocket::recv_each`], has none.
     own: Option<RecvBufs>,
     max_segments: usize,
+    /// Judges how long datagrams waited in the kernel's receive queue.
+    codel: Mutex<Codel>,
     /// Receives that the kernel coalesced (GRO), for tests and reports.
     pub coalesced: AtomicU64,
+    /// Datagrams dropped because they had waited too long in the receive queue
+    /// ([`codel`]): the socket's reader fell behind.
+    pub late: AtomicU64,
     /// Segmented sends (GSO), for tests and reports.
     pub segmented: AtomicU64,
 }
@@ -157,7 +223,9 @@ impl BatchSocket {
             state,
             own: None,
             max_segments,
+            codel: Mutex::new(Codel::default()),
             coalesced: AtomicU64::new(0),
+            late: AtomicU64::new(0),
             segmented: AtomicU64::new(0),
         })
     }
@@ -212,12 +280,20 @@ impl BatchSocket {
     /// Waits for datagrams and receives as many as one system call gives, into the
     /// socket's own buffers, for [`BatchSocket::received`].
     pub async fn recv(&mut self) -> io::Result<()> {
-        let Self { io, state, own, .. } = self;
+        let Self {
+            io,
+            state,
+            own,
+            codel,
+            ..
+        } = self;
         let bufs = own.get_or_insert_with(RecvBufs::new);
         io.async_io(Interest::READABLE, || bufs.receive(io, state.as_ref()))
             .await?;
+        let late = codel.get_mut().map_or(0, |c| bufs.police(c));
         self.coalesced
             .fetch_add(bufs.coalesced(), Ordering::Relaxed);
+        self.late.fetch_add(late, Ordering::Relaxed);
         Ok(())
     }
 
@@ -226,19 +302,23 @@ impl BatchSocket {
     /// before it returns. For sockets of which there are many, one per session.
     /// It takes `&self`: one socket can receive in one task and send in another.
     pub async fn recv_each(&self, mut each: impl FnMut(SocketAddr, &[u8])) -> io::Result<()> {
-        let Self { io, state, .. } = self;
-        let coalesced = io
+        let Self {
+            io, state, codel, ..
+        } = self;
+        let (coalesced, late) = io
             .async_io(Interest::READABLE, || {
                 SHARED.with_borrow_mut(|bufs| {
                     bufs.receive(io, state.as_ref())?;
+                    let late = codel.lock().map_or(0, |mut c| bufs.police(&mut c));
                     for (from, d) in bufs.datagrams() {
                         each(from, d);
                     }
-                    Ok(bufs.coalesced())
+                    Ok((bufs.coalesced(), late))
                 })
             })
             .await?;
         self.coalesced.fetch_add(coalesced, Ordering::Relaxed);
+        self.late.fetch_add(late, Ordering::Relaxed);
         Ok(())
     }
 
@@ -398,6 +478,63 @@ mod tests {
                 assert_eq!(tx.segmented.load(std::sync::atomic::Ordering::Relaxed), 0);
             }
         }
+    }
+
+    /// Sends rounds of datagrams that each wait `wait` in the receive queue; returns what
+    /// arrived and how many the socket dropped as late.
+    async fn after_waiting(
+        offload: Offload,
+        wait: std::time::Duration,
+    ) -> (Vec<Vec<u8>>, Vec<Vec<u8>>, u64) {
+        let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let mut rx = BatchSocket::bind(lo, offload).await.unwrap();
+        let tx = BatchSocket::bind(lo, offload).await.unwrap();
+        let to = rx.local_addr().unwrap();
+        let (mut sent, mut got) = (Vec::new(), Vec::new());
+        for round in 0..8 {
+            let batch = datagrams(&[1400; 16]);
+            let batch: Vec<Vec<u8>> = batch
+                .into_iter()
+                .map(|mut d| {
+                    d[0] = round;
+                    d
+                })
+                .collect();
+            tx.send_all(&batch.iter().map(|d| (to, d.clone())).collect::<Vec<_>>())
+                .await;
+            sent.extend(batch);
+            tokio::time::sleep(wait).await;
+            loop {
+                match tokio::time::timeout(std::time::Duration::from_millis(50), rx.recv()).await {
+                    Ok(r) => r.unwrap(),
+                    Err(_) => break,
+                }
+                got.extend(rx.received().map(|(_, d)| d.to_vec()));
+            }
+        }
+        (sent, got, rx.late.load(Ordering::Relaxed))
+    }
+
+    #[tokio::test]
+    async fn a_queue_that_stays_long_is_dropped_from_singly_and_the_rest_arrive_in_order() {
+        let (sent, got, late) =
+            after_waiting(Offload::On, codel::INTERVAL + codel::INTERVAL / 2).await;
+        assert!(
+            late > 0,
+            "datagrams waited past the interval, again and again"
+        );
+        assert!(late < sent.len() as u64 / 4, "{late} of {}", sent.len());
+        assert_eq!(got.len() as u64 + late, sent.len() as u64);
+        let mut rest = sent.iter();
+        assert!(
+            got.iter().all(|g| rest.any(|s| s == g)),
+            "the kept ones in order, unchanged"
+        );
+        // Received at once, or on the plain path (no kernel timestamps): nothing is dropped.
+        let (sent, got, late) = after_waiting(Offload::On, std::time::Duration::ZERO).await;
+        assert_eq!((got, late), (sent, 0));
+        let (sent, got, late) = after_waiting(Offload::Off, codel::INTERVAL * 2).await;
+        assert_eq!((got, late), (sent, 0));
     }
 
     #[tokio::test]

@@ -193,6 +193,7 @@ async fn event_loop(
         for (_, d) in sends.drain(..) {
             spare::give(d);
         }
+        table.counters.dropped_late = socket.late.load(Ordering::Relaxed);
         counters_tx.send_replace(merged(&table, &flows));
     }
 }

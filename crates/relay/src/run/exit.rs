@@ -326,6 +326,7 @@ async fn event_loop(
         if !to_tun.is_empty() {
             write_tun(&dev, &mut to_tun, &mut table.counters);
         }
+        table.counters.dropped_late = socket.late.load(std::sync::atomic::Ordering::Relaxed);
         counters_tx.send_replace(table.counters);
     }
 }

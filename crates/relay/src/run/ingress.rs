@@ -131,7 +131,9 @@ async fn event_loop(
             }
         }
         to_egress.retain(|id, _| forwards.contains_key(id));
-        counters_tx.send_replace(*ingress.counters());
+        let mut c = *ingress.counters();
+        c.dropped_late = socket.late.load(std::sync::atomic::Ordering::Relaxed);
+        counters_tx.send_replace(c);
     }
     for (_, (_, reader)) in forwards {
         reader.abort();
