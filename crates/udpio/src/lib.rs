@@ -101,6 +101,8 @@ impl RecvBufs {
                 m.addr = from;
                 m.len = n;
                 m.stride = n;
+                // The buffers may be the thread's, last filled by a socket with offloads.
+                m.timestamp = None;
                 self.filled = 1;
             }
         }
@@ -299,9 +301,10 @@ impl BatchSocket {
 
     /// Waits for datagrams, receives as many as one system call gives into buffers shared
     /// by this thread's sockets, and hands each to `each` (coalesced ones split again)
-    /// before it returns. For sockets of which there are many, one per session.
+    /// before it returns. For sockets of which there are many, one per session: it returns
+    /// how many datagrams it dropped as late, for a count over all of them.
     /// It takes `&self`: one socket can receive in one task and send in another.
-    pub async fn recv_each(&self, mut each: impl FnMut(SocketAddr, &[u8])) -> io::Result<()> {
+    pub async fn recv_each(&self, mut each: impl FnMut(SocketAddr, &[u8])) -> io::Result<u64> {
         let Self {
             io, state, codel, ..
         } = self;
@@ -319,7 +322,7 @@ impl BatchSocket {
             .await?;
         self.coalesced.fetch_add(coalesced, Ordering::Relaxed);
         self.late.fetch_add(late, Ordering::Relaxed);
-        Ok(())
+        Ok(late)
     }
 
     /// Datagrams the kernel may coalesce into one receive (1: no GRO).
@@ -490,7 +493,7 @@ mod tests {
         let mut rx = BatchSocket::bind(lo, offload).await.unwrap();
         let tx = BatchSocket::bind(lo, offload).await.unwrap();
         let to = rx.local_addr().unwrap();
-        let (mut sent, mut got) = (Vec::new(), Vec::new());
+        let (mut sent, mut got, mut said) = (Vec::new(), Vec::new(), 0);
         for round in 0..8 {
             let batch = datagrams(&[1400; 16]);
             let batch: Vec<Vec<u8>> = batch
@@ -504,15 +507,27 @@ mod tests {
                 .await;
             sent.extend(batch);
             tokio::time::sleep(wait).await;
+            // Odd rounds receive into the thread's buffers, which say what they dropped.
+            let wait = std::time::Duration::from_millis(50);
             loop {
-                match tokio::time::timeout(std::time::Duration::from_millis(50), rx.recv()).await {
+                if round % 2 == 1 {
+                    let each = rx.recv_each(|_, d| got.push(d.to_vec()));
+                    match tokio::time::timeout(wait, each).await {
+                        Ok(r) => said += r.unwrap(),
+                        Err(_) => break,
+                    }
+                    continue;
+                }
+                match tokio::time::timeout(wait, rx.recv()).await {
                     Ok(r) => r.unwrap(),
                     Err(_) => break,
                 }
                 got.extend(rx.received().map(|(_, d)| d.to_vec()));
             }
         }
-        (sent, got, rx.late.load(Ordering::Relaxed))
+        let late = rx.late.load(Ordering::Relaxed);
+        assert!(said <= late, "recv_each's drops are the socket's too");
+        (sent, got, late)
     }
 
     #[tokio::test]

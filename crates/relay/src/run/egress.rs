@@ -34,6 +34,8 @@ struct FlowCounters {
     refused_policy: AtomicU64,
     connect_failed: AtomicU64,
     udp_segmented: AtomicU64,
+    /// Replies the flows' sockets dropped as late.
+    late: AtomicU64,
 }
 
 /// An admitted session: what its stack needs, and the stack while it runs.
@@ -241,6 +243,7 @@ fn merged(table: &SessionTable, flows: &FlowCounters) -> Counters {
     let mut c = table.counters;
     c.dropped_policy += flows.refused_policy.load(Ordering::Relaxed);
     c.udp_segmented += flows.udp_segmented.load(Ordering::Relaxed);
+    c.dropped_late += flows.late.load(Ordering::Relaxed);
     c
 }
 
@@ -487,7 +490,9 @@ async fn udp_replies(
             }
         });
         match tokio::time::timeout(ctx.udp_idle, replies).await {
-            Ok(Ok(())) if !stack_gone => {}
+            Ok(Ok(late)) if !stack_gone => {
+                ctx.flows.late.fetch_add(late, Ordering::Relaxed);
+            }
             _ => return,
         }
     }

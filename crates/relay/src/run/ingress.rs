@@ -2,6 +2,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,6 +46,8 @@ async fn event_loop(
     let c = settings.common;
     let forward_ip: IpAddr = c.listen.ip();
     let (fwd_tx, mut fwd_rx) = mpsc::channel::<(SessionId, SocketAddr, Vec<u8>)>(1024);
+    // Late drops on the sessions' forwarding sockets, together.
+    let forward_late = Arc::new(AtomicU64::new(0));
     let mut forwards: HashMap<SessionId, (Arc<BatchSocket>, tokio::task::JoinHandle<()>)> =
         HashMap::new();
     // Datagrams to egresses this turn, per session's socket, sent together.
@@ -95,7 +98,12 @@ async fn event_loop(
                                 continue;
                             }
                         };
-                        let task = tokio::spawn(read_forward(id, socket.clone(), fwd_tx.clone()));
+                        let task = tokio::spawn(read_forward(
+                            id,
+                            socket.clone(),
+                            fwd_tx.clone(),
+                            forward_late.clone(),
+                        ));
                         forwards.insert(id, (socket, task));
                     }
                     Err(e) => tracing::warn!("cannot open a forwarding socket: {e}"),
@@ -132,7 +140,7 @@ async fn event_loop(
         }
         to_egress.retain(|id, _| forwards.contains_key(id));
         let mut c = *ingress.counters();
-        c.dropped_late = socket.late.load(std::sync::atomic::Ordering::Relaxed);
+        c.dropped_late = socket.late.load(Ordering::Relaxed) + forward_late.load(Ordering::Relaxed);
         counters_tx.send_replace(c);
     }
     for (_, (_, reader)) in forwards {
@@ -147,13 +155,14 @@ async fn read_forward(
     id: SessionId,
     socket: Arc<BatchSocket>,
     tx: mpsc::Sender<(SessionId, SocketAddr, Vec<u8>)>,
+    late: Arc<AtomicU64>,
 ) {
     loop {
         // The list is the thread's, taken once replies are there: a session waiting for
         // replies holds none.
         let mut batch = None;
         // An error (say, an ICMP error queued on the socket) loses nothing: wait again.
-        let _ = socket
+        let received = socket
             .recv_each(|from, d| {
                 let mut buf = spare::take(d.len());
                 buf.extend_from_slice(d);
@@ -162,6 +171,7 @@ async fn read_forward(
                     .push((from, buf));
             })
             .await;
+        late.fetch_add(received.unwrap_or(0), Ordering::Relaxed);
         if let Some(mut batch) = batch {
             for (from, d) in batch.drain(..) {
                 if tx.send((id, from, d)).await.is_err() {
