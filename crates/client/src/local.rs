@@ -65,10 +65,11 @@ impl LocalRx {
     pub async fn recv(&mut self) -> Option<Outgoing> {
         match self {
             LocalRx::Packets(rx) => rx.recv().await.map(Outgoing::Packet),
-            LocalRx::Reads { rx, .. } => {
-                let read = rx.recv().await;
-                read.map(|r| self.police(r))
-            }
+            LocalRx::Reads {
+                rx,
+                codel,
+                counters,
+            } => rx.recv().await.map(|r| judged(r, codel, counters)),
         }
     }
 
@@ -76,23 +77,12 @@ impl LocalRx {
     pub fn try_recv(&mut self) -> Option<Outgoing> {
         match self {
             LocalRx::Packets(rx) => rx.try_recv().ok().map(Outgoing::Packet),
-            LocalRx::Reads { rx, .. } => {
-                let read = rx.try_recv().ok();
-                read.map(|r| self.police(r))
-            }
+            LocalRx::Reads {
+                rx,
+                codel,
+                counters,
+            } => rx.try_recv().ok().map(|r| judged(r, codel, counters)),
         }
-    }
-
-    /// A TUN read as the connection takes it, without what waited too long.
-    fn police(&mut self, mut read: TunRead) -> Outgoing {
-        if let LocalRx::Reads {
-            codel, counters, ..
-        } = self
-        {
-            let late = read.police(codel, Instant::now());
-            counters.dropped_late.fetch_add(late, Ordering::Relaxed);
-        }
-        Outgoing::Read(read)
     }
 
     /// Hands the packets already waiting to `f`, in order, until the turn has taken
@@ -105,6 +95,13 @@ impl LocalRx {
             taken += packets.for_each(&mut f);
         }
     }
+}
+
+/// A TUN read as the connection takes it, without what waited too long (counted).
+fn judged(mut read: TunRead, codel: &mut Codel, counters: &TunCounters) -> Outgoing {
+    let late = read.police(codel, Instant::now());
+    counters.dropped_late.fetch_add(late, Ordering::Relaxed);
+    Outgoing::Read(read)
 }
 
 #[cfg(test)]
