@@ -1,44 +1,32 @@
-//! Packet buffers reused per thread, so that the data path does not allocate per packet:
+//! Packet buffers reused per thread ([`spare`]), so that the data path does not allocate
+//! per packet:
 //!
-//! - outgoing IP packets go into gotatun's [`PacketBufPool`] buffers, which return to the
-//!   pool when gotatun drops them after copying the packet into its message;
-//! - spares ([`spare`]): the datagrams a relay has sent and the packets it has passed on
-//!   are given back, and the next datagram to decrypt is copied into one of them.
-//!
-//! The two cannot be one pool: a pooled buffer stays shared with its pool, so handing a
-//! decrypted packet out as a `Vec` would copy it, and a spare given to gotatun for
-//! encryption would be freed, not returned.
+//! - an outgoing IP packet is written into a spare with room for WireGuard's header, tag and
+//!   padding, and gotatun (as patched in vendor/gotatun) encrypts it there: the message
+//!   leaves in the packet's own buffer, and the caller gives it back once sent;
+//! - the next datagram to decrypt is copied into a spare, decrypted in place and handed out
+//!   as the packet.
 
 use bytes::BytesMut;
-use gotatun::packet::{Packet, PacketBufPool};
+use gotatun::packet::{Packet, WgData};
 
-/// Size of the pooled buffers that carry an IP packet into gotatun: a tunnel MTU with room
-/// for padding. Larger packets take a fresh allocation.
-const POOL_BUF: usize = 2048;
-
-thread_local! {
-    /// A few buffers per thread rather than one per session: an idle session holds none.
-    static POOL: PacketBufPool<POOL_BUF> = PacketBufPool::new(16);
+/// Room a packet of `len` bytes needs to become a data message in its own buffer: padding to
+/// a multiple of 16, then the header and tag.
+pub(crate) const fn sealed_len(len: usize) -> usize {
+    len.next_multiple_of(16) + WgData::OVERHEAD
 }
 
-/// An outgoing IP packet in a pooled buffer.
-pub(crate) fn pooled(bytes: &[u8]) -> Packet {
-    pooled_with(bytes.len(), |buf| buf.copy_from_slice(bytes))
+/// An outgoing IP packet in a spare with room to be encrypted in place.
+pub(crate) fn sealable(bytes: &[u8]) -> Packet {
+    sealable_with(bytes.len(), |buf| buf.copy_from_slice(bytes))
 }
 
-/// A pooled buffer of `len` bytes, written by `fill`.
-pub(crate) fn pooled_with(len: usize, fill: impl FnOnce(&mut [u8])) -> Packet {
-    if len > POOL_BUF {
-        let mut packet = Packet::from_bytes(BytesMut::zeroed(len));
-        fill(&mut packet);
-        return packet;
-    }
-    POOL.with(|pool| {
-        let mut packet = pool.get();
-        packet.truncate(len);
-        fill(&mut packet);
-        packet
-    })
+/// A spare of `len` bytes, written by `fill`, with room to be encrypted in place.
+pub(crate) fn sealable_with(len: usize, fill: impl FnOnce(&mut [u8])) -> Packet {
+    let mut buf = spare::zeroed(len);
+    buf.reserve_exact(sealed_len(len) - len);
+    fill(&mut buf);
+    Packet::from_bytes(owned(buf))
 }
 
 /// The packet's bytes as a `Vec` without copying them to a new allocation: gotatun's
@@ -52,14 +40,20 @@ pub(crate) fn into_vec(mut packet: Packet) -> Vec<u8> {
 pub(crate) fn copy_of(bytes: &[u8]) -> BytesMut {
     let mut buf = spare::take(bytes.len());
     buf.extend_from_slice(bytes);
+    owned(buf)
+}
+
+/// The `Vec` as a `BytesMut` of the same allocation and length, its capacity kept.
+fn owned(mut buf: Vec<u8>) -> BytesMut {
+    let len = buf.len();
     // With its whole capacity in use, `Bytes` takes the allocation as it is (no shared
-    // header) and hands it on as a `BytesMut`; only the room past the copy is zeroed.
+    // header) and hands it on as a `BytesMut`; only the room past `len` is zeroed.
     buf.resize(buf.capacity(), 0);
     match bytes::Bytes::from(buf).try_into_mut() {
         Ok(mut b) => {
-            b.truncate(bytes.len());
+            b.truncate(len);
             b
         }
-        Err(_) => BytesMut::from(bytes),
+        Err(b) => BytesMut::from(&b[..len]),
     }
 }

@@ -139,7 +139,7 @@ impl Session {
     /// handshake starts; it goes out once the handshake completes.
     pub fn encapsulate(&mut self, now: Instant, ip_packet: &[u8], out: &mut Vec<Action>) {
         self.clock.enter(now);
-        self.send(buffers::pooled(ip_packet), out);
+        self.send(buffers::sealable(ip_packet), out);
     }
 
     /// Like [`Session::encapsulate`] for a packet of `len` bytes that `fill` writes into the
@@ -152,7 +152,7 @@ impl Session {
         out: &mut Vec<Action>,
     ) {
         self.clock.enter(now);
-        self.send(buffers::pooled_with(len, fill), out);
+        self.send(buffers::sealable_with(len, fill), out);
     }
 
     fn send(&mut self, packet: Packet, out: &mut Vec<Action>) {

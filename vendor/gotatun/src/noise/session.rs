@@ -226,7 +226,7 @@ impl Session {
     /// Returns `Err(packet)` (the original, un-encapsulated packet) once the sending counter has
     /// reached `REJECT_AFTER_MESSAGES`: the session must then be replaced by a fresh handshake
     /// before more transport data can be sent, so the AEAD nonce can never wrap.
-    pub(super) fn format_packet_data(&self, packet: Packet) -> Result<Packet<WgData>, Packet> {
+    pub(super) fn format_packet_data(&self, mut packet: Packet) -> Result<Packet<WgData>, Packet> {
         // Check before incrementing so an exhausted counter is never advanced (and thus can never
         // wrap back around to a previously used value).
         if self.sending_key_counter.load(Ordering::Relaxed) >= REJECT_AFTER_MESSAGES {
@@ -234,12 +234,23 @@ impl Session {
         }
         let sending_key_counter = self.sending_key_counter.fetch_add(1, Ordering::Relaxed);
 
-        let len = WgData::OVERHEAD + packet.len();
+        let payload = packet.len();
+        let len = WgData::OVERHEAD + payload;
 
-        // Prepare a buffer to hold our the WgData packet and our encapsulated payload.
-        // TODO: we can remove this allocation by pre-allocating some extra
-        // space at the beginning of `packet`s allocation, and using that.
-        let mut buf = Packet::from_bytes(BytesMut::zeroed(len));
+        // The message is built in the packet's own buffer when it has room for the header and
+        // tag (OpenRelay patch): the payload moves up by the header's length and is encrypted
+        // where it lands, so a caller that hands in buffers with room allocates nothing per
+        // message. Otherwise a buffer is allocated, as upstream does.
+        let mut buf = if packet.buf_mut().capacity() >= len {
+            let mut buf = packet;
+            buf.buf_mut().resize(len, 0);
+            buf.copy_within(..payload, WgDataHeader::LEN);
+            buf
+        } else {
+            let mut buf = Packet::from_bytes(BytesMut::zeroed(len));
+            buf[WgDataHeader::LEN..WgDataHeader::LEN + payload].copy_from_slice(&packet);
+            buf
+        };
 
         let data = WgData::mut_from_bytes(buf.buf_mut())
             .expect("buffer size is at least WgData::OVERHEAD");
@@ -248,11 +259,7 @@ impl Session {
         data.header = WgDataHeader::new()
             .with_receiver_idx(self.sending_index)
             .with_counter(sending_key_counter);
-
-        // Copy inner packet into place.
-        debug_assert_eq!(packet.len(), data.encrypted_encapsulated_packet_mut().len());
-        data.encrypted_encapsulated_packet_mut()
-            .copy_from_slice(&packet);
+        debug_assert_eq!(payload, data.encrypted_encapsulated_packet_mut().len());
 
         let mut nonce = [0u8; 12];
         nonce[4..12].copy_from_slice(&sending_key_counter.to_le_bytes());
@@ -333,6 +340,33 @@ impl Session {
 mod tests {
     use super::*;
     use crate::noise::index_table::IndexTable;
+
+    /// OpenRelay patch: a packet with room for the header and tag is sealed in its own buffer,
+    /// one without room in a new buffer; both open to the bytes that went in.
+    #[test]
+    fn a_message_is_sealed_in_the_packets_buffer_when_it_has_room() {
+        use zerocopy::IntoBytes;
+        let table: IndexTable = IndexTable::from_os_rng();
+        let key = [7u8; 32];
+        let rx = Session::new(table.new_index(), 0, key, [0u8; 32]);
+        let tx = Session::new(table.new_index(), rx.receiving_index.value(), [0u8; 32], key);
+        let payload: Vec<u8> = (0..100u8).collect();
+
+        let mut roomy = BytesMut::with_capacity(payload.len() + WgData::OVERHEAD);
+        roomy.extend_from_slice(&payload);
+        let start = roomy.as_ptr();
+        let in_place = tx.format_packet_data(Packet::from_bytes(roomy)).unwrap();
+        assert_eq!(in_place.as_bytes().as_ptr(), start, "sealed where the packet was");
+
+        let tight = Packet::from_bytes(BytesMut::from(&payload[..]));
+        let copied = tx.format_packet_data(tight).unwrap();
+        assert_eq!(copied.as_bytes().len(), payload.len() + WgData::OVERHEAD);
+
+        for sealed in [in_place, copied] {
+            let opened = rx.receive_packet_data(sealed).unwrap();
+            assert_eq!(&opened[..], &payload[..]);
+        }
+    }
 
     /// Build a `Session` with throwaway keys and a real receiving index.
     fn test_session() -> Session {

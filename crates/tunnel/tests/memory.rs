@@ -1,0 +1,62 @@
+//! What a relay holds per client session once the handshake is done, counted with dhat.
+//!
+//! One test in this file: dhat counts the whole process, so nothing may run beside it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use tunnel::{Classified, Responder, Session, SessionConfig, StaticSecret};
+
+mod support;
+use support::transmitted;
+
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
+const SESSIONS: usize = 200;
+
+/// The goal is 10,000 idle sessions in 64 MiB for the whole egress, 6.7 KiB each; the
+/// WireGuard state is the largest part of a session and must leave room for the rest.
+const MAX_PER_SESSION: usize = 5 * 1024;
+
+#[test]
+fn an_established_relay_session_holds_a_few_kib() {
+    let _profiler = dhat::Profiler::builder().testing().build();
+    let now = Instant::now();
+    let from: SocketAddr = "192.0.2.1:5555".parse().unwrap();
+    let mut relay = Responder::new(now, StaticSecret::generate(), SessionConfig::default());
+    let mut out = Vec::new();
+    let inits: Vec<Vec<u8>> = (0..SESSIONS)
+        .map(|_| {
+            let mut client = Session::initiator(
+                now,
+                &StaticSecret::generate(),
+                relay.public_key(),
+                SessionConfig::default(),
+            );
+            client.connect(now, &mut out);
+            transmitted(&mut out)
+        })
+        .collect();
+    let mut sessions = Vec::with_capacity(SESSIONS);
+
+    let before = dhat::HeapStats::get().curr_bytes;
+    for init in &inits {
+        let Classified::Handshake { peer, msg } = relay.classify(now, from, init).unwrap() else {
+            panic!("a handshake initiation");
+        };
+        let mut server = relay.session(now, peer);
+        server.receive(now, msg, &mut out).unwrap();
+        assert!(!transmitted(&mut out).is_empty(), "a handshake response");
+        sessions.push(server);
+    }
+    let per_session =
+        (dhat::HeapStats::get().curr_bytes - before) / SESSIONS + std::mem::size_of::<Session>();
+
+    assert!(sessions.iter().all(|s| s.since_handshake().is_some()));
+    assert!(
+        per_session <= MAX_PER_SESSION,
+        "{per_session} bytes per established session (at most {MAX_PER_SESSION})"
+    );
+}
