@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use tunnel::{Classified, Responder, Session, SessionConfig, StaticSecret};
 
+// Only `transmitted` is needed here, not the ready-made pair.
+#[allow(dead_code)]
 mod support;
 use support::transmitted;
 
