@@ -204,3 +204,97 @@ async fn fin_gives_eof_and_dropped_flows_are_freed() {
     .await
     .expect("both sides free the flow");
 }
+
+/// Like [`pair`], with the way into the terminate stack through a task of the test's:
+/// aborting it closes the stack's input, and the stack stops.
+fn pair_with_cut() -> (StackHandle, StackHandle, tokio::task::JoinHandle<()>) {
+    let now = std::time::Instant::now();
+    let client = Stack::new(StackConfig::new(Mode::Client, vec![CLIENT]), now).expect("config");
+    let server = Stack::new(StackConfig::new(Mode::Terminate, vec![EGRESS]), now).expect("config");
+    let (c2s_tx, mut c2s_rx) = mpsc::channel::<Vec<u8>>(512);
+    let (to_server, server_in) = mpsc::channel(512);
+    let (s2c_tx, s2c_rx) = mpsc::channel(512);
+    let cut = tokio::spawn(async move {
+        while let Some(p) = c2s_rx.recv().await {
+            if to_server.send(p).await.is_err() {
+                return;
+            }
+        }
+    });
+    (
+        driver::spawn(client, s2c_rx, c2s_tx),
+        driver::spawn(server, server_in, s2c_tx),
+        cut,
+    )
+}
+
+/// Sends datagrams numbered `0..n` (a big-endian u16 each), a few at a time so that the
+/// client's transmit queue never overflows, and waits until the terminate stack has read
+/// them all.
+async fn send_numbered(client: &StackHandle, relay: &StackHandle, n: u16) {
+    let socket = client.udp_socket().expect("socket");
+    let dst: SocketAddr = "198.51.100.53:4000".parse().expect("literal");
+    for i in 0..n {
+        socket.send_to(&i.to_be_bytes(), dst).await.expect("send");
+        if i % 16 == 15 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while relay.stats().udp_in < u64::from(n) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the terminate stack reads every datagram");
+}
+
+fn number(d: &netstack::UdpDatagram) -> u16 {
+    u16::from_be_bytes([d.payload[0], d.payload[1]])
+}
+
+#[tokio::test]
+async fn datagrams_wait_for_their_receiver_in_order_up_to_the_depth() {
+    let (client, relay) = pair();
+    send_numbered(&client, &relay, 300).await;
+    // Taken only now: the first 256 waited, in order; the rest were dropped.
+    let mut datagrams = relay.incoming_udp().expect("terminate mode");
+    assert!(relay.incoming_udp().is_none(), "one receiver");
+    let mut got = Vec::new();
+    while let Some(d) = datagrams.try_recv() {
+        got.push(number(&d));
+    }
+    assert_eq!(got, (0..256).collect::<Vec<u16>>());
+}
+
+#[tokio::test]
+async fn a_stopped_stack_hands_over_what_was_waiting_then_ends() {
+    let (client, relay, cut) = pair_with_cut();
+    let mut datagrams = relay.incoming_udp().expect("terminate mode");
+    let mut flows = relay.incoming().expect("terminate mode");
+    send_numbered(&client, &relay, 5).await;
+
+    cut.abort();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let (from, to) = (
+            "198.51.100.53:4000".parse().expect("a"),
+            "100.64.0.2:9".parse().expect("b"),
+        );
+        while relay.udp_reply(from, to, b"x").is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the stack stops once its input is closed");
+
+    let mut got = Vec::new();
+    while let Some(d) = tokio::time::timeout(Duration::from_secs(5), datagrams.recv())
+        .await
+        .expect("the receiver ends instead of waiting")
+    {
+        got.push(number(&d));
+    }
+    assert_eq!(got, vec![0, 1, 2, 3, 4]);
+    let end = tokio::time::timeout(Duration::from_secs(5), flows.recv()).await;
+    assert!(matches!(end, Ok(None)), "no flow, and the end: {end:?}");
+}

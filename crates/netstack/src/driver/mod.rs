@@ -6,6 +6,7 @@
 //! protocol at its deadlines. Memory is bounded by the per-flow TCP buffers and the bounded
 //! channels: a slow reader closes its TCP window, a slow tunnel stops TCP sending.
 
+mod lane;
 mod tcp;
 mod udp;
 
@@ -19,7 +20,9 @@ use std::time::Instant;
 use tokio::sync::{mpsc, Notify};
 
 use crate::{Event, FlowId, Mode, Stack, StackError, Stats, UdpDatagram, Unreachable};
+use lane::Lane;
 
+pub use lane::Incoming;
 pub use tcp::{IncomingTcp, TcpFlow};
 pub use udp::UdpSocket;
 
@@ -38,21 +41,16 @@ pub fn spawn(
     ip_out: mpsc::Sender<Vec<u8>>,
 ) -> StackHandle {
     let mode = stack.mode();
-    let (tcp_tx, tcp_rx) = mpsc::channel(CHANNEL_DEPTH);
-    let (udp_tx, udp_rx) = mpsc::channel(CHANNEL_DEPTH);
-    let terminate = mode == Mode::Terminate;
     let inner = Arc::new(Inner {
         shared: Mutex::new(Shared {
             stack,
             wakers: HashMap::new(),
             udp_sockets: HashMap::new(),
-            incoming_tcp: terminate.then_some(tcp_tx),
-            incoming_udp: terminate.then_some(udp_tx),
+            incoming_tcp: Lane::default(),
+            incoming_udp: Lane::default(),
             stopped: false,
         }),
         notify: Notify::new(),
-        incoming_tcp: Mutex::new(terminate.then_some(tcp_rx)),
-        incoming_udp: Mutex::new(terminate.then_some(udp_rx)),
         mode,
     });
     tokio::spawn(run(Arc::clone(&inner), ip_in, ip_out));
@@ -86,14 +84,18 @@ impl StackHandle {
     /// Terminate mode: the stream of new TCP flows, each to be accepted or refused. Returns
     /// `None` in client mode or after the first call. Flows that arrive while the receiver is
     /// full or dropped are refused.
-    pub fn incoming(&self) -> Option<mpsc::Receiver<IncomingTcp>> {
-        lock(&self.inner.incoming_tcp).take()
+    pub fn incoming(&self) -> Option<Incoming<IncomingTcp>> {
+        let terminate = self.inner.mode == Mode::Terminate;
+        (terminate && self.inner.lock().incoming_tcp.take_receiver())
+            .then(|| Incoming::new(Arc::clone(&self.inner), |s| &mut s.incoming_tcp))
     }
 
     /// Terminate mode: the stream of UDP datagrams to any destination. Returns `None` in
     /// client mode or after the first call. Datagrams beyond the channel depth are dropped.
-    pub fn incoming_udp(&self) -> Option<mpsc::Receiver<UdpDatagram>> {
-        lock(&self.inner.incoming_udp).take()
+    pub fn incoming_udp(&self) -> Option<Incoming<UdpDatagram>> {
+        let terminate = self.inner.mode == Mode::Terminate;
+        (terminate && self.inner.lock().incoming_udp.take_receiver())
+            .then(|| Incoming::new(Arc::clone(&self.inner), |s| &mut s.incoming_udp))
     }
 
     /// Client mode: a UDP socket on an ephemeral port of the tunnel address.
@@ -137,8 +139,6 @@ pub(crate) struct Inner {
     shared: Mutex<Shared>,
     /// Wakes the task after a handle changed the stack (data queued or read, flow closed).
     notify: Notify,
-    incoming_tcp: Mutex<Option<mpsc::Receiver<IncomingTcp>>>,
-    incoming_udp: Mutex<Option<mpsc::Receiver<UdpDatagram>>>,
     mode: Mode,
 }
 
@@ -167,8 +167,10 @@ pub(crate) struct Shared {
     stack: Stack,
     wakers: HashMap<FlowId, FlowWakers>,
     udp_sockets: HashMap<u16, mpsc::Sender<(SocketAddr, Vec<u8>)>>,
-    incoming_tcp: Option<mpsc::Sender<IncomingTcp>>,
-    incoming_udp: Option<mpsc::Sender<UdpDatagram>>,
+    /// New TCP flows for [`StackHandle::incoming`] (terminate mode).
+    incoming_tcp: Lane<IncomingTcp>,
+    /// Datagrams for [`StackHandle::incoming_udp`] (terminate mode).
+    incoming_udp: Lane<UdpDatagram>,
     /// The task has ended; nothing will make progress any more.
     stopped: bool,
 }
@@ -197,16 +199,15 @@ impl Shared {
         while let Some(event) = self.stack.poll_event() {
             match event {
                 Event::TcpIncoming { flow, src, dst } => {
-                    let delivered = self.incoming_tcp.as_ref().is_some_and(|tx| {
-                        match tx.try_send(IncomingTcp::new(Arc::clone(inner), flow, src, dst)) {
-                            Ok(()) => true,
-                            Err(e) => {
-                                // Dropping it must not try to refuse under our lock.
-                                e.into_inner().disarm();
-                                false
-                            }
+                    let incoming = IncomingTcp::new(Arc::clone(inner), flow, src, dst);
+                    let delivered = match self.incoming_tcp.push(incoming) {
+                        Ok(()) => true,
+                        Err(refused) => {
+                            // Dropping it must not try to refuse under our lock.
+                            refused.disarm();
+                            false
                         }
-                    });
+                    };
                     if delivered {
                         self.wakers.insert(flow, FlowWakers::default());
                     } else {
@@ -233,8 +234,8 @@ impl Shared {
                         }
                     }
                     Mode::Terminate => {
-                        if let Some(tx) = &self.incoming_udp {
-                            let _ = tx.try_send(datagram);
+                        if let Err(dropped) = self.incoming_udp.push(datagram) {
+                            spare::give(dropped.payload);
                         }
                     }
                 },
@@ -253,8 +254,17 @@ impl Shared {
                 waker.wake();
             }
         }
-        self.incoming_tcp = None;
-        self.incoming_udp = None;
+        // What is waiting stays for the receivers; what none will take goes now (a waiting
+        // flow holds the stack's state, which would then never be freed). The stack is gone:
+        // nothing to refuse.
+        self.incoming_tcp.close();
+        self.incoming_udp.close();
+        for flow in self.incoming_tcp.unclaimed(false) {
+            flow.disarm();
+        }
+        for datagram in self.incoming_udp.unclaimed(false) {
+            spare::give(datagram.payload);
+        }
         self.udp_sockets.clear();
     }
 }

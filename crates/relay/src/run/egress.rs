@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netstack::driver::{IncomingTcp, StackHandle};
+use netstack::driver::{Incoming, IncomingTcp, StackHandle};
 use netstack::{Mode, Stack, StackConfig, UdpDatagram, Unreachable};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -337,7 +337,7 @@ async fn relay_tcp(flow: IncomingTcp, ctx: FlowContext, _busy: Arc<()>) {
 /// batched (segmented, where they are of one size) send.
 async fn relay_udp(
     handle: StackHandle,
-    mut datagrams: mpsc::Receiver<UdpDatagram>,
+    mut datagrams: Incoming<UdpDatagram>,
     ctx: FlowContext,
     busy: std::sync::Weak<()>,
 ) {
@@ -349,7 +349,7 @@ async fn relay_udp(
         let mut run = UDP_RUN.take();
         batch.push(first);
         while batch.len() < BATCH {
-            let Ok(d) = datagrams.try_recv() else { break };
+            let Some(d) = datagrams.try_recv() else { break };
             batch.push(d);
         }
         let mut run_socket: Option<Arc<BatchSocket>> = None;
