@@ -556,6 +556,9 @@ pub struct TcpFlowKey {
 /// - State is maintained across multiple recv_multiple calls
 pub struct TcpGROTable {
     items_by_flow: GroFlowTable<TcpFlowKey, TcpGROItem>,
+    /// The packet under evaluation, copied out of `bufs` (which coalescing then changes):
+    /// one buffer reused for every packet rather than a new one each (OpenRelay patch).
+    scratch: Vec<u8>,
 }
 
 impl Default for TcpGROTable {
@@ -568,6 +571,7 @@ impl TcpGROTable {
     fn new() -> Self {
         Self {
             items_by_flow: GroFlowTable::new(),
+            scratch: Vec::new(),
         }
     }
 }
@@ -701,6 +705,8 @@ pub struct UdpFlowKey {
 ///  udpGROTable holds flow and coalescing information for the purposes of UDP GRO.
 pub struct UdpGROTable {
     items_by_flow: GroFlowTable<UdpFlowKey, UdpGROItem>,
+    /// As [`TcpGROTable`]'s (OpenRelay patch).
+    scratch: Vec<u8>,
 }
 
 impl Default for UdpGROTable {
@@ -713,6 +719,7 @@ impl UdpGROTable {
     pub fn new() -> Self {
         Self {
             items_by_flow: GroFlowTable::new(),
+            scratch: Vec::new(),
         }
     }
 }
@@ -1174,8 +1181,23 @@ fn tcp_gro<B: ExpandBuffer>(
     table: &mut TcpGROTable,
     is_v6: bool,
 ) -> GroResult {
-    let pkt_storage = bufs[pkt_i].as_ref()[offset..].to_vec();
-    let pkt = pkt_storage.as_slice();
+    // OpenRelay patch: the copy goes into the table's scratch buffer, not a new `Vec`.
+    let mut pkt_storage = std::mem::take(&mut table.scratch);
+    pkt_storage.clear();
+    pkt_storage.extend_from_slice(&bufs[pkt_i].as_ref()[offset..]);
+    let result = tcp_gro_packet(bufs, offset, pkt_i, table, is_v6, &pkt_storage);
+    table.scratch = pkt_storage;
+    result
+}
+
+fn tcp_gro_packet<B: ExpandBuffer>(
+    bufs: &mut [B],
+    offset: usize,
+    pkt_i: usize,
+    table: &mut TcpGROTable,
+    is_v6: bool,
+    pkt: &[u8],
+) -> GroResult {
     if pkt.len() > u16::MAX as usize {
         // A valid IPv4 or IPv6 packet will never exceed this.
         return GroResult::Noop;
@@ -1569,8 +1591,23 @@ fn udp_gro<B: ExpandBuffer>(
     table: &mut UdpGROTable,
     is_v6: bool,
 ) -> GroResult {
-    let pkt_storage = bufs[pkt_i].as_ref()[offset..].to_vec();
-    let pkt = pkt_storage.as_slice();
+    // OpenRelay patch: the copy goes into the table's scratch buffer, not a new `Vec`.
+    let mut pkt_storage = std::mem::take(&mut table.scratch);
+    pkt_storage.clear();
+    pkt_storage.extend_from_slice(&bufs[pkt_i].as_ref()[offset..]);
+    let result = udp_gro_packet(bufs, offset, pkt_i, table, is_v6, &pkt_storage);
+    table.scratch = pkt_storage;
+    result
+}
+
+fn udp_gro_packet<B: ExpandBuffer>(
+    bufs: &mut [B],
+    offset: usize,
+    pkt_i: usize,
+    table: &mut UdpGROTable,
+    is_v6: bool,
+    pkt: &[u8],
+) -> GroResult {
     if pkt.len() > u16::MAX as usize {
         // A valid IPv4 or IPv6 packet will never exceed this.
         return GroResult::Noop;
