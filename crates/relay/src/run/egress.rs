@@ -173,14 +173,24 @@ async fn event_loop(
                     let stack = slots
                         .get_mut(&id)
                         .and_then(|slot| slot_stack(id, slot, now, &out_tx, &mut table));
-                    match stack.map(|s| s.ip_in.try_send(ip)) {
-                        Some(Ok(())) => {
-                            table.counters.forwarded += 1;
-                            table.counters.forwarded_bytes += len;
+                    // A dropped packet's buffer goes back to the thread's spares: under
+                    // overload a drop per packet must not also cost an allocation per packet.
+                    match stack {
+                        Some(s) => match s.ip_in.try_send(ip) {
+                            Ok(()) => {
+                                table.counters.forwarded += 1;
+                                table.counters.forwarded_bytes += len;
+                            }
+                            // A full queue drops, as a full NIC ring would; TCP retransmits.
+                            Err(e) => {
+                                spare::give(e.into_inner());
+                                table.counters.drop(crate::counters::Drop::Capacity);
+                            }
+                        },
+                        None => {
+                            spare::give(ip);
+                            table.counters.drop(crate::counters::Drop::NoSession);
                         }
-                        // A full queue drops, as a full NIC ring would; TCP retransmits.
-                        Some(Err(_)) => table.counters.drop(crate::counters::Drop::Capacity),
-                        None => table.counters.drop(crate::counters::Drop::NoSession),
                     }
                 }
                 TableEvent::Closed { id } => {
