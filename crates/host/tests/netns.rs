@@ -4,17 +4,6 @@
 use host::{BlockPolicy, Firewall, RoutePlan, Routes, Runner};
 use testbed::Testbed;
 
-fn root() -> bool {
-    if testbed::available() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("OPENRELAY_SKIP_ROOT_TESTS").is_some(),
-        "needs root; set OPENRELAY_SKIP_ROOT_TESTS=1 to skip"
-    );
-    false
-}
-
 /// A TCP connection attempt from the client host to the dest host, by python3.
 fn tcp_reaches(bed: &Testbed, port: u16) -> bool {
     let script = format!(
@@ -31,7 +20,7 @@ fn tcp_reaches(bed: &Testbed, port: u16) -> bool {
 
 #[test]
 fn kill_switch_blocks_all_but_the_allowed_endpoint_and_unblocks() {
-    if !root() {
+    if !testbed::required() {
         return;
     }
     let bed = Testbed::new().unwrap();
@@ -58,7 +47,7 @@ fn kill_switch_blocks_all_but_the_allowed_endpoint_and_unblocks() {
 
 #[test]
 fn routes_are_restored_exactly() {
-    if !root() {
+    if !testbed::required() {
         return;
     }
     let bed = Testbed::new().unwrap();

@@ -14,17 +14,6 @@ const MARKER: &str = "openrelay-capture-marker-5d1e";
 /// The destination's name in the testbed's /etc/hosts files.
 const DEST_NAME: &str = "dest.openrelay.test";
 
-fn require_root() -> bool {
-    if testbed::available() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("OPENRELAY_SKIP_ROOT_TESTS").is_some(),
-        "these tests need root and iproute2 (CI has both); set OPENRELAY_SKIP_ROOT_TESTS=1 to skip them"
-    );
-    false
-}
-
 fn ok(args: &[&str]) -> String {
     let out = Command::new(BIN).args(args).output().unwrap();
     assert!(
@@ -263,7 +252,7 @@ fn octets(ip: IpAddr) -> Vec<u8> {
 
 #[test]
 fn captures_show_each_hop_sees_only_its_half() {
-    if !require_root() {
+    if !testbed::required() {
         return;
     }
     let bed = Testbed::new().unwrap();
@@ -382,7 +371,7 @@ sys.exit("no Admitted from the relay")
 
 #[test]
 fn stock_wireguard_go_peer_handshakes_and_passes_traffic_once_admitted() {
-    if !require_root() {
+    if !testbed::required() {
         return;
     }
     let bed = Testbed::new().unwrap();
@@ -540,7 +529,7 @@ fn stock_wireguard_go_peer_handshakes_and_passes_traffic_once_admitted() {
 
 #[test]
 fn tun_mode_egress_forwards_with_nat_and_refuses_the_same_destinations() {
-    if !require_root() {
+    if !testbed::required() {
         return;
     }
     let bed = Testbed::new().unwrap();
@@ -699,7 +688,7 @@ fn direct_curl(bed: &Testbed, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn whole_host_mode_tunnels_everything_and_restores_the_host_exactly() {
-    if !require_root() {
+    if !testbed::required() {
         return;
     }
     let bed = Testbed::new().unwrap();
@@ -781,7 +770,7 @@ fn port_53(p: &Packet) -> bool {
 
 #[test]
 fn kill_switch_holds_when_the_egress_dies_and_the_client_is_killed() {
-    if !require_root() {
+    if !testbed::required() {
         return;
     }
     let bed = Testbed::new().unwrap();
@@ -870,7 +859,7 @@ fn kill_switch_holds_when_the_egress_dies_and_the_client_is_killed() {
 
 #[test]
 fn whole_host_client_reconnects_after_an_egress_restart_while_the_kill_switch_holds() {
-    if !require_root() {
+    if !testbed::required() {
         return;
     }
     const BIG: usize = 16 * 1024 * 1024;
@@ -1008,7 +997,7 @@ print("ok", count)
 /// both hops must arrive byte-exact and in order. Returns the egress's final count of the
 /// packets it wrote to its TUN device and of the writes they took.
 fn tun_path_is_byte_exact(egress_config: &str, name: &str) -> Option<(u64, u64)> {
-    if !require_root() {
+    if !testbed::required() {
         return None;
     }
     let bed = Testbed::new().unwrap();
@@ -1111,7 +1100,7 @@ fn tcp_and_udp_through_a_tun_egress_without_offloads_are_byte_exact_and_in_order
 /// while the device is down.
 #[test]
 fn a_tun_egress_whose_device_goes_down_drops_and_keeps_running() {
-    if !require_root() {
+    if !testbed::required() {
         return;
     }
     let bed = Testbed::new().unwrap();
@@ -1197,7 +1186,7 @@ fn client_cmd(bed: &Testbed, args: &[&str], input: &str) -> String {
 /// goes through both hops like any other traffic, and buys the tickets the client needs.
 #[test]
 fn whole_host_client_refills_its_tokens_through_the_tunnel() {
-    if !require_root() {
+    if !testbed::required() {
         return;
     }
     let bed = Testbed::new().unwrap();

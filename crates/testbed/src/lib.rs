@@ -50,6 +50,20 @@ pub fn available() -> bool {
     root && std::process::Command::new("ip").arg("-V").output().is_ok()
 }
 
+/// Whether a test that builds testbeds should run: yes where [`available`], no where
+/// `OPENRELAY_SKIP_ROOT_TESTS` is set, and otherwise a panic that says so, so that a
+/// machine without root does not pass such tests silently.
+pub fn required() -> bool {
+    if available() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("OPENRELAY_SKIP_ROOT_TESTS").is_some(),
+        "these tests need root and iproute2 (CI has both); set OPENRELAY_SKIP_ROOT_TESTS=1 to skip them"
+    );
+    false
+}
+
 /// Why a testbed could not be built or used.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

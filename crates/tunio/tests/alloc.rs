@@ -12,7 +12,7 @@ use tokio::io::AsyncReadExt;
 use tunio::{Flushed, WriteBatch};
 
 mod support;
-use support::{in_netns, payload, root, Flow, HOST, PORT, SEGMENT, SEGMENTS};
+use support::{in_netns, payload, Flow, HOST, PORT, SEGMENT, SEGMENTS};
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -21,7 +21,7 @@ const ROUNDS: usize = 10;
 
 #[test]
 fn coalesced_writes_allocate_nothing_once_warm() {
-    if !root() {
+    if !testbed::required() {
         return;
     }
     let _profiler = dhat::Profiler::builder().testing().build();

@@ -10,7 +10,7 @@ use tun_rs::AsyncDevice;
 use tunio::{Flushed, WriteBatch};
 
 mod support;
-use support::{in_netns, payload, root, Flow, HOST, PORT, SEGMENT, SEGMENTS};
+use support::{in_netns, payload, Flow, HOST, PORT, SEGMENT, SEGMENTS};
 
 /// Opens `flows` connections, writes their data segments interleaved in one batch and
 /// checks what every accepted socket reads. Returns what the flush did.
@@ -51,7 +51,7 @@ async fn send_interleaved(dev: AsyncDevice, flows: u16) -> Flushed {
 
 #[test]
 fn in_order_segments_of_each_flow_become_one_write_and_arrive_byte_exact() {
-    if !root() {
+    if !testbed::required() {
         return;
     }
     in_netns(true, |dev| async move {
@@ -68,7 +68,7 @@ fn in_order_segments_of_each_flow_become_one_write_and_arrive_byte_exact() {
 
 #[test]
 fn without_the_virtio_header_every_packet_is_its_own_write_and_arrives_byte_exact() {
-    if !root() {
+    if !testbed::required() {
         return;
     }
     in_netns(false, |dev| async move {
@@ -85,7 +85,7 @@ fn without_the_virtio_header_every_packet_is_its_own_write_and_arrives_byte_exac
 
 #[test]
 fn a_write_the_kernel_refuses_is_an_error_and_the_batch_is_emptied() {
-    if !root() {
+    if !testbed::required() {
         return;
     }
     in_netns(true, |dev| async move {

@@ -16,17 +16,6 @@ pub(crate) const PORT: u16 = 5000;
 pub(crate) const SEGMENT: usize = 1000;
 pub(crate) const SEGMENTS: usize = 20;
 
-pub(crate) fn root() -> bool {
-    if testbed::available() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("OPENRELAY_SKIP_ROOT_TESTS").is_some(),
-        "needs root; set OPENRELAY_SKIP_ROOT_TESTS=1 to skip"
-    );
-    false
-}
-
 /// Runs `test` on a thread in a network namespace of its own (gone when the thread ends),
 /// with a TUN device `tunio0` at HOST/24.
 pub(crate) fn in_netns<F>(offload: bool, test: impl FnOnce(AsyncDevice) -> F + Send + 'static)
