@@ -23,8 +23,10 @@ pub(crate) fn sealable(bytes: &[u8]) -> Packet {
 
 /// A spare of `len` bytes, written by `fill`, with room to be encrypted in place.
 pub(crate) fn sealable_with(len: usize, fill: impl FnOnce(&mut [u8])) -> Packet {
-    let mut buf = spare::zeroed(len);
-    buf.reserve_exact(sealed_len(len) - len);
+    // Taken with room for the whole message, so that a spare too small for it is not
+    // taken and then grown (an allocation).
+    let mut buf = spare::take(sealed_len(len));
+    buf.resize(len, 0);
     fill(&mut buf);
     Packet::from_bytes(owned(buf))
 }
