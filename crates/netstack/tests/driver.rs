@@ -298,3 +298,49 @@ async fn a_stopped_stack_hands_over_what_was_waiting_then_ends() {
     let end = tokio::time::timeout(Duration::from_secs(5), flows.recv()).await;
     assert!(matches!(end, Ok(None)), "no flow, and the end: {end:?}");
 }
+
+#[tokio::test]
+async fn tagged_stacks_share_one_channel_to_the_tunnel() {
+    // Two terminate stacks answer through one channel, as an egress's sessions do; each
+    // packet carries its stack's tag, and a router hands it to that stack's client.
+    let now = std::time::Instant::now();
+    let (shared_tx, mut shared_rx) = mpsc::channel::<(u8, Vec<u8>)>(64);
+    let mut clients = Vec::new();
+    let mut to_clients = Vec::new();
+    for tag in 0..2u8 {
+        let client = Stack::new(StackConfig::new(Mode::Client, vec![CLIENT]), now).expect("config");
+        let server =
+            Stack::new(StackConfig::new(Mode::Terminate, vec![EGRESS]), now).expect("config");
+        let (c2s_tx, c2s_rx) = mpsc::channel(64);
+        let (to_client, client_in) = mpsc::channel(64);
+        let client = driver::spawn(client, client_in, c2s_tx);
+        let server = driver::spawn_tagged(server, c2s_rx, shared_tx.clone(), move |p| (tag, p));
+        let mut datagrams = server.incoming_udp().expect("terminate mode");
+        tokio::spawn(async move {
+            while let Some(d) = datagrams.recv().await {
+                let mut reply = vec![tag];
+                reply.extend_from_slice(&d.payload);
+                server.udp_reply(d.dst, d.src, &reply).expect("reply");
+            }
+        });
+        clients.push(client);
+        to_clients.push(to_client);
+    }
+    drop(shared_tx);
+    tokio::spawn(async move {
+        while let Some((tag, packet)) = shared_rx.recv().await {
+            let _ = to_clients[usize::from(tag)].send(packet).await;
+        }
+    });
+    let dst: SocketAddr = "198.51.100.53:53".parse().expect("literal");
+    for (tag, client) in clients.iter().enumerate() {
+        let socket = client.udp_socket().expect("socket");
+        socket.send_to(b"ping", dst).await.expect("send");
+        let (payload, from) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from())
+            .await
+            .expect("in time")
+            .expect("reply");
+        assert_eq!(&payload[..], &[&[tag as u8][..], b"ping"].concat()[..]);
+        assert_eq!(from, dst);
+    }
+}

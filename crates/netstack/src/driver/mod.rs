@@ -40,6 +40,23 @@ pub fn spawn(
     ip_in: mpsc::Receiver<Vec<u8>>,
     ip_out: mpsc::Sender<Vec<u8>>,
 ) -> StackHandle {
+    spawn_tagged(stack, ip_in, ip_out, |packet| packet)
+}
+
+/// Like [`spawn`], with each packet for the tunnel wrapped by `tag` before it goes on
+/// `ip_out`: many stacks can then share one channel to the tunnel (an egress tags each with
+/// its session) without a channel and a forwarding task of their own. The task ends when
+/// `ip_in` closes, or when `ip_out` does.
+pub fn spawn_tagged<T, F>(
+    stack: Stack,
+    ip_in: mpsc::Receiver<Vec<u8>>,
+    ip_out: mpsc::Sender<T>,
+    tag: F,
+) -> StackHandle
+where
+    T: Send + 'static,
+    F: Fn(Vec<u8>) -> T + Send + 'static,
+{
     let mode = stack.mode();
     let inner = Arc::new(Inner {
         shared: Mutex::new(Shared {
@@ -53,7 +70,7 @@ pub fn spawn(
         notify: Notify::new(),
         mode,
     });
-    tokio::spawn(run(Arc::clone(&inner), ip_in, ip_out));
+    tokio::spawn(run(Arc::clone(&inner), ip_in, ip_out, tag));
     StackHandle { inner }
 }
 
@@ -276,7 +293,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The task: poll the stack, move packets, sleep until input, a handle's wake-up, room in
 /// the tunnel or the stack's next deadline.
-async fn run(inner: Arc<Inner>, mut ip_in: mpsc::Receiver<Vec<u8>>, ip_out: mpsc::Sender<Vec<u8>>) {
+async fn run<T, F>(
+    inner: Arc<Inner>,
+    mut ip_in: mpsc::Receiver<Vec<u8>>,
+    ip_out: mpsc::Sender<T>,
+    tag: F,
+) where
+    F: Fn(Vec<u8>) -> T,
+{
     loop {
         let (deadline, has_tx, tx_room) = {
             let mut shared = inner.lock();
@@ -286,7 +310,7 @@ async fn run(inner: Arc<Inner>, mut ip_in: mpsc::Receiver<Vec<u8>>, ip_out: mpsc
             // Hand over as much as the tunnel takes without waiting.
             while let Ok(permit) = ip_out.try_reserve() {
                 match shared.stack.pop_transmit() {
-                    Some(packet) => permit.send(packet),
+                    Some(packet) => permit.send(tag(packet)),
                     None => break,
                 }
             }
@@ -296,7 +320,7 @@ async fn run(inner: Arc<Inner>, mut ip_in: mpsc::Receiver<Vec<u8>>, ip_out: mpsc
                 shared.dispatch_events(&inner);
                 while let Ok(permit) = ip_out.try_reserve() {
                     match shared.stack.pop_transmit() {
-                        Some(packet) => permit.send(packet),
+                        Some(packet) => permit.send(tag(packet)),
                         None => break,
                     }
                 }
@@ -335,7 +359,7 @@ async fn run(inner: Arc<Inner>, mut ip_in: mpsc::Receiver<Vec<u8>>, ip_out: mpsc
             permit = ip_out.reserve(), if has_tx => {
                 let Ok(permit) = permit else { break };
                 if let Some(packet) = inner.lock().stack.pop_transmit() {
-                    permit.send(packet);
+                    permit.send(tag(packet));
                 }
             }
             () = inner.notify.notified() => {}

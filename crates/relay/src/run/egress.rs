@@ -281,16 +281,10 @@ fn start_stack(
     let busy = Arc::new(());
     let stack = Stack::new(config, Instant::now())?;
     let (ip_in, ip_in_rx) = mpsc::channel(STACK_QUEUE);
-    let (ip_out_tx, mut ip_out_rx) = mpsc::channel::<Vec<u8>>(STACK_QUEUE);
-    let handle = netstack::driver::spawn(stack, ip_in_rx, ip_out_tx);
+    // The stack's packets go straight into the worker's channel, tagged with the session:
+    // a channel and a forwarding task per stack were 2 KiB of every running session.
+    let handle = netstack::driver::spawn_tagged(stack, ip_in_rx, out_tx, move |ip| (id, ip));
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(async move {
-        while let Some(ip) = ip_out_rx.recv().await {
-            if out_tx.send((id, ip)).await.is_err() {
-                return;
-            }
-        }
-    }));
     if let Some(mut incoming) = handle.incoming() {
         let ctx = ctx.clone();
         let busy = Arc::downgrade(&busy);
