@@ -26,9 +26,11 @@ pub(crate) fn sealable_with(len: usize, fill: impl FnOnce(&mut [u8])) -> Packet 
     // Taken with room for the whole message, so that a spare too small for it is not
     // taken and then grown (an allocation).
     let mut buf = spare::take(sealed_len(len));
-    buf.resize(len, 0);
-    fill(&mut buf);
-    Packet::from_bytes(owned(buf))
+    // Zeroed once, all of it (`owned` needs the whole capacity initialised); `fill` then
+    // writes over the packet's part.
+    buf.resize(buf.capacity(), 0);
+    fill(&mut buf[..len]);
+    Packet::from_bytes(owned(buf, len))
 }
 
 /// The packet's bytes as a `Vec` without copying them to a new allocation: gotatun's
@@ -42,14 +44,14 @@ pub(crate) fn into_vec(mut packet: Packet) -> Vec<u8> {
 pub(crate) fn copy_of(bytes: &[u8]) -> BytesMut {
     let mut buf = spare::take(bytes.len());
     buf.extend_from_slice(bytes);
-    owned(buf)
+    owned(buf, bytes.len())
 }
 
-/// The `Vec` as a `BytesMut` of the same allocation and length, its capacity kept.
-fn owned(mut buf: Vec<u8>) -> BytesMut {
-    let len = buf.len();
+/// The first `len` bytes of the `Vec` as a `BytesMut` of the same allocation, its capacity
+/// kept.
+fn owned(mut buf: Vec<u8>, len: usize) -> BytesMut {
     // With its whole capacity in use, `Bytes` takes the allocation as it is (no shared
-    // header) and hands it on as a `BytesMut`; only the room past `len` is zeroed.
+    // header) and hands it on as a `BytesMut`; only what is not in use yet is zeroed.
     buf.resize(buf.capacity(), 0);
     match bytes::Bytes::from(buf).try_into_mut() {
         Ok(mut b) => {
