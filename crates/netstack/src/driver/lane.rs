@@ -57,13 +57,13 @@ impl<T> Lane<T> {
         }
     }
 
-    /// The items no receiver will take: all of them once the receiver is gone, or when none
-    /// was ever handed out. For the caller to drop outside the lock.
-    pub(crate) fn unclaimed(&mut self, receiver_gone: bool) -> VecDeque<T> {
-        if receiver_gone || !self.taken {
-            mem::take(&mut self.items)
-        } else {
+    /// The items no receiver will take because none was ever handed out. For the caller to
+    /// drop outside the lock.
+    pub(crate) fn unclaimed(&mut self) -> VecDeque<T> {
+        if self.taken {
             VecDeque::new()
+        } else {
+            mem::take(&mut self.items)
         }
     }
 
@@ -119,7 +119,7 @@ impl<T> Drop for Incoming<T> {
             let mut shared = self.inner.lock();
             let lane = (self.lane)(&mut shared);
             lane.close();
-            lane.unclaimed(true)
+            mem::take(&mut lane.items)
         };
         // Refusing a waiting flow takes the lock again.
         drop(waiting);

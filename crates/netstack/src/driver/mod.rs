@@ -276,10 +276,10 @@ impl Shared {
         // nothing to refuse.
         self.incoming_tcp.close();
         self.incoming_udp.close();
-        for flow in self.incoming_tcp.unclaimed(false) {
+        for flow in self.incoming_tcp.unclaimed() {
             flow.disarm();
         }
-        for datagram in self.incoming_udp.unclaimed(false) {
+        for datagram in self.incoming_udp.unclaimed() {
             spare::give(datagram.payload);
         }
         self.udp_sockets.clear();
