@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use tunnel::{Classified, Responder, Session, SessionConfig, StaticSecret};
 
-// Only `transmitted` is needed here, not the ready-made pair.
+// Only `initiator` and `transmitted` are needed here, not the ready-made pair.
 #[allow(dead_code)]
 mod support;
-use support::transmitted;
+use support::{initiator, transmitted};
 
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
@@ -29,18 +29,7 @@ fn an_established_relay_session_holds_a_few_kib() {
     let from: SocketAddr = "192.0.2.1:5555".parse().unwrap();
     let mut relay = Responder::new(now, StaticSecret::generate(), SessionConfig::default());
     let mut out = Vec::new();
-    let inits: Vec<Vec<u8>> = (0..SESSIONS)
-        .map(|_| {
-            let mut client = Session::initiator(
-                now,
-                &StaticSecret::generate(),
-                relay.public_key(),
-                SessionConfig::default(),
-            );
-            client.connect(now, &mut out);
-            transmitted(&mut out)
-        })
-        .collect();
+    let inits: Vec<Vec<u8>> = (0..SESSIONS).map(|_| initiator(now, &relay).1).collect();
     let mut sessions = Vec::with_capacity(SESSIONS);
 
     let before = dhat::HeapStats::get().curr_bytes;

@@ -31,10 +31,8 @@ pub(crate) fn transmitted(out: &mut Vec<Action>) -> Vec<u8> {
     d
 }
 
-/// A client and a relay with fresh keys, after the handshake at `now`.
-pub(crate) fn pair(now: Instant) -> Pair {
-    let from: SocketAddr = "192.0.2.1:5555".parse().unwrap();
-    let mut relay = Responder::new(now, StaticSecret::generate(), SessionConfig::default());
+/// A client session with a fresh key for `relay`, and its handshake initiation.
+pub(crate) fn initiator(now: Instant, relay: &Responder) -> (Session, Vec<u8>) {
     let mut client = Session::initiator(
         now,
         &StaticSecret::generate(),
@@ -44,6 +42,15 @@ pub(crate) fn pair(now: Instant) -> Pair {
     let mut out = Vec::new();
     client.connect(now, &mut out);
     let init = transmitted(&mut out);
+    (client, init)
+}
+
+/// A client and a relay with fresh keys, after the handshake at `now`.
+pub(crate) fn pair(now: Instant) -> Pair {
+    let from: SocketAddr = "192.0.2.1:5555".parse().unwrap();
+    let mut relay = Responder::new(now, StaticSecret::generate(), SessionConfig::default());
+    let (mut client, init) = initiator(now, &relay);
+    let mut out = Vec::new();
     let Classified::Handshake { peer, msg } = relay.classify(now, from, &init).unwrap() else {
         panic!("a handshake initiation");
     };
