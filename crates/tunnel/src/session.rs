@@ -11,6 +11,8 @@ use gotatun::noise::{Tunn, TunnResult};
 use gotatun::packet::{Packet, WgKind};
 use gotatun::tun::MtuWatcher;
 use gotatun::x25519;
+use rand::rngs::SmallRng;
+use rand::SeedableRng;
 
 use crate::buffers;
 use crate::clock::SessionClock;
@@ -62,7 +64,7 @@ impl Default for SessionConfig {
 
 /// A WireGuard session: gotatun's Noise state machine, with time from the caller.
 pub struct Session {
-    tunn: Tunn,
+    tunn: Tunn<Jitter>,
     clock: SessionClock,
     peer: PublicKey,
     /// What a new state machine for [`Session::rest`] is made from.
@@ -280,6 +282,12 @@ impl Session {
     }
 }
 
+/// The generator a `Tunn` draws its handshake-retry jitter from. The jitter only spreads
+/// retries in time and needs no secrecy: gotatun's default (ChaCha12, seeded from the
+/// operating system for every `Tunn`) kept 320 bytes in every session and made a system
+/// call per handshake; this one is 32 bytes, seeded from the thread's generator.
+type Jitter = SmallRng;
+
 /// A state machine with no keys between `local` and `peer`.
 fn new_tunn(
     local: &StaticSecret,
@@ -287,14 +295,15 @@ fn new_tunn(
     keepalive: Option<u16>,
     indices: &IndexTable,
     limiter: &Arc<RateLimiter>,
-) -> Tunn {
-    Tunn::new(
+) -> Tunn<Jitter> {
+    Tunn::new_with_rng(
         local.x25519().clone(),
         peer.to_x25519(),
         None,
         keepalive,
         indices.clone(),
         limiter.clone(),
+        SmallRng::from_rng(&mut rand::rng()),
     )
 }
 
