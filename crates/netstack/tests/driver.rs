@@ -299,8 +299,51 @@ async fn a_stopped_stack_hands_over_what_was_waiting_then_ends() {
     assert!(matches!(end, Ok(None)), "no flow, and the end: {end:?}");
 }
 
+#[tokio::test(flavor = "current_thread")]
+async fn a_fed_stack_takes_up_to_its_depth_and_ends_once_its_input_is_dropped() {
+    let now = std::time::Instant::now();
+    let mut client = Stack::new(StackConfig::new(Mode::Client, vec![CLIENT]), now).expect("config");
+    let port = client.udp_bind(0).expect("a port");
+    let from = SocketAddr::new(CLIENT, port);
+    let dst: SocketAddr = "198.51.100.53:4000".parse().expect("literal");
+    let packets: Vec<Vec<u8>> = (0..6u16)
+        .map(|i| {
+            client.udp_send(from, dst, &i.to_be_bytes()).expect("send");
+            client.pop_transmit().expect("a packet")
+        })
+        .collect();
+    let server = Stack::new(StackConfig::new(Mode::Terminate, vec![EGRESS]), now).expect("config");
+    let (out_tx, _out_rx) = mpsc::channel::<((), Vec<u8>)>(8);
+    let (relay, input) = driver::spawn_fed(server, 4, out_tx, |p| ((), p));
+    let mut datagrams = relay.incoming_udp().expect("terminate mode");
+
+    // One thread: the stack's task has not run yet, so four wait and the rest come back.
+    let sent = packets.clone();
+    let refused: Vec<Vec<u8>> = packets
+        .into_iter()
+        .filter_map(|p| input.push(p).err())
+        .collect();
+    assert_eq!(
+        refused,
+        sent[4..],
+        "the packets beyond the depth, given back whole"
+    );
+
+    drop(input);
+    let mut got = Vec::new();
+    while let Some(d) = tokio::time::timeout(Duration::from_secs(5), datagrams.recv())
+        .await
+        .expect("the stack ends instead of waiting for more input")
+    {
+        got.push(number(&d));
+    }
+    assert_eq!(got, vec![0, 1, 2, 3], "what was queued is taken, in order");
+    let stopped = relay.udp_reply(dst, from, b"x");
+    assert!(stopped.is_err(), "the stack has stopped: {stopped:?}");
+}
+
 #[tokio::test]
-async fn tagged_stacks_share_one_channel_to_the_tunnel() {
+async fn fed_stacks_share_one_channel_to_the_tunnel() {
     // Two terminate stacks answer through one channel, as an egress's sessions do; each
     // packet carries its stack's tag, and a router hands it to that stack's client.
     let now = std::time::Instant::now();
@@ -311,10 +354,15 @@ async fn tagged_stacks_share_one_channel_to_the_tunnel() {
         let client = Stack::new(StackConfig::new(Mode::Client, vec![CLIENT]), now).expect("config");
         let server =
             Stack::new(StackConfig::new(Mode::Terminate, vec![EGRESS]), now).expect("config");
-        let (c2s_tx, c2s_rx) = mpsc::channel(64);
+        let (c2s_tx, mut c2s_rx) = mpsc::channel::<Vec<u8>>(64);
         let (to_client, client_in) = mpsc::channel(64);
         let client = driver::spawn(client, client_in, c2s_tx);
-        let server = driver::spawn_tagged(server, c2s_rx, shared_tx.clone(), move |p| (tag, p));
+        let (server, input) = driver::spawn_fed(server, 64, shared_tx.clone(), move |p| (tag, p));
+        tokio::spawn(async move {
+            while let Some(packet) = c2s_rx.recv().await {
+                let _ = input.push(packet);
+            }
+        });
         let mut datagrams = server.incoming_udp().expect("terminate mode");
         tokio::spawn(async move {
             while let Some(d) = datagrams.recv().await {

@@ -1,10 +1,11 @@
-//! Queues from the stack's task to the one task that takes new TCP flows or UDP datagrams
-//! (terminate mode).
+//! Queues between the stack's task and others: new TCP flows and UDP datagrams from the task
+//! to the one task that takes them (terminate mode), and packets from the tunnel into the
+//! task ([`StackInput`]).
 //!
 //! They live in the stack's shared state, under the lock the task already holds when it
-//! hands items over. A tokio channel allocates a block of 32 entries when it is made, 2.8 KiB
-//! for these entries, and an egress runs a stack per session: two such channels were a third
-//! of a session's stack. A lane holds no buffer until its first item.
+//! hands items over or takes them. A tokio channel allocates a block of 32 entries when it is
+//! made (2.8 KiB for the incoming entries, 0.8 KiB for packets) and its shared part besides,
+//! and an egress runs a stack per session. A lane holds no buffer until its first item.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -17,6 +18,8 @@ use super::{Inner, Shared, CHANNEL_DEPTH};
 /// Items waiting for the receiver, and how to wake it.
 pub(crate) struct Lane<T> {
     items: VecDeque<T>,
+    /// Items beyond this many waiting are given back to the sender.
+    depth: usize,
     waker: Option<Waker>,
     /// A receiver has been handed out ([`super::StackHandle::incoming`] gives it once).
     taken: bool,
@@ -26,19 +29,24 @@ pub(crate) struct Lane<T> {
 
 impl<T> Default for Lane<T> {
     fn default() -> Self {
+        Self::with_depth(CHANNEL_DEPTH)
+    }
+}
+
+impl<T> Lane<T> {
+    pub(crate) fn with_depth(depth: usize) -> Self {
         Self {
             items: VecDeque::new(),
+            depth,
             waker: None,
             taken: false,
             closed: false,
         }
     }
-}
 
-impl<T> Lane<T> {
     /// Queues `item` for the receiver, or gives it back when the lane is closed or full.
     pub(crate) fn push(&mut self, item: T) -> Result<(), T> {
-        if self.closed || self.items.len() >= CHANNEL_DEPTH {
+        if self.closed || self.items.len() >= self.depth {
             return Err(item);
         }
         self.items.push_back(item);
@@ -71,6 +79,31 @@ impl<T> Lane<T> {
     pub(super) fn take_receiver(&mut self) -> bool {
         !mem::replace(&mut self.taken, true)
     }
+
+    /// The next item if one is waiting, for a receiver that holds the lock already.
+    pub(super) fn pop(&mut self) -> Option<T> {
+        self.items.pop_front()
+    }
+
+    /// The next item; `None` once the lane is closed and empty; otherwise waits.
+    pub(super) fn poll_pop(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        if let Some(item) = self.items.pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        if self.closed {
+            return Poll::Ready(None);
+        }
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Closes the lane and takes what waits in it, for the caller to drop outside the lock.
+    pub(super) fn drain(&mut self) -> VecDeque<T> {
+        self.close();
+        mem::take(&mut self.items)
+    }
 }
 
 /// The receiving end of a lane: new TCP flows ([`IncomingTcp`]) or datagrams
@@ -98,29 +131,13 @@ impl<T> Incoming<T> {
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        let mut shared = self.inner.lock();
-        let lane = (self.lane)(&mut shared);
-        if let Some(item) = lane.items.pop_front() {
-            return Poll::Ready(Some(item));
-        }
-        if lane.closed {
-            return Poll::Ready(None);
-        }
-        if !lane.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            lane.waker = Some(cx.waker().clone());
-        }
-        Poll::Pending
+        (self.lane)(&mut self.inner.lock()).poll_pop(cx)
     }
 }
 
 impl<T> Drop for Incoming<T> {
     fn drop(&mut self) {
-        let waiting = {
-            let mut shared = self.inner.lock();
-            let lane = (self.lane)(&mut shared);
-            lane.close();
-            mem::take(&mut lane.items)
-        };
+        let waiting = (self.lane)(&mut self.inner.lock()).drain();
         // Refusing a waiting flow takes the lock again.
         drop(waiting);
     }
@@ -129,5 +146,37 @@ impl<T> Drop for Incoming<T> {
 impl<T> std::fmt::Debug for Incoming<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Incoming").finish_non_exhaustive()
+    }
+}
+
+/// Feeds packets from the tunnel to a stack started by [`super::spawn_fed`]. Dropping it
+/// ends the stack's task once the packets already given are taken, as closing a channel
+/// would.
+pub struct StackInput {
+    inner: Arc<Inner>,
+}
+
+impl StackInput {
+    pub(super) fn new(inner: Arc<Inner>) -> Self {
+        Self { inner }
+    }
+
+    /// Queues a packet for the stack and wakes its task. Gives the packet back when as many
+    /// as the depth given to [`super::spawn_fed`] wait (drop it, as a full device queue
+    /// would; TCP retransmits) or the stack has stopped.
+    pub fn push(&self, packet: Vec<u8>) -> Result<(), Vec<u8>> {
+        self.inner.lock().input.push(packet)
+    }
+}
+
+impl Drop for StackInput {
+    fn drop(&mut self) {
+        self.inner.lock().input.close();
+    }
+}
+
+impl std::fmt::Debug for StackInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackInput").finish_non_exhaustive()
     }
 }

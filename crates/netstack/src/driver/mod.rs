@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::{Event, FlowId, Mode, Stack, StackError, Stats, UdpDatagram, Unreachable};
 use lane::Lane;
 
-pub use lane::Incoming;
+pub use lane::{Incoming, StackInput};
 pub use tcp::{IncomingTcp, TcpFlow};
 pub use udp::UdpSocket;
 
@@ -40,38 +40,36 @@ pub fn spawn(
     ip_in: mpsc::Receiver<Vec<u8>>,
     ip_out: mpsc::Sender<Vec<u8>>,
 ) -> StackHandle {
-    spawn_tagged(stack, ip_in, ip_out, |packet| packet)
+    let inner = Inner::new(stack, 0);
+    tokio::spawn(run(
+        Arc::clone(&inner),
+        Input::Channel(ip_in),
+        ip_out,
+        |packet| packet,
+    ));
+    StackHandle { inner }
 }
 
-/// Like [`spawn`], with each packet for the tunnel wrapped by `tag` before it goes on
-/// `ip_out`: many stacks can then share one channel to the tunnel (an egress tags each with
-/// its session) without a channel and a forwarding task of their own. The task ends when
-/// `ip_in` closes, or when `ip_out` does.
-pub fn spawn_tagged<T, F>(
+/// Like [`spawn`], for a caller that holds many stacks (an egress runs one per session):
+/// packets from the tunnel are pushed through the returned [`StackInput`], up to `depth`
+/// waiting, into a queue in the stack's own state that is made on the first packet; and
+/// each packet for the tunnel is wrapped by `tag` before it goes on `ip_out`, so that many
+/// stacks share one channel to the tunnel without a channel and a forwarding task of their
+/// own. The task ends when the input is dropped, or when `ip_out` closes.
+pub fn spawn_fed<T, F>(
     stack: Stack,
-    ip_in: mpsc::Receiver<Vec<u8>>,
+    depth: usize,
     ip_out: mpsc::Sender<T>,
     tag: F,
-) -> StackHandle
+) -> (StackHandle, StackInput)
 where
     T: Send + 'static,
     F: Fn(Vec<u8>) -> T + Send + 'static,
 {
-    let mode = stack.mode();
-    let inner = Arc::new(Inner {
-        shared: Mutex::new(Shared {
-            stack,
-            wakers: HashMap::new(),
-            udp_sockets: HashMap::new(),
-            incoming_tcp: Lane::default(),
-            incoming_udp: Lane::default(),
-            stopped: false,
-        }),
-        notify: Notify::new(),
-        mode,
-    });
-    tokio::spawn(run(Arc::clone(&inner), ip_in, ip_out, tag));
-    StackHandle { inner }
+    let inner = Inner::new(stack, depth);
+    tokio::spawn(run(Arc::clone(&inner), Input::Lane, ip_out, tag));
+    let input = StackInput::new(Arc::clone(&inner));
+    (StackHandle { inner }, input)
 }
 
 /// Async access to a stack run by [`spawn`]. Cheap to clone.
@@ -160,6 +158,25 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// The state of a stack about to run; `depth` bounds its input lane (used only by
+    /// [`spawn_fed`]).
+    fn new(stack: Stack, depth: usize) -> Arc<Self> {
+        let mode = stack.mode();
+        Arc::new(Inner {
+            shared: Mutex::new(Shared {
+                stack,
+                wakers: HashMap::new(),
+                udp_sockets: HashMap::new(),
+                input: Lane::with_depth(depth),
+                incoming_tcp: Lane::default(),
+                incoming_udp: Lane::default(),
+                stopped: false,
+            }),
+            notify: Notify::new(),
+            mode,
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, Shared> {
         lock(&self.shared)
     }
@@ -184,6 +201,8 @@ pub(crate) struct Shared {
     stack: Stack,
     wakers: HashMap<FlowId, FlowWakers>,
     udp_sockets: HashMap<u16, mpsc::Sender<(SocketAddr, Vec<u8>)>>,
+    /// Packets from the tunnel pushed through a [`StackInput`] ([`spawn_fed`]).
+    input: Lane<Vec<u8>>,
     /// New TCP flows for [`StackHandle::incoming`] (terminate mode).
     incoming_tcp: Lane<IncomingTcp>,
     /// Datagrams for [`StackHandle::incoming_udp`] (terminate mode).
@@ -282,6 +301,9 @@ impl Shared {
         for datagram in self.incoming_udp.unclaimed() {
             spare::give(datagram.payload);
         }
+        for packet in self.input.drain() {
+            spare::give(packet);
+        }
         self.udp_sockets.clear();
     }
 }
@@ -293,12 +315,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The task: poll the stack, move packets, sleep until input, a handle's wake-up, room in
 /// the tunnel or the stack's next deadline.
-async fn run<T, F>(
-    inner: Arc<Inner>,
-    mut ip_in: mpsc::Receiver<Vec<u8>>,
-    ip_out: mpsc::Sender<T>,
-    tag: F,
-) where
+async fn run<T, F>(inner: Arc<Inner>, mut input: Input, ip_out: mpsc::Sender<T>, tag: F)
+where
     F: Fn(Vec<u8>) -> T,
 {
     loop {
@@ -341,19 +359,15 @@ async fn run<T, F>(
             }
         };
         tokio::select! {
-            packet = ip_in.recv() => {
+            packet = input.recv(&inner) => {
                 let Some(packet) = packet else { break };
                 let mut shared = inner.lock();
                 shared.stack.receive(&packet);
                 spare::give(packet);
                 for _ in 0..RECEIVE_BATCH {
-                    match ip_in.try_recv() {
-                        Ok(packet) => {
-                            shared.stack.receive(&packet);
-                            spare::give(packet);
-                        }
-                        Err(_) => break,
-                    }
+                    let Some(packet) = input.try_recv(&mut shared) else { break };
+                    shared.stack.receive(&packet);
+                    spare::give(packet);
                 }
             }
             permit = ip_out.reserve(), if has_tx => {
@@ -367,4 +381,30 @@ async fn run<T, F>(
         }
     }
     inner.lock().stop();
+}
+
+/// Where the task takes packets from the tunnel.
+enum Input {
+    /// A channel the caller sends into ([`spawn`]).
+    Channel(mpsc::Receiver<Vec<u8>>),
+    /// The stack's input lane, fed through a [`StackInput`] ([`spawn_fed`]).
+    Lane,
+}
+
+impl Input {
+    /// The next packet; `None` once the sender is gone and nothing is left.
+    async fn recv(&mut self, inner: &Inner) -> Option<Vec<u8>> {
+        match self {
+            Input::Channel(rx) => rx.recv().await,
+            Input::Lane => std::future::poll_fn(|cx| inner.lock().input.poll_pop(cx)).await,
+        }
+    }
+
+    /// The next packet if one waits; `shared` is the lock the task holds.
+    fn try_recv(&mut self, shared: &mut Shared) -> Option<Vec<u8>> {
+        match self {
+            Input::Channel(rx) => rx.try_recv().ok(),
+            Input::Lane => shared.input.pop(),
+        }
+    }
 }
