@@ -285,7 +285,8 @@ impl Session {
 /// The generator a `Tunn` draws its handshake-retry jitter from. The jitter only spreads
 /// retries in time and needs no secrecy: gotatun's default (ChaCha12, seeded from the
 /// operating system for every `Tunn`) kept 320 bytes in every session and made a system
-/// call per handshake; this one is 32 bytes, seeded from the thread's generator.
+/// call for every new, waking or resting session; this one is 32 bytes, seeded from the
+/// thread's generator.
 type Jitter = SmallRng;
 
 /// A state machine with no keys between `local` and `peer`.
