@@ -74,8 +74,8 @@ sys.exit("no Admitted from the relay")
 
 impl Env {
     /// Makes the keys, the signed directory (sim TEE, one sim vendor, the relay binary's
-    /// measurement; no token issuer) and the relay configs for the testbed's addresses,
-    /// which are the same in every testbed.
+    /// measurement, the token issuer and its keys) and the relay and issuer configs for the
+    /// testbed's addresses, which are the same in every testbed.
     pub(crate) fn new(openrelay: &Path, relay: &Path, peer: &Path, plan: Plan) -> Result<Self> {
         let openrelay = openrelay
             .canonicalize()
@@ -114,20 +114,47 @@ impl Env {
             "--output",
             &env.path("sim-vendor.key"),
         ])?;
-        let measurement = {
+        // The sim measurement: the SHA-256 of the executable. The relays run the relay
+        // image; the issuer runs `openrelay issuer run`, so that executable is approved too.
+        let measure = |path: &Path| -> Result<String> {
             use sha2::Digest;
-            let bytes = std::fs::read(&env.relay).context("cannot read the relay binary")?;
-            sha2::Sha256::digest(bytes)
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Ok(sha2::Sha256::digest(bytes)
                 .iter()
                 .map(|b| format!("{b:02x}"))
-                .collect::<String>()
+                .collect())
         };
+        let images = [&env.relay, &env.openrelay]
+            .into_iter()
+            .map(|path| {
+                measure(path)
+                    .map(|m| format!("\n[[image]]\nplatform = \"sim\"\nmeasurement = \"{m}\"\n"))
+            })
+            .collect::<Result<String>>()?;
+        // The token issuer runs in the destination host. Relays that read the directory
+        // (the ingress, and the two-hop scenario's egress) admit only sessions that spend
+        // one of its tokens, so the two-hop connect time includes spending them.
+        env.openrelay_ok(&["keygen", "--output", &env.path("issuer.key")])?;
+        env.openrelay_ok(&["keygen", "--output", &env.path("sealing.key")])?;
+        env.write(
+            "issuer.toml",
+            &format!(
+                "name = \"issuer.bench\"\nprivate_key_file = \"{}\"\nlisten = \"{}:{ISSUER_PORT}\"\nstate_dir = \"{}\"\nsealing_key_file = \"{}\"\ntee = \"sim\"\nsim_vendor_key_file = \"{}\"\n",
+                env.path("issuer.key"),
+                host_addr(4),
+                env.path("issuer-state"),
+                env.path("sealing.key"),
+                env.path("sim-vendor.key"),
+            ),
+        )?;
+        let issuer = env.openrelay_ok(&["issuer", "keys", "--config", &env.path("issuer.toml")])?;
         let (ingress_addr, egress_addr) = (host_addr(2), host_addr(3));
         let relay = |name: &str, role: &str, key: &str, addr: &str, op: &str| {
             format!("\n[[relay]]\nname = \"{name}\"\nrole = \"{role}\"\nwg_public_key = \"{key}\"\nendpoint = \"{addr}:51820\"\noperator = \"{op}\"\nbandwidth_mbps = 10000\n")
         };
         let body = format!(
-            "version = 1\nserial = 1\nsim_vendors = [\"{vendor_pub}\"]\n{}{}\n[[image]]\nplatform = \"sim\"\nmeasurement = \"{measurement}\"\n",
+            "version = 1\nserial = 1\nsim_vendors = [\"{vendor_pub}\"]\n{}{}{images}\n{issuer}\n",
             relay("in", "ingress", &ingress_pub, &ingress_addr, "a"),
             relay("out", "egress", &env.egress_pub, &egress_addr, "b"),
         );
@@ -155,11 +182,19 @@ impl Env {
                 env.signer,
             ),
         )?;
+        // Without the directory the egress admits on `Hello` alone: the one-hop peer and the
+        // stock WireGuard peer have no tokens.
+        let egress_tun = format!(
+            "private_key_file = \"{}\"\nlisten = \"{egress_addr}:51820\"\n{tee}tun = \"orexit0\"\n",
+            env.path("egress.key"),
+        );
+        env.write("egress-tun.toml", &egress_tun)?;
         env.write(
-            "egress-tun.toml",
+            "egress-tun-tokens.toml",
             &format!(
-                "private_key_file = \"{}\"\nlisten = \"{egress_addr}:51820\"\n{tee}tun = \"orexit0\"\n",
-                env.path("egress.key"),
+                "{egress_tun}directory = \"{}\"\ndirectory_keys = [\"{}\"]\n",
+                env.path("directory.toml"),
+                env.signer,
             ),
         )?;
         Ok(env)
@@ -203,6 +238,93 @@ impl Env {
         lines[lines.len().saturating_sub(5)..].join("\n")
     }
 
+    /// Starts the token issuer in the destination host; returns its pid once its UDP port
+    /// is bound.
+    fn start_issuer(&self, bed: &Testbed) -> Result<u32> {
+        let bin = self.openrelay.to_string_lossy();
+        let config = self.path("issuer.toml");
+        let pid = bed.spawn(
+            &bed.dest,
+            &[&bin, "issuer", "run", "--config", &config],
+            Stdio::null(),
+            self.log("issuer")?,
+        )?;
+        wait_for("the issuer's UDP port", Duration::from_secs(30), || {
+            bed.exec(
+                &bed.dest.ns,
+                &["ss", "-Hulnp", &format!("sport = :{ISSUER_PORT}")],
+            )
+            .is_ok_and(|out| out.contains("openrelay"))
+        })
+        .with_context(|| format!("issuer log:\n{}", self.log_tail("issuer")))?;
+        Ok(pid)
+    }
+
+    /// Runs `openrelay` in the client host with `input` on its standard input; returns its
+    /// trimmed standard output.
+    fn client_ok(&self, bed: &Testbed, args: &[&str], input: &str) -> Result<String> {
+        let bin = self.openrelay.to_string_lossy();
+        let out = testbed::output_with_input(bed.command(&bed.client, &bin).args(args), input)
+            .with_context(|| format!("cannot run openrelay {args:?} in the client host"))?;
+        if !out.status.success() {
+            bail!(
+                "openrelay {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Buys the tokens of one connection as a user does, before the whole-host client
+    /// starts (its kill switch lets nothing reach the issuer directly): an account, credit
+    /// from the issuer's operator (with the issuer stopped), then `account tokens`. Returns
+    /// the data directory that holds them.
+    fn buy_tokens(&self, bed: &Testbed) -> Result<String> {
+        let data = self.path("data");
+        let common = [
+            "--directory",
+            &self.path("directory.toml"),
+            "--trust",
+            &self.signer,
+            "--data-dir",
+            &data,
+        ];
+        let password = "a long benchmark account password 7310";
+        let issuer = self.start_issuer(bed)?;
+        let account = self.client_ok(
+            bed,
+            &[&["account", "create"][..], &common].concat(),
+            &format!("{password}\n"),
+        )?;
+        stop_process(bed, issuer)?;
+        let config = self.path("issuer.toml");
+        self.openrelay_ok(&["issuer", "credit", "--config", &config, &account, "10"])?;
+        let issuer = self.start_issuer(bed)?;
+        let password_file = self.path("password");
+        std::fs::write(&password_file, format!("{password}\n"))
+            .context("cannot write the password file")?;
+        std::fs::set_permissions(
+            &password_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .context("cannot restrict the password file")?;
+        let bought = self.client_ok(
+            bed,
+            &[
+                &["account", "tokens", "--connections", "1"][..],
+                &common,
+                &["--account", &account, "--password-file", &password_file],
+            ]
+            .concat(),
+            "",
+        )?;
+        stop_process(bed, issuer)?;
+        if connections_in_stock(&data) != 1 {
+            bail!("`openrelay account tokens` left no tokens in {data}: {bought}");
+        }
+        Ok(data)
+    }
+
     /// Starts an OpenRelay relay (`ingress` or `egress`) with one of the configs; returns
     /// its pid once its UDP port is bound (it measures itself first).
     fn start_relay(&self, bed: &Testbed, role: &str, config: &str) -> Result<u32> {
@@ -235,6 +357,30 @@ impl Drop for Env {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The issuer's UDP port.
+const ISSUER_PORT: u16 = 51830;
+
+/// How many connections' tokens the client's stock in `data` holds.
+fn connections_in_stock(data: &str) -> usize {
+    std::fs::read_to_string(Path::new(data).join("tokens.toml"))
+        .unwrap_or_default()
+        .matches("[[connection]]")
+        .count()
+}
+
+/// Stops a process started in the testbed (SIGTERM) and waits until it has exited.
+fn stop_process(bed: &Testbed, pid: u32) -> Result<()> {
+    signal(pid, "-TERM");
+    let gone = wait_for("a process to exit", Duration::from_secs(15), || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
+    });
+    bed.kill(pid);
+    gone
 }
 
 /// The testbed's IPv4 address of host number `n` (1 client, 2 ingress, 3 egress, 4 dest).
@@ -504,11 +650,12 @@ pub(crate) fn stock_peer(env: &Env) -> Result<Outcome> {
 }
 
 /// Scenario 5: `openrelay client --tun` in the client host through an OpenRelay ingress
-/// and a TUN-mode egress, with attestation of both hops.
+/// and a TUN-mode egress, with attestation of both hops and a token spent at each.
 pub(crate) fn openrelay_two_hops(env: &Env) -> Result<Outcome> {
     let bed = testbed()?;
+    let data = env.buy_tokens(&bed)?;
     let mut started = Started::new(&bed, &[]);
-    let epid = env.start_relay(&bed, "egress", "egress-tun.toml")?;
+    let epid = env.start_relay(&bed, "egress", "egress-tun-tokens.toml")?;
     started.push(epid);
     let ipid = env.start_relay(&bed, "ingress", "ingress.toml")?;
     started.push(ipid);
@@ -526,6 +673,8 @@ pub(crate) fn openrelay_two_hops(env: &Env) -> Result<Outcome> {
             &env.path("directory.toml"),
             "--trust",
             &env.signer,
+            "--data-dir",
+            &data,
             "--rest-after",
             &REST_SECS.to_string(),
         ])
@@ -544,6 +693,9 @@ pub(crate) fn openrelay_two_hops(env: &Env) -> Result<Outcome> {
         Duration::from_secs(60),
     )?;
     let connect = t0.elapsed();
+    if connections_in_stock(&data) != 0 {
+        bail!("the client connected without spending its tokens (is the issuer in the directory?)");
+    }
     wait_through(&bed)?;
 
     let metrics = measure::run(&bed, env.plan, &[cpid, ipid, epid])?;
