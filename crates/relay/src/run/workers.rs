@@ -8,7 +8,10 @@
 //! addresses. A client whose address or port changes reaches another worker, which does
 //! not know its session: the client's next handshake starts a new one there.
 
+use std::future::{poll_fn, Future};
 use std::io;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
@@ -91,8 +94,15 @@ pub(crate) fn supervise(
     let per_worker: Vec<_> = workers.iter().map(|w| w.counters.clone()).collect();
     let (counters_tx, counters) = watch::channel(sum(&per_worker));
     let (shutdown, mut shutdown_rx) = oneshot::channel::<()>();
-    let mut watched = per_worker.clone();
+    let watched = per_worker.clone();
     let task = tokio::spawn(async move {
+        // One wait per worker, made once and then re-armed in place: publishing allocates
+        // nothing (a `select_all` over new boxed waits made about 220 allocations a second
+        // on a busy relay).
+        let mut waits: Vec<_> = watched
+            .iter()
+            .map(|w| Box::pin(next_change(w.clone())))
+            .collect();
         let mut stops = Vec::new();
         let mut tasks = Vec::new();
         for w in workers {
@@ -102,7 +112,7 @@ pub(crate) fn supervise(
         let mut report_tick = tokio::time::interval(report_interval);
         report_tick.tick().await;
         loop {
-            let changed = any_changed(&mut watched);
+            let changed = any_changed(&mut waits, next_change);
             tokio::select! {
                 alive = changed => {
                     counters_tx.send_replace(sum(&watched));
@@ -138,14 +148,32 @@ pub(crate) fn supervise(
     }
 }
 
-/// Waits until any worker's counters change; `false` once a worker has stopped.
-async fn any_changed(watched: &mut [watch::Receiver<Counters>]) -> bool {
-    if watched.is_empty() {
-        return std::future::pending().await;
-    }
-    let waits = watched.iter_mut().map(|w| Box::pin(w.changed()));
-    let (result, _, _) = futures_util::future::select_all(waits).await;
-    result.is_ok()
+/// Waits until one worker's counters change, and hands its receiver back for the next wait;
+/// `false` once that worker has stopped.
+async fn next_change(mut counters: watch::Receiver<Counters>) -> (bool, watch::Receiver<Counters>) {
+    let alive = counters.changed().await.is_ok();
+    (alive, counters)
+}
+
+/// Waits until any worker's counters change; `false` once a worker has stopped. The wait
+/// that ended is replaced by `rearm`'s, in its own allocation.
+async fn any_changed<F>(
+    waits: &mut [Pin<Box<F>>],
+    rearm: impl Fn(watch::Receiver<Counters>) -> F,
+) -> bool
+where
+    F: Future<Output = (bool, watch::Receiver<Counters>)>,
+{
+    poll_fn(|cx| {
+        for wait in waits.iter_mut() {
+            if let Poll::Ready((alive, counters)) = wait.as_mut().poll(cx) {
+                wait.set(rearm(counters));
+                return Poll::Ready(alive);
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 pub(crate) fn sum(workers: &[watch::Receiver<Counters>]) -> Counters {
