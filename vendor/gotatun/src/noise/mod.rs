@@ -76,6 +76,11 @@ pub struct Tunn<R: RngCore + Send = StdRng> {
     sessions: [Option<Box<session::Session>>; N_SESSIONS],
     /// Index of the most recently used session.
     current: usize,
+    /// Slots holding a session made as responder that has not yet decrypted a packet: the
+    /// initiator has not confirmed its keys, so nothing is sent with it (WireGuard's key
+    /// confirmation). A fresh `Tunn` puts its first session in slot 0, which `current`
+    /// points at, so without this an unconfirmed session was used at once (OpenRelay patch).
+    unconfirmed: [bool; N_SESSIONS],
     /// Counter for slot selection when inserting new sessions.
     /// Used to find the next index in `sessions` with `session_counter % N_SESSIONS`.
     session_counter: usize,
@@ -136,6 +141,7 @@ impl<R: RngCore + Send> Tunn<R> {
             ),
             sessions: Default::default(),
             current: Default::default(),
+            unconfirmed: [false; N_SESSIONS],
             session_counter: Default::default(),
             tx_bytes: Default::default(),
             rx_bytes: Default::default(),
@@ -228,6 +234,9 @@ impl<R: RngCore + Send> Tunn<R> {
     /// sending counter has reached `REJECT_AFTER_MESSAGES`.
     pub fn encapsulate_with_session(&mut self, packet: Packet) -> Result<Packet<WgData>, Packet> {
         let current = self.current;
+        if self.unconfirmed[current % N_SESSIONS] {
+            return Err(packet);
+        }
         if let Some(ref session) = self.sessions[current % N_SESSIONS] {
             // Send the packet using an established session
             let packet = session.format_packet_data(packet)?;
@@ -269,6 +278,7 @@ impl<R: RngCore + Send> Tunn<R> {
         // Store new session in next slot
         let slot = self.next_session_slot();
         self.put_session(slot, session);
+        self.unconfirmed[slot % N_SESSIONS] = true;
 
         self.timer_tick(TimerName::TimeLastPacketReceived);
         self.timer_tick(TimerName::TimeLastPacketSent);
@@ -350,6 +360,7 @@ impl<R: RngCore + Send> Tunn<R> {
     /// which automatically frees the index from the shared table.
     fn put_session(&mut self, slot: usize, session: session::Session) {
         self.sessions[slot % N_SESSIONS] = Some(Box::new(session));
+        self.unconfirmed[slot % N_SESSIONS] = false;
     }
 
     /// Decrypt a data packet, and return a [`TunnResult::WriteToTunnel`] (`Ipv4` or `Ipv6`) if
@@ -390,6 +401,7 @@ impl<R: RngCore + Send> Tunn<R> {
 
         let decapsulated_packet = session.receive_packet_data(packet)?;
 
+        self.unconfirmed[slot] = false;
         self.set_current_session(slot);
 
         self.timer_tick(TimerName::TimeLastPacketReceived);
@@ -652,6 +664,40 @@ mod tests {
             .expect("update_timers should succeed")
             .unwrap();
         assert!(matches!(packet, WgKind::HandshakeInit(..)));
+    }
+
+    #[test]
+    /// A responder does not send with a session until the initiator's first packet
+    /// confirms it (OpenRelay patch): a fresh `Tunn` puts that session in the slot it sends
+    /// from, and used it at once, so after the initiator had dropped its state every packet
+    /// went nowhere until a keepalive timeout made a new handshake.
+    fn a_responder_waits_for_key_confirmation_before_sending() {
+        let (mut my_tun, mut their_tun) = create_two_tuns();
+        let init = create_handshake_init(&mut my_tun);
+        let _resp = create_handshake_response(&mut their_tun, init);
+
+        // Unconfirmed: the packet waits and the responder starts its own handshake.
+        let sent = their_tun.handle_outgoing_packet(create_ipv4_udp_packet().into(), None);
+        assert!(
+            matches!(sent, Some(WgKind::HandshakeInit(_))),
+            "expected a handshake initiation, got {sent:?}"
+        );
+
+        // Once the initiator's data has arrived, the session carries packets.
+        let (mut my_tun, mut their_tun) = create_two_tuns();
+        let init = create_handshake_init(&mut my_tun);
+        let resp = create_handshake_response(&mut their_tun, init);
+        let TunnResult::WriteToNetwork(WgKind::Data(keepalive)) =
+            my_tun.handle_incoming_packet(WgKind::HandshakeResp(resp))
+        else {
+            panic!("expected a keepalive after the response");
+        };
+        parse_keepalive(&mut their_tun, keepalive);
+        let sent = their_tun.handle_outgoing_packet(create_ipv4_udp_packet().into(), None);
+        assert!(
+            matches!(sent, Some(WgKind::Data(_))),
+            "expected a data packet, got {sent:?}"
+        );
     }
 
     #[test]

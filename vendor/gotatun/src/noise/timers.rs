@@ -282,6 +282,7 @@ impl<R: rand::RngCore + Send> Tunn<R> {
         for session in &mut self.sessions {
             *session = None;
         }
+        self.unconfirmed = [false; super::N_SESSIONS];
 
         self.packet_queue.clear();
 
