@@ -215,13 +215,7 @@ impl Env {
             .args(args)
             .output()
             .with_context(|| format!("cannot run {}", self.openrelay.display()))?;
-        if !out.status.success() {
-            bail!(
-                "openrelay {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        stdout_of(args, out)
     }
 
     /// The log file of a process started in a scenario.
@@ -243,21 +237,8 @@ impl Env {
     fn start_issuer(&self, bed: &Testbed) -> Result<u32> {
         let bin = self.openrelay.to_string_lossy();
         let config = self.path("issuer.toml");
-        let pid = bed.spawn(
-            &bed.dest,
-            &[&bin, "issuer", "run", "--config", &config],
-            Stdio::null(),
-            self.log("issuer")?,
-        )?;
-        wait_for("the issuer's UDP port", Duration::from_secs(30), || {
-            bed.exec(
-                &bed.dest.ns,
-                &["ss", "-Hulnp", &format!("sport = :{ISSUER_PORT}")],
-            )
-            .is_ok_and(|out| out.contains("openrelay"))
-        })
-        .with_context(|| format!("issuer log:\n{}", self.log_tail("issuer")))?;
-        Ok(pid)
+        let args = [&*bin, "issuer", "run", "--config", &config];
+        self.start_listening(bed, &bed.dest, "issuer", &args, ISSUER_PORT)
     }
 
     /// Runs `openrelay` in the client host with `input` on its standard input; returns its
@@ -266,13 +247,7 @@ impl Env {
         let bin = self.openrelay.to_string_lossy();
         let out = testbed::output_with_input(bed.command(&bed.client, &bin).args(args), input)
             .with_context(|| format!("cannot run openrelay {args:?} in the client host"))?;
-        if !out.status.success() {
-            bail!(
-                "openrelay {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        stdout_of(args, out)
     }
 
     /// Buys the tokens of one connection as a user does, before the whole-host client
@@ -334,23 +309,43 @@ impl Env {
             &bed.egress
         };
         let bin = self.relay.to_string_lossy();
-        let pid = bed.spawn(
-            host,
-            &[&bin, role, "--config", &self.path(config)],
-            Stdio::null(),
-            self.log(role)?,
-        )?;
+        let config = self.path(config);
+        self.start_listening(bed, host, role, &[&bin, role, "--config", &config], 51820)
+    }
+
+    /// Starts `args` in `host`, logging to `name`.log, and returns its pid once an
+    /// `openrelay` process listens on UDP `port` there.
+    fn start_listening(
+        &self,
+        bed: &Testbed,
+        host: &Host,
+        name: &str,
+        args: &[&str],
+        port: u16,
+    ) -> Result<u32> {
+        let pid = bed.spawn(host, args, Stdio::null(), self.log(name)?)?;
         wait_for(
-            &format!("the {role} relay's UDP port"),
+            &format!("the {name}'s UDP port"),
             Duration::from_secs(30),
             || {
-                bed.exec(&host.ns, &["ss", "-Hulnp", "sport = :51820"])
+                bed.exec(&host.ns, &["ss", "-Hulnp", &format!("sport = :{port}")])
                     .is_ok_and(|out| out.contains("openrelay"))
             },
         )
-        .with_context(|| format!("{role} log:\n{}", self.log_tail(role)))?;
+        .with_context(|| format!("{name} log:\n{}", self.log_tail(name)))?;
         Ok(pid)
     }
+}
+
+/// The trimmed standard output of `openrelay args`, or an error with its standard error.
+fn stdout_of(args: &[&str], out: std::process::Output) -> Result<String> {
+    if !out.status.success() {
+        bail!(
+            "openrelay {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 impl Drop for Env {
