@@ -80,14 +80,14 @@ impl<T> Lane<T> {
         !mem::replace(&mut self.taken, true)
     }
 
-    /// The next item if one is waiting, for a receiver that holds the lock already.
+    /// The next item if one is waiting.
     pub(super) fn pop(&mut self) -> Option<T> {
         self.items.pop_front()
     }
 
     /// The next item; `None` once the lane is closed and empty; otherwise waits.
     pub(super) fn poll_pop(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
-        if let Some(item) = self.items.pop_front() {
+        if let Some(item) = self.pop() {
             return Poll::Ready(Some(item));
         }
         if self.closed {
@@ -127,7 +127,7 @@ impl<T> Incoming<T> {
 
     /// The next item if one is waiting.
     pub fn try_recv(&mut self) -> Option<T> {
-        (self.lane)(&mut self.inner.lock()).items.pop_front()
+        (self.lane)(&mut self.inner.lock()).pop()
     }
 
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {

@@ -325,23 +325,12 @@ where
             let now = Instant::now();
             shared.stack.poll(now);
             shared.dispatch_events(&inner);
-            // Hand over as much as the tunnel takes without waiting.
-            while let Ok(permit) = ip_out.try_reserve() {
-                match shared.stack.pop_transmit() {
-                    Some(packet) => permit.send(tag(packet)),
-                    None => break,
-                }
-            }
+            hand_over(&mut shared.stack, &ip_out, &tag);
             // Sending may have made room for smoltcp: let it fill the queue again.
             if shared.stack.transmit_queue_len() == 0 {
                 shared.stack.poll(now);
                 shared.dispatch_events(&inner);
-                while let Ok(permit) = ip_out.try_reserve() {
-                    match shared.stack.pop_transmit() {
-                        Some(packet) => permit.send(tag(packet)),
-                        None => break,
-                    }
-                }
+                hand_over(&mut shared.stack, &ip_out, &tag);
             }
             (
                 shared.stack.poll_at(Instant::now()),
@@ -381,6 +370,16 @@ where
         }
     }
     inner.lock().stop();
+}
+
+/// Hands the stack's packets to the tunnel, tagged, as many as it takes without waiting.
+fn hand_over<T>(stack: &mut Stack, ip_out: &mpsc::Sender<T>, tag: impl Fn(Vec<u8>) -> T) {
+    while let Ok(permit) = ip_out.try_reserve() {
+        match stack.pop_transmit() {
+            Some(packet) => permit.send(tag(packet)),
+            None => break,
+        }
+    }
 }
 
 /// Where the task takes packets from the tunnel.
