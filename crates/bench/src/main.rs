@@ -44,7 +44,8 @@ struct Args {
     /// Send rate in Mbit/s of the second UDP run, which measures loss under moderate load.
     #[arg(long, default_value_t = 100)]
     udp_rate: u32,
-    /// Pings 0.2 s apart for the idle RTT (and, as many as fit the upload, under load).
+    /// Pings 0.2 s apart for the idle RTT, again with every core kept awake, and (as many
+    /// as fit the upload) under load.
     /// With 20 the idle RTT moves by about a tenth of a millisecond between runs; more
     /// pings make it steadier.
     #[arg(long, default_value_t = 20)]
@@ -111,6 +112,8 @@ struct Row {
     metrics: Option<Metrics>,
     /// RTT added over the bare path without load, ms.
     rtt_idle_added_ms: Option<f64>,
+    /// RTT added over the bare path without load, every core kept awake, ms.
+    rtt_awake_added_ms: Option<f64>,
     /// RTT added over the bare path's idle RTT while a TCP upload runs, ms.
     rtt_load_added_ms: Option<f64>,
     /// TCP upload throughput relative to wireguard-go single hop.
@@ -235,6 +238,7 @@ fn run() -> Result<()> {
             wake_ms: outcome.as_ref().and_then(|o| o.wake_ms),
             metrics: outcome.map(|o| o.metrics),
             rtt_idle_added_ms: None,
+            rtt_awake_added_ms: None,
             rtt_load_added_ms: None,
             tcp_up_vs_wireguard_go: None,
             tcp_down_vs_wireguard_go: None,
@@ -274,6 +278,7 @@ fn preflight() -> Result<()> {
         ("ss", "apt-get install iproute2"),
         ("timeout", "apt-get install coreutils"),
         ("getconf", "apt-get install libc-bin"),
+        ("chrt", "apt-get install util-linux"),
     ];
     let missing: Vec<String> = tools
         .iter()
@@ -337,6 +342,7 @@ fn relate(rows: &mut [Row]) {
         let Some(m) = &row.metrics else { continue };
         if let Some(b) = &bare {
             row.rtt_idle_added_ms = Some(m.rtt_idle_ms - b.rtt_idle_ms);
+            row.rtt_awake_added_ms = Some(m.rtt_awake_ms - b.rtt_awake_ms);
             row.rtt_load_added_ms = m.rtt_load_ms.map(|r| r - b.rtt_idle_ms);
         }
         if let Some(w) = &wg {
@@ -357,6 +363,7 @@ fn table(report: &Report) -> String {
         "UDP loss % at max",
         "UDP loss % at rate",
         "RTT +ms idle",
+        "RTT +ms awake",
         "RTT +ms load",
         "CPU s/GB",
         "connect ms",
@@ -383,6 +390,7 @@ fn table(report: &Report) -> String {
             format!("{:.1}", m.udp_loss_pct),
             format!("{:.2}", m.udp_loss_at_rate_pct),
             opt(r.rtt_idle_added_ms, 3),
+            opt(r.rtt_awake_added_ms, 3),
             opt(r.rtt_load_added_ms, 3),
             opt(m.cpu_s_per_gb, 2),
             opt(r.connect_ms, 0),
@@ -409,8 +417,8 @@ fn table(report: &Report) -> String {
         .and_then(|r| r.metrics.as_ref())
     {
         out.push_str(&format!(
-            "bare path RTT {:.3} ms idle; RTT columns are added to it\n",
-            b.rtt_idle_ms
+            "bare path RTT {:.3} ms idle, {:.3} ms with every core kept awake; RTT columns are added to it\n",
+            b.rtt_idle_ms, b.rtt_awake_ms
         ));
     }
     for (i, l) in lines.iter().enumerate() {

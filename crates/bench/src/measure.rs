@@ -36,6 +36,9 @@ pub(crate) struct Metrics {
     pub(crate) udp_loss_at_rate_pct: f64,
     /// Average ping RTT with no load, ms.
     pub(crate) rtt_idle_ms: f64,
+    /// Average ping RTT with no load while every core is kept awake ([`Awake`]), ms: the
+    /// tunnel's own latency without the cost of waking idle cores.
+    pub(crate) rtt_awake_ms: f64,
     /// Average ping RTT while a TCP upload runs, ms.
     pub(crate) rtt_load_ms: Option<f64>,
     /// CPU seconds (user + system) of the tunnel processes per GB moved over both TCP runs;
@@ -62,6 +65,11 @@ pub(crate) fn run(bed: &Testbed, plan: Plan, pids: &[u32]) -> Result<Metrics> {
     let dest = bed.dest.addr.to_string();
     let rtt_idle_ms = ping(bed, &dest, plan.pings)?
         .ok_or_else(|| anyhow!("no ping answered through the path"))?;
+    let rtt_awake_ms = {
+        let _awake = Awake::start()?;
+        ping(bed, &dest, plan.pings)?
+            .ok_or_else(|| anyhow!("no ping answered through the path with the cores awake"))?
+    };
 
     let ticks = clock_ticks()?;
     let cpu_before = cpu_ticks(pids)?;
@@ -116,9 +124,47 @@ pub(crate) fn run(bed: &Testbed, plan: Plan, pids: &[u32]) -> Result<Metrics> {
         udp_loss_pct,
         udp_loss_at_rate_pct,
         rtt_idle_ms,
+        rtt_awake_ms,
         rtt_load_ms,
         cpu_s_per_gb,
     })
+}
+
+/// One busy loop per core at the lowest priority (`chrt --idle`) while it lives.
+///
+/// An idle core of a virtual machine halts, and waking it again goes through the
+/// hypervisor: on the 2-core KVM machine of the README that is most of a tunnel's idle RTT.
+/// The loops keep the cores from halting and give way at once to any runnable task, so
+/// pings measured meanwhile show what the tunnel itself adds.
+struct Awake(Vec<std::process::Child>);
+
+impl Awake {
+    fn start() -> Result<Self> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut awake = Self(Vec::with_capacity(cores));
+        for _ in 0..cores {
+            let child = std::process::Command::new("chrt")
+                .args(["--idle", "0", "sh", "-c", "while :; do :; done"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot run chrt (apt-get install util-linux)")?;
+            awake.0.push(child);
+        }
+        // Let the loops reach their cores before the first ping.
+        std::thread::sleep(Duration::from_millis(200));
+        Ok(awake)
+    }
+}
+
+impl Drop for Awake {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// One iperf3 client run from the client host, its JSON report.
