@@ -36,6 +36,13 @@ pub(crate) struct Metrics {
     pub(crate) udp_loss_at_rate_pct: f64,
     /// Average ping RTT with no load, ms.
     pub(crate) rtt_idle_ms: f64,
+    /// Times a second that a thread of the tunnel processes went to sleep (voluntary
+    /// context switches) with no traffic: timers that wake an idle tunnel.
+    pub(crate) idle_sleeps_per_s: Option<f64>,
+    /// Times per idle ping and its reply that a thread of the tunnel processes went to
+    /// sleep, beyond `idle_sleeps_per_s`: each is a wake-up on the ping's path or beside
+    /// it, which costs most when its core has halted.
+    pub(crate) sleeps_per_ping: Option<f64>,
     /// Average ping RTT with no load while every core is kept awake ([`Awake`]), ms: the
     /// tunnel's own latency without the cost of waking idle cores.
     pub(crate) rtt_awake_ms: f64,
@@ -63,8 +70,23 @@ pub(crate) fn start_iperf_server(bed: &Testbed) -> Result<()> {
 /// Runs every measurement of one scenario; `pids` are the tunnel processes to account.
 pub(crate) fn run(bed: &Testbed, plan: Plan, pids: &[u32]) -> Result<Metrics> {
     let dest = bed.dest.addr.to_string();
+    // The tunnel's own timers wake it without traffic too: counted first, then taken
+    // out of the pings' count.
+    let quiet = Duration::from_secs(2);
+    let before_quiet = sleeps(pids)?;
+    std::thread::sleep(quiet);
+    let before = sleeps(pids)?;
+    let started = std::time::Instant::now();
     let rtt_idle_ms = ping(bed, &dest, plan.pings)?
         .ok_or_else(|| anyhow!("no ping answered through the path"))?;
+    let pinged = started.elapsed();
+    let after = sleeps(pids)?;
+    let idle_sleeps_per_s = (!pids.is_empty())
+        .then(|| before.saturating_sub(before_quiet) as f64 / quiet.as_secs_f64());
+    let sleeps_per_ping = idle_sleeps_per_s.map(|background| {
+        let during = after.saturating_sub(before) as f64 - background * pinged.as_secs_f64();
+        (during / f64::from(plan.pings)).max(0.0)
+    });
     let rtt_awake_ms = {
         let _awake = Awake::start()?;
         ping(bed, &dest, plan.pings)?
@@ -124,6 +146,8 @@ pub(crate) fn run(bed: &Testbed, plan: Plan, pids: &[u32]) -> Result<Metrics> {
         udp_loss_pct,
         udp_loss_at_rate_pct,
         rtt_idle_ms,
+        idle_sleeps_per_s,
+        sleeps_per_ping,
         rtt_awake_ms,
         rtt_load_ms,
         cpu_s_per_gb,
@@ -264,6 +288,26 @@ fn cpu_ticks(pids: &[u32]) -> Result<u64> {
                 .get(i)
                 .and_then(|f| f.parse::<u64>().ok())
                 .ok_or_else(|| anyhow!("cannot parse /proc/{pid}/stat"))?;
+        }
+    }
+    Ok(total)
+}
+
+/// Voluntary context switches of all threads of the processes so far.
+fn sleeps(pids: &[u32]) -> Result<u64> {
+    let mut total = 0;
+    for pid in pids {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .with_context(|| format!("tunnel process {pid} is gone"))?;
+        for task in tasks {
+            let status = std::fs::read_to_string(task?.path().join("status"))
+                // A thread that ended meanwhile took its count with it.
+                .unwrap_or_default();
+            total += status
+                .lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
         }
     }
     Ok(total)
