@@ -168,7 +168,14 @@ impl Awake {
         let mut awake = Self(Vec::with_capacity(cores));
         for _ in 0..cores {
             let child = std::process::Command::new("chrt")
-                .args(["--idle", "0", "sh", "-c", "while :; do :; done"])
+                // The loop ends with the harness, however that ends.
+                .args([
+                    "--idle",
+                    "0",
+                    "sh",
+                    "-c",
+                    "while kill -0 $PPID 2>/dev/null; do :; done",
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
