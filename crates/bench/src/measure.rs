@@ -88,7 +88,7 @@ pub(crate) fn run(bed: &Testbed, plan: Plan, pids: &[u32]) -> Result<Metrics> {
         (during / f64::from(plan.pings)).max(0.0)
     });
     let rtt_awake_ms = {
-        let _awake = Awake::start()?;
+        let _awake = Awake::start(Duration::from_secs(u64::from(plan.pings) / 5 + 30))?;
         ping(bed, &dest, plan.pings)?
             .ok_or_else(|| anyhow!("no ping answered through the path with the cores awake"))?
     };
@@ -163,18 +163,23 @@ pub(crate) fn run(bed: &Testbed, plan: Plan, pids: &[u32]) -> Result<Metrics> {
 struct Awake(Vec<std::process::Child>);
 
 impl Awake {
-    fn start() -> Result<Self> {
+    /// Keeps the cores awake for at most `limit`, which the loops also keep to if the
+    /// harness is killed before it stops them. Each is a bare loop: one that checked for
+    /// its parent would enter the kernel at every turn.
+    fn start(limit: Duration) -> Result<Self> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut awake = Self(Vec::with_capacity(cores));
+        let limit = limit.as_secs().max(1).to_string();
         for _ in 0..cores {
-            let child = std::process::Command::new("chrt")
-                // The loop ends with the harness, however that ends.
+            let child = std::process::Command::new("timeout")
                 .args([
+                    limit.as_str(),
+                    "chrt",
                     "--idle",
                     "0",
                     "sh",
                     "-c",
-                    "while kill -0 $PPID 2>/dev/null; do :; done",
+                    "while :; do :; done",
                 ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -192,7 +197,8 @@ impl Awake {
 impl Drop for Awake {
     fn drop(&mut self) {
         for child in &mut self.0 {
-            let _ = child.kill();
+            // `timeout` passes SIGTERM on to the loop; SIGKILL would leave the loop behind.
+            crate::scenario::signal(child.id(), "-TERM");
             let _ = child.wait();
         }
     }
