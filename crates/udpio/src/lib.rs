@@ -14,6 +14,7 @@ use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use codel::Codel;
@@ -305,11 +306,24 @@ impl BatchSocket {
     /// how many datagrams it dropped as late, for a count over all of them.
     /// It takes `&self`: one socket can receive in one task and send in another.
     pub async fn recv_each(&self, mut each: impl FnMut(SocketAddr, &[u8])) -> io::Result<u64> {
+        std::future::poll_fn(|cx| self.poll_recv_each(cx, &mut each)).await
+    }
+
+    /// [`BatchSocket::recv_each`] for a caller that polls many sockets itself: when nothing
+    /// waits it returns `Pending` and wakes `cx` once something may.
+    pub fn poll_recv_each(
+        &self,
+        cx: &mut Context<'_>,
+        mut each: impl FnMut(SocketAddr, &[u8]),
+    ) -> Poll<io::Result<u64>> {
         let Self {
             io, state, codel, ..
         } = self;
-        let (coalesced, late) = io
-            .async_io(Interest::READABLE, || {
+        loop {
+            if let Err(e) = ready!(io.poll_recv_ready(cx)) {
+                return Poll::Ready(Err(e));
+            }
+            let received = io.try_io(Interest::READABLE, || {
                 SHARED.with_borrow_mut(|bufs| {
                     bufs.receive(io, state.as_ref())?;
                     let late = codel.lock().map_or(0, |mut c| bufs.police(&mut c));
@@ -318,11 +332,18 @@ impl BatchSocket {
                     }
                     Ok((bufs.coalesced(), late))
                 })
-            })
-            .await?;
-        self.coalesced.fetch_add(coalesced, Ordering::Relaxed);
-        self.late.fetch_add(late, Ordering::Relaxed);
-        Ok(late)
+            });
+            match received {
+                Ok((coalesced, late)) => {
+                    self.coalesced.fetch_add(coalesced, Ordering::Relaxed);
+                    self.late.fetch_add(late, Ordering::Relaxed);
+                    return Poll::Ready(Ok(late));
+                }
+                // A spurious readiness, now cleared: wait again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 
     /// Datagrams the kernel may coalesce into one receive (1: no GRO).
@@ -426,6 +447,57 @@ fn grow_buffers(io: &UdpSocket) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// Counts its wakes.
+    #[derive(Default)]
+    struct Woken(AtomicU64);
+
+    impl std::task::Wake for Woken {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn polled_receives_wake_the_given_waker_and_hand_over_every_datagram() {
+        for offload in [Offload::On, Offload::Off] {
+            let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+            let rx = BatchSocket::bind(lo, offload).await.unwrap();
+            let tx = BatchSocket::bind(lo, offload).await.unwrap();
+            let to = rx.local_addr().unwrap();
+            let woken = std::sync::Arc::new(Woken::default());
+            let waker = std::task::Waker::from(woken.clone());
+            let mut cx = Context::from_waker(&waker);
+            let mut got = Vec::new();
+            assert!(rx
+                .poll_recv_each(&mut cx, |_, d| got.push(d.to_vec()))
+                .is_pending());
+            let sent: Vec<(SocketAddr, Vec<u8>)> = (0..4u8).map(|i| (to, vec![i; 700])).collect();
+            tx.send_all(&sent).await;
+            // The runtime's I/O driver wakes the waker once the socket is readable.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while woken.0.load(Ordering::Relaxed) == 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "{offload:?}: the waker was not woken"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            while got.len() < sent.len() {
+                match rx.poll_recv_each(&mut cx, |_, d| got.push(d.to_vec())) {
+                    Poll::Ready(r) => {
+                        r.unwrap();
+                    }
+                    Poll::Pending => {
+                        assert!(Instant::now() < deadline, "{offload:?}: {got:?}");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            }
+            let sent: Vec<Vec<u8>> = sent.into_iter().map(|(_, d)| d).collect();
+            assert_eq!(got, sent, "{offload:?}: every datagram, in order");
+        }
+    }
 
     /// Sends `datagrams` from one socket to another and returns what arrived.
     async fn round_trip(

@@ -1,21 +1,19 @@
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
+use super::ready::{Ready, SocketWaker};
 use super::{IngressSettings, Observation, RelayHandle};
 use crate::ingress::{Ingress, IngressOutput};
 use crate::table::SessionId;
 use crate::udp::BatchSocket;
-
-/// Egress replies taken per turn of the loop, to send to clients together.
-const BATCH: usize = 64;
 
 /// Starts an ingress on the current tokio runtime: one event loop per worker.
 pub async fn run_ingress(settings: IngressSettings) -> io::Result<RelayHandle> {
@@ -45,11 +43,14 @@ async fn event_loop(
 ) {
     let c = settings.common;
     let forward_ip: IpAddr = c.listen.ip();
-    let (fwd_tx, mut fwd_rx) = mpsc::channel::<(SessionId, SocketAddr, Vec<u8>)>(1024);
+    // Each session's forwarding socket, read in this loop when its waker lists it: the
+    // egress's replies are sealed straight from the thread's receive buffers, with no
+    // copy, channel or task per session in between.
+    let ready = Arc::new(Ready::default());
+    let mut forwards: HashMap<SessionId, Forward> = HashMap::new();
+    let mut woken = Vec::new();
     // Late drops on the sessions' forwarding sockets, together.
-    let forward_late = Arc::new(AtomicU64::new(0));
-    let mut forwards: HashMap<SessionId, (Arc<BatchSocket>, tokio::task::JoinHandle<()>)> =
-        HashMap::new();
+    let mut forward_late = 0;
     // Datagrams to egresses this turn, per session's socket, sent together.
     let mut to_egress: HashMap<SessionId, Vec<(SocketAddr, Vec<u8>)>> = HashMap::new();
     let mut observed = std::collections::HashSet::new();
@@ -64,10 +65,7 @@ async fn event_loop(
                 Ok(()) => received = true,
                 Err(e) => tracing::debug!("receive error: {}", e.kind()),
             },
-            Some((id, from, payload)) = fwd_rx.recv() => {
-                ingress.handle_egress(Instant::now(), id, from, &payload, &mut out);
-                spare::give(payload);
-            }
+            () = std::future::poll_fn(|cx| ready.poll_woken(cx)) => {}
             _ = tokio::time::sleep_until(deadline) => ingress.handle_timeout(Instant::now(), &mut out),
             (req, evidence) = attester.done() => ingress.answer_attest(Instant::now(), &req, evidence, &mut out),
             _ = &mut shutdown => break,
@@ -79,33 +77,45 @@ async fn event_loop(
             }
         }
         // Egress replies that are already waiting go back to clients together.
-        for _ in 0..BATCH {
-            let Ok((id, from, payload)) = fwd_rx.try_recv() else {
-                break;
+        ready.take(&mut woken);
+        for id in woken.drain(..) {
+            let Some(fwd) = forwards.get(&id) else {
+                continue;
             };
-            ingress.handle_egress(Instant::now(), id, from, &payload, &mut out);
-            spare::give(payload);
+            fwd.waker.unlist();
+            let waker = Waker::from(Arc::clone(&fwd.waker));
+            let mut cx = Context::from_waker(&waker);
+            let now = Instant::now();
+            match fwd.socket.poll_recv_each(&mut cx, |from, d| {
+                ingress.handle_egress(now, id, from, d, &mut out)
+            }) {
+                // More may wait: read again next turn, after the other sessions.
+                Poll::Ready(Ok(late)) => {
+                    forward_late += late;
+                    fwd.waker.list();
+                }
+                // An error (say, an ICMP error queued on the socket) loses nothing: the
+                // next readiness lists it again.
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!("forward receive error: {}", e.kind());
+                    fwd.waker.list();
+                }
+                Poll::Pending => {}
+            }
         }
         for o in out.drain(..) {
             match o {
                 IngressOutput::ToClient { to, datagram } => to_clients.push((to, datagram)),
                 IngressOutput::OpenForward(id) => match UdpSocket::bind((forward_ip, 0)).await {
-                    Ok(s) => {
-                        let socket = match BatchSocket::new(s, c.offload) {
-                            Ok(socket) => Arc::new(socket),
-                            Err(e) => {
-                                tracing::warn!("cannot open a forwarding socket: {e}");
-                                continue;
-                            }
-                        };
-                        let task = tokio::spawn(read_forward(
-                            id,
-                            socket.clone(),
-                            fwd_tx.clone(),
-                            forward_late.clone(),
-                        ));
-                        forwards.insert(id, (socket, task));
-                    }
+                    Ok(s) => match BatchSocket::new(s, c.offload) {
+                        Ok(socket) => {
+                            let waker = ready.waker(id);
+                            // Read once to register for readiness.
+                            waker.list();
+                            forwards.insert(id, Forward { socket, waker });
+                        }
+                        Err(e) => tracing::warn!("cannot open a forwarding socket: {e}"),
+                    },
                     Err(e) => tracing::warn!("cannot open a forwarding socket: {e}"),
                 },
                 IngressOutput::Forward { id, to, payload } => {
@@ -119,9 +129,7 @@ async fn event_loop(
                     }
                 }
                 IngressOutput::CloseForward(id) => {
-                    if let Some((_, reader)) = forwards.remove(&id) {
-                        reader.abort();
-                    }
+                    forwards.remove(&id);
                 }
                 IngressOutput::Attest(req) => attester.start(req),
             }
@@ -131,8 +139,8 @@ async fn event_loop(
             spare::give(d);
         }
         for (id, batch) in to_egress.iter_mut() {
-            if let Some((s, _)) = forwards.get(id) {
-                s.send_all(batch).await;
+            if let Some(fwd) = forwards.get(id) {
+                fwd.socket.send_all(batch).await;
             }
             for (_, d) in batch.drain(..) {
                 spare::give(d);
@@ -140,50 +148,15 @@ async fn event_loop(
         }
         to_egress.retain(|id, _| forwards.contains_key(id));
         let mut c = *ingress.counters();
-        c.dropped_late = socket.late.load(Ordering::Relaxed) + forward_late.load(Ordering::Relaxed);
+        c.dropped_late = socket.late.load(Ordering::Relaxed) + forward_late;
         counters_tx.send_replace(c);
     }
-    for (_, (_, reader)) in forwards {
-        reader.abort();
-    }
 }
 
-/// Relays one session's datagrams from egresses to the event loop. The socket receives
-/// into its thread's shared buffers (`recv_each`): with buffers of its own, every
-/// forwarding session would hold 2 MiB.
-async fn read_forward(
-    id: SessionId,
-    socket: Arc<BatchSocket>,
-    tx: mpsc::Sender<(SessionId, SocketAddr, Vec<u8>)>,
-    late: Arc<AtomicU64>,
-) {
-    loop {
-        // The list is the thread's, taken once replies are there: a session waiting for
-        // replies holds none.
-        let mut batch = None;
-        // An error (say, an ICMP error queued on the socket) loses nothing: wait again.
-        let received = socket
-            .recv_each(|from, d| {
-                let mut buf = spare::take(d.len());
-                buf.extend_from_slice(d);
-                batch
-                    .get_or_insert_with(|| FORWARDED.take())
-                    .push((from, buf));
-            })
-            .await;
-        late.fetch_add(received.unwrap_or(0), Ordering::Relaxed);
-        if let Some(mut batch) = batch {
-            for (from, d) in batch.drain(..) {
-                if tx.send((id, from, d)).await.is_err() {
-                    return;
-                }
-            }
-            FORWARDED.set(batch);
-        }
-    }
-}
-
-thread_local! {
-    /// One receive's datagrams on their way from [`read_forward`] to the event loop.
-    static FORWARDED: RefCell<Vec<(SocketAddr, Vec<u8>)>> = const { RefCell::new(Vec::new()) };
+/// One session's socket towards egresses. Its receives use the thread's shared buffers
+/// (`poll_recv_each`): with buffers of its own, every forwarding session would hold 2 MiB.
+struct Forward {
+    socket: BatchSocket,
+    /// Lists the session for the loop when the socket becomes readable.
+    waker: Arc<SocketWaker>,
 }

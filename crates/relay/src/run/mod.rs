@@ -4,6 +4,7 @@ mod attester;
 mod egress;
 mod exit;
 mod ingress;
+mod ready;
 mod resolve;
 mod workers;
 
@@ -219,8 +220,8 @@ impl Common {
 /// A thread per loop rather than tasks of the shared runtime: a block freed on another
 /// thread than the one that allocated it stays with the allocator (with two shared
 /// threads, 10,000 sessions' stopped stacks gave back nothing of 377 MiB; on one thread,
-/// 132 MiB came back), a task that wakes the loop on the same thread costs no cross-thread
-/// wake-up (the ingress's per-session readers), and tokio does not move the loop between
+/// 132 MiB came back), a socket whose readiness wakes the loop on the same thread costs no
+/// cross-thread wake-up (the ingress's forwarding sockets), and tokio does not move the loop between
 /// threads (the TUN egress's loop did, both threads busy; see the README's benchmark).
 fn spawn_workers<F, Fut>(
     role: &'static str,
