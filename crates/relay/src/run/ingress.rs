@@ -94,8 +94,8 @@ async fn event_loop(
                     forward_late += late;
                     fwd.waker.list();
                 }
-                // An error (say, an ICMP error queued on the socket) loses nothing: the
-                // next readiness lists it again.
+                // An error (say, an ICMP error queued on the socket) loses nothing: read
+                // again next turn too, since a readiness left set wakes no one.
                 Poll::Ready(Err(e)) => {
                     tracing::debug!("forward receive error: {}", e.kind());
                     fwd.waker.list();
