@@ -185,7 +185,7 @@ impl Awake {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .context("cannot run chrt (apt-get install util-linux)")?;
+                .context("cannot run timeout (apt-get install coreutils)")?;
             awake.0.push(child);
         }
         // Let the loops reach their cores before the first ping.

@@ -921,14 +921,12 @@ fn whole_host_client_reconnects_after_an_egress_restart_while_the_kill_switch_ho
     // PROBE_AFTER of the last reply, and it reconnects.
     let mut reported = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !reported
-        .iter()
-        .any(|l: &String| l.starts_with("reconnected through"))
-    {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(l) => reported.push(l),
-            Err(_) => break,
+    let left = || deadline.saturating_duration_since(std::time::Instant::now());
+    while let Ok(l) = lines.recv_timeout(left()) {
+        let back = l.starts_with("reconnected through");
+        reported.push(l);
+        if back {
+            break;
         }
     }
     let lost = reported
