@@ -26,3 +26,4 @@ pub use config::{Congestion, Mode, StackConfig};
 pub use error::{ConfigError, FlowError, StackError};
 pub use event::{CloseReason, Event, FlowId, Stats, TcpState, UdpDatagram, Unreachable};
 pub use stack::Stack;
+pub use udp::{plain_udp, unreachable, PlainUdp};

@@ -133,7 +133,9 @@ impl Stack {
             Err(wire::Malformed) => self.stats.malformed_dropped += 1,
             Ok(Parsed::Unsupported) => self.stats.unsupported_dropped += 1,
             Ok(Parsed::Tcp { src, dst, syn, rst }) => self.receive_tcp(packet, src, dst, syn, rst),
-            Ok(Parsed::Udp { src, dst, payload }) => self.receive_udp(src, dst, payload),
+            Ok(Parsed::Udp {
+                src, dst, payload, ..
+            }) => self.receive_udp(src, dst, payload),
             Ok(Parsed::UdpUnreachable { local, remote }) => {
                 self.receive_udp_unreachable(local, remote)
             }

@@ -2,11 +2,12 @@
 //! so terminate mode can take datagrams to any address and answer from that address.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 
 use crate::error::StackError;
 use crate::event::{Event, UdpDatagram, Unreachable};
 use crate::stack::is_unicast;
-use crate::wire;
+use crate::wire::{self, Parsed};
 use crate::{Mode, Stack};
 
 impl Stack {
@@ -152,4 +153,53 @@ impl Stack {
             self.stats.unsupported_dropped += 1;
         }
     }
+}
+
+/// A datagram from the tunnel that terminate mode takes as it is, found without a [`Stack`]:
+/// an egress relays UDP without running one. The payload is `packet[payload]`, so a caller
+/// that owns the packet sends it on without a copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlainUdp {
+    /// The client's address and port.
+    pub src: SocketAddr,
+    /// Where the datagram goes.
+    pub dst: SocketAddr,
+    /// Where the payload lies in the packet.
+    pub payload: Range<usize>,
+}
+
+/// The datagram in `packet` if [`Mode::Terminate`] would take it as it is: well formed,
+/// checksum valid, unicast both ways, both ports set. `None` for everything else (TCP, ICMP,
+/// fragments, malformed or odd datagrams), which a [`Stack`] handles or drops and counts.
+pub fn plain_udp(packet: &[u8]) -> Option<PlainUdp> {
+    match wire::parse(packet) {
+        Ok(Parsed::Udp {
+            src,
+            dst,
+            payload,
+            payload_at,
+        }) if is_unicast(src.ip())
+            && is_unicast(dst.ip())
+            && src.port() != 0
+            && dst.port() != 0 =>
+        {
+            Some(PlainUdp {
+                src,
+                dst,
+                payload: payload_at..payload_at + payload.len(),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The ICMP destination unreachable that refuses a datagram from `src` to `dst`, sent from
+/// `dst`: what [`Stack::refuse_udp`] sends, for a caller that relays UDP without a stack.
+pub fn unreachable(
+    src: SocketAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+    reason: Unreachable,
+) -> Option<Vec<u8>> {
+    wire::icmp_unreachable(src, dst, payload, reason)
 }

@@ -47,6 +47,8 @@ pub(crate) enum Parsed<'a> {
         src: SocketAddr,
         dst: SocketAddr,
         payload: &'a [u8],
+        /// Where the payload starts in the packet.
+        payload_at: usize,
     },
     /// An ICMP destination unreachable about a UDP datagram we sent from `local` to `remote`.
     UdpUnreachable {
@@ -69,6 +71,8 @@ struct Ip<'a> {
     src: IpAddr,
     dst: IpAddr,
     protocol: IpProtocol,
+    /// The IP header's length: where `payload` starts in the packet.
+    header_len: usize,
     payload: &'a [u8],
 }
 
@@ -106,6 +110,7 @@ pub(crate) fn parse(packet: &[u8]) -> Result<Parsed<'_>, Malformed> {
                 src: SocketAddr::new(ip.src, repr.src_port),
                 dst: SocketAddr::new(ip.dst, repr.dst_port),
                 payload: udp.payload(),
+                payload_at: ip.header_len + UDP_HEADER_LEN,
             })
         }
         IpProtocol::Icmp => {
@@ -158,6 +163,7 @@ fn parse_ip<'a>(
                 src: repr.src_addr.into(),
                 dst: repr.dst_addr.into(),
                 protocol: repr.next_header,
+                header_len: usize::from(p.header_len()),
                 payload: p.payload(),
             }))
         }
@@ -168,6 +174,7 @@ fn parse_ip<'a>(
                 src: repr.src_addr.into(),
                 dst: repr.dst_addr.into(),
                 protocol: repr.next_header,
+                header_len: p.header_len(),
                 payload: p.payload(),
             }))
         }

@@ -82,8 +82,92 @@ fn feed(packets: &[Vec<u8>]) {
     }
 }
 
+/// Datagrams as a client sends them, over IPv4 and IPv6, with payloads of 0 to 1,200 bytes.
+fn udp_seeds() -> Vec<Vec<u8>> {
+    let now = Instant::now();
+    let mut client = Stack::new(
+        StackConfig::new(
+            Mode::Client,
+            vec![
+                IpAddr::V4(Ipv4Addr::new(100, 64, 0, 2)),
+                "fd00::2".parse().expect("literal"),
+            ],
+        ),
+        now,
+    )
+    .expect("config");
+    let port = client.udp_bind(0).expect("bind");
+    let any = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port);
+    let any6 = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), port);
+    for (from, to, len) in [
+        (any, "192.0.2.53:53", 0),
+        (any, "198.51.100.7:4433", 1200),
+        (any6, "[2001:db8::1]:443", 17),
+    ] {
+        client
+            .udp_send(from, to.parse().expect("literal"), &vec![0x5a; len])
+            .expect("send");
+    }
+    client.poll(now);
+    std::iter::from_fn(|| client.pop_transmit()).collect()
+}
+
+/// What a terminating stack reports for `packet`: its datagrams as (source, destination,
+/// payload).
+fn stack_datagrams(packet: &[u8]) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+    let (_, mut server) = stacks(Instant::now());
+    server.receive(packet);
+    std::iter::from_fn(|| server.poll_event())
+        .filter_map(|e| match e {
+            netstack::Event::Udp(d) => Some((d.src, d.dst, d.payload)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every datagram a client sends is taken, its payload found where it lies.
+#[test]
+fn plain_udp_takes_every_clean_datagram_and_finds_its_payload() {
+    let seeds = udp_seeds();
+    let lens: Vec<usize> = seeds
+        .iter()
+        .map(|p| {
+            let d = netstack::plain_udp(p).expect("a clean datagram is taken");
+            assert!(p[d.payload.clone()].iter().all(|&b| b == 0x5a));
+            d.payload.len()
+        })
+        .collect();
+    assert_eq!(lens, [0, 1200, 17]);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The egress relays UDP without a stack on `plain_udp`'s word: it must take exactly
+    /// the datagrams a terminating stack takes, with the same endpoints and payload, and
+    /// leave everything else (to the stack, which drops and counts it).
+    #[test]
+    fn plain_udp_takes_what_a_terminating_stack_takes(
+        seed in any::<prop::sample::Index>(),
+        at in any::<prop::sample::Index>(),
+        value in any::<u8>(),
+        change in any::<bool>(),
+        cut in 0usize..8,
+    ) {
+        let mut seeds = udp_seeds();
+        seeds.extend(self::seeds());
+        let mut p = seed.get(&seeds).clone();
+        if change {
+            let i = at.index(p.len());
+            p[i] = value;
+        }
+        p.truncate(p.len() - cut.min(p.len()));
+        let stack = stack_datagrams(&p);
+        match netstack::plain_udp(&p) {
+            Some(d) => prop_assert_eq!(stack, vec![(d.src, d.dst, p[d.payload].to_vec())]),
+            None => prop_assert!(stack.is_empty(), "the stack took {:?}", stack),
+        }
+    }
 
     #[test]
     fn arbitrary_bytes_never_panic(packets in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..200), 1..8)) {

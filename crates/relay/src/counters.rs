@@ -70,6 +70,13 @@ pub struct Counters {
     /// Userspace egress: UDP sends to destinations that carried several datagrams of a
     /// flow in one segmented (GSO) call.
     pub udp_segmented: u64,
+    /// Userspace egress: UDP flows opened (a socket for a client endpoint).
+    pub udp_flows_opened: u64,
+    /// Userspace egress: UDP flows closed (idle, or their session closed).
+    pub udp_flows_closed: u64,
+    /// Userspace egress: replies from destinations dropped because they were larger than
+    /// the tunnel MTU.
+    pub udp_too_large: u64,
     /// TUN egress: packets written to the TUN device.
     pub tun_packets: u64,
     /// TUN egress: writes they took (fewer when packets of a flow were coalesced).
@@ -143,7 +150,9 @@ impl Counters {
 
 /// ` asleep=now/slept` once a session has slept, ` rested=n` once a client asked for it,
 /// ` stacks=live/started` where stacks run (a userspace egress that has started one),
-/// ` udp_segmented=sends` once flows' datagrams have gone out segmented,
+/// ` udp_flows=live/opened` once a UDP flow has opened, ` udp_too_large=n` once a reply
+/// did not fit the tunnel, ` udp_segmented=sends` once flows' datagrams have gone out
+/// segmented,
 /// ` tun=packets/writes` where a TUN egress has written and ` tun_refused=packets` where the
 /// kernel refused some.
 struct Levels<'a>(&'a Counters);
@@ -160,6 +169,13 @@ impl fmt::Display for Levels<'_> {
         if c.stacks_started > 0 {
             let live = c.stacks_started.saturating_sub(c.stacks_stopped);
             write!(f, " stacks={live}/{}", c.stacks_started)?;
+        }
+        if c.udp_flows_opened > 0 {
+            let live = c.udp_flows_opened.saturating_sub(c.udp_flows_closed);
+            write!(f, " udp_flows={live}/{}", c.udp_flows_opened)?;
+        }
+        if c.udp_too_large > 0 {
+            write!(f, " udp_too_large={}", c.udp_too_large)?;
         }
         if c.udp_segmented > 0 {
             write!(f, " udp_segmented={}", c.udp_segmented)?;
@@ -194,6 +210,9 @@ impl std::ops::AddAssign for Counters {
         self.stacks_started += o.stacks_started;
         self.stacks_stopped += o.stacks_stopped;
         self.udp_segmented += o.udp_segmented;
+        self.udp_flows_opened += o.udp_flows_opened;
+        self.udp_flows_closed += o.udp_flows_closed;
+        self.udp_too_large += o.udp_too_large;
         self.tun_packets += o.tun_packets;
         self.tun_writes += o.tun_writes;
         self.tun_refused += o.tun_refused;

@@ -197,8 +197,9 @@ pub struct BatchSocket {
     /// `None`: offloads off, plain calls.
     state: Option<UdpSocketState>,
     /// Made by the first [`BatchSocket::recv`]: a socket that only sends, or only uses
-    /// [`BatchSocket::recv_each`], has none.
-    own: Option<RecvBufs>,
+    /// [`BatchSocket::recv_each`], has none. Boxed, so that those hold a pointer rather
+    /// than 312 bytes: a relay has a socket per session or flow.
+    own: Option<Box<RecvBufs>>,
     max_segments: usize,
     /// Judges how long datagrams waited in the kernel's receive queue.
     codel: Mutex<Codel>,
@@ -290,7 +291,7 @@ impl BatchSocket {
             codel,
             ..
         } = self;
-        let bufs = own.get_or_insert_with(RecvBufs::new);
+        let bufs = own.get_or_insert_with(|| Box::new(RecvBufs::new()));
         io.async_io(Interest::READABLE, || bufs.receive(io, state.as_ref()))
             .await?;
         let late = codel.get_mut().map_or(0, |c| bufs.police(c));
@@ -354,7 +355,7 @@ impl BatchSocket {
     /// The datagrams of the last [`BatchSocket::recv`], in arrival order, coalesced ones
     /// split again.
     pub fn received(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
-        self.own.iter().flat_map(RecvBufs::datagrams)
+        self.own.iter().flat_map(|b| b.datagrams())
     }
 
     /// Sends datagrams in order. Runs of datagrams to one destination, all of one size

@@ -9,7 +9,7 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::{oneshot, watch};
 
-use super::ready::{Ready, SocketWaker};
+use super::ready::{Polled, Ready};
 use super::{IngressSettings, Observation, RelayHandle};
 use crate::ingress::{Ingress, IngressOutput};
 use crate::table::SessionId;
@@ -47,7 +47,7 @@ async fn event_loop(
     // egress's replies are sealed straight from the thread's receive buffers, with no
     // copy, channel or task per session in between.
     let ready = Arc::new(Ready::default());
-    let mut forwards: HashMap<SessionId, Forward> = HashMap::new();
+    let mut forwards: HashMap<SessionId, Arc<Forward>> = HashMap::new();
     let mut woken = Vec::new();
     // Late drops on the sessions' forwarding sockets, together.
     let mut forward_late = 0;
@@ -82,23 +82,23 @@ async fn event_loop(
             let Some(fwd) = forwards.get(&id) else {
                 continue;
             };
-            fwd.waker.unlist();
-            let waker = Waker::from(Arc::clone(&fwd.waker));
+            fwd.unlist();
+            let waker = Waker::from(Arc::clone(fwd));
             let mut cx = Context::from_waker(&waker);
             let now = Instant::now();
-            match fwd.socket.poll_recv_each(&mut cx, |from, d| {
+            match fwd.poll_recv_each(&mut cx, |from, d| {
                 ingress.handle_egress(now, id, from, d, &mut out)
             }) {
                 // More may wait: read again next turn, after the other sessions.
                 Poll::Ready(Ok(late)) => {
                     forward_late += late;
-                    fwd.waker.list();
+                    fwd.list();
                 }
                 // An error (say, an ICMP error queued on the socket) loses nothing: read
                 // again next turn too, since a readiness left set wakes no one.
                 Poll::Ready(Err(e)) => {
                     tracing::debug!("forward receive error: {}", e.kind());
-                    fwd.waker.list();
+                    fwd.list();
                 }
                 Poll::Pending => {}
             }
@@ -109,10 +109,7 @@ async fn event_loop(
                 IngressOutput::OpenForward(id) => match UdpSocket::bind((forward_ip, 0)).await {
                     Ok(s) => match BatchSocket::new(s, c.offload) {
                         Ok(socket) => {
-                            let waker = ready.waker(id);
-                            // Read once to register for readiness.
-                            waker.list();
-                            forwards.insert(id, Forward { socket, waker });
+                            forwards.insert(id, ready.add(id, socket));
                         }
                         Err(e) => tracing::warn!("cannot open a forwarding socket: {e}"),
                     },
@@ -140,7 +137,7 @@ async fn event_loop(
         }
         for (id, batch) in to_egress.iter_mut() {
             if let Some(fwd) = forwards.get(id) {
-                fwd.socket.send_all(batch).await;
+                fwd.send_all(batch).await;
             }
             for (_, d) in batch.drain(..) {
                 spare::give(d);
@@ -153,10 +150,7 @@ async fn event_loop(
     }
 }
 
-/// One session's socket towards egresses. Its receives use the thread's shared buffers
-/// (`poll_recv_each`): with buffers of its own, every forwarding session would hold 2 MiB.
-struct Forward {
-    socket: BatchSocket,
-    /// Lists the session for the loop when the socket becomes readable.
-    waker: Arc<SocketWaker>,
-}
+/// One session's socket towards egresses, listed for the loop when it becomes readable.
+/// Its receives use the thread's shared buffers (`poll_recv_each`): with buffers of its
+/// own, every forwarding session would hold 2 MiB.
+type Forward = Polled<SessionId, BatchSocket>;

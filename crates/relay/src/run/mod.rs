@@ -3,6 +3,7 @@
 mod attester;
 mod egress;
 mod exit;
+mod flows;
 mod ingress;
 mod ready;
 mod resolve;
