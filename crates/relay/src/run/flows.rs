@@ -5,7 +5,6 @@
 //! stack per session or flow, so a session that only sends UDP holds a socket per flow and
 //! nothing else, and its datagrams are copied once each way.
 
-use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
@@ -34,6 +33,10 @@ pub(super) type Answer = (SessionId, SocketAddr, SocketAddr, Vec<u8>);
 
 /// Name lookups under way at once per worker whose answers can wait to be sent.
 const ANSWERS: usize = 256;
+/// Flows one session may have open. A flow is a client endpoint, not a destination (an
+/// application's one port reaches any number of peers), so this is far beyond what a host
+/// uses, and it keeps one session from taking the relay's file descriptors from the rest.
+pub(super) const MAX_FLOWS_PER_SESSION: usize = 256;
 
 /// The sessions whose packets the flows carry: the worker's [`SessionTable`] (through
 /// [`Sealer`]), or a test's record.
@@ -180,17 +183,24 @@ impl UdpFlows {
             }
             return spare::give(payload.packet);
         }
-        if let Entry::Vacant(v) = self.flows.entry((id, d.src)) {
-            let socket = match open(d.dst, self.settings.offload) {
+        if !self.flows.contains_key(&(id, d.src)) {
+            let open = if self.count(id) >= MAX_FLOWS_PER_SESSION {
+                Err(std::io::Error::other("the session has too many UDP flows"))
+            } else {
+                open(d.dst, self.settings.offload)
+            };
+            let socket = match open {
                 Ok(socket) => socket,
+                // Dropped and counted; a log line per datagram would be a flood.
                 Err(e) => {
-                    tracing::warn!("cannot open a UDP flow's socket: {e}");
+                    tracing::debug!("cannot open a UDP flow: {e}");
                     sessions.counters().drop(crate::counters::Drop::Capacity);
                     return spare::give(payload.packet);
                 }
             };
             let last = AtomicU64::new(millis(self.epoch, now));
-            v.insert(self.ready.add((id, d.src), Flow { socket, last }));
+            let flow = self.ready.add((id, d.src), Flow { socket, last });
+            self.flows.insert((id, d.src), flow);
             sessions.counters().udp_flows_opened += 1;
             if let (Some(obs), Some(peer)) = (&self.settings.observer, sessions.peer(id)) {
                 let _ = obs.send(Observation::Egress {
@@ -280,16 +290,24 @@ impl UdpFlows {
         }
     }
 
-    /// Closes a session's flows (the session is gone).
-    pub(super) fn close_session(&mut self, id: SessionId, counters: &mut Counters) {
+    /// The keys of a session's flows, in order.
+    fn keys_of(&self, id: SessionId) -> impl Iterator<Item = FlowKey> + '_ {
         // The least address sorts first (IPv4 before IPv6).
         let first = (id, SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
-        let keys: Vec<FlowKey> = self
-            .flows
+        self.flows
             .range(first..)
             .map(|(k, _)| *k)
-            .take_while(|k| k.0 == id)
-            .collect();
+            .take_while(move |k| k.0 == id)
+    }
+
+    /// How many flows a session has open (counted up to the limit).
+    fn count(&self, id: SessionId) -> usize {
+        self.keys_of(id).take(MAX_FLOWS_PER_SESSION).count()
+    }
+
+    /// Closes a session's flows (the session is gone).
+    pub(super) fn close_session(&mut self, id: SessionId, counters: &mut Counters) {
+        let keys: Vec<FlowKey> = self.keys_of(id).collect();
         for k in &keys {
             self.flows.remove(k);
         }
@@ -577,5 +595,33 @@ mod tests {
             .map(|(id, from)| (id.0, from.port()))
             .collect();
         assert_eq!(left, [(6, 40_000), (8, 1), (8, 40_000)]);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_session_opens_at_most_its_share_of_flows() {
+        let dest = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = dest.local_addr().unwrap();
+        let mut flows = flows(Offload::Off, "127.0.0.0/8");
+        let mut sessions = Record::default();
+        let now = Instant::now();
+        for port in 1..=MAX_FLOWS_PER_SESSION as u16 + 10 {
+            let from = SocketAddr::new(CLIENT.ip(), port);
+            for other in [ID, SessionId(8)] {
+                let ip = build_udp(from, to, b"x").unwrap();
+                let d = netstack::plain_udp(&ip).unwrap();
+                flows.take(&mut sessions, now, other, ip, d);
+            }
+            flows.flush(now, &mut sessions.counters).await;
+        }
+        let c = &sessions.counters;
+        assert_eq!(c.udp_flows_opened, 2 * MAX_FLOWS_PER_SESSION as u64);
+        assert_eq!(c.dropped_capacity, 20);
+        assert_eq!(flows.count(ID), MAX_FLOWS_PER_SESSION);
+        // An open flow still carries datagrams.
+        let from = SocketAddr::new(CLIENT.ip(), 1);
+        let ip = build_udp(from, to, b"still").unwrap();
+        let d = netstack::plain_udp(&ip).unwrap();
+        flows.take(&mut sessions, now, ID, ip, d);
+        assert_eq!(sessions.counters.dropped_capacity, 20);
     }
 }
