@@ -1025,3 +1025,66 @@ fn image_hash_prints_the_measurement_clients_approve() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/relay"));
 }
+
+/// A relay started under the common soft limit of open files raises it to the hard limit:
+/// an egress needs a socket per UDP flow.
+#[test]
+fn a_relay_raises_its_open_file_limit_to_the_hard_limit() {
+    let dir = tempdir("nofile");
+    let p = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    ok(&["keygen", "--output", &p("egress.key")]);
+    std::fs::write(
+        p("egress.toml"),
+        format!(
+            "private_key_file = \"{}\"\nlisten = \"127.0.0.1:0\"\nreport_interval_secs = 3600\n",
+            p("egress.key")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new("bash")
+        .args([
+            "-c",
+            "ulimit -Sn 256 && exec \"$0\" relay egress --config \"$1\"",
+            BIN,
+            &p("egress.toml"),
+        ])
+        .stdin(Stdio::null())
+        .env("OPENRELAY_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read once it listens: by then it has raised the limit, and bash is long gone.
+    let err = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in err.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut said = Vec::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("egress listening") => break,
+            Ok(line) => said.push(line),
+            Err(_) => panic!("the relay did not start: {said:?}"),
+        }
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    let (soft, hard) = (fields[0], fields[1]);
+    let expected = if hard == "unlimited" {
+        (1u64 << 20).to_string()
+    } else {
+        hard.to_string()
+    };
+    assert_eq!(soft, expected, "{line}; the relay said: {said:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -71,6 +71,7 @@ pub async fn start(cmd: &RelayCommand) -> Result<RelayHandle, StartError> {
 
 /// Runs the relay until SIGINT or SIGTERM, then logs its final counters.
 pub async fn run_until_signal(cmd: &RelayCommand) -> Result<(), StartError> {
+    raise_open_file_limit();
     let handle = start(cmd).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -80,6 +81,30 @@ pub async fn run_until_signal(cmd: &RelayCommand) -> Result<(), StartError> {
     let _ = handle.shutdown.send(());
     let _ = handle.task.await;
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard one, as Go's runtime does for every
+/// program. A relay holds a socket per session (ingress) or per UDP flow and TCP
+/// connection (egress); the usual soft limit of 1,024 would refuse new flows after a few
+/// hundred clients, while the hard limit is usually far higher.
+pub fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    // The kernel refuses more than fs.nr_open, 2^20 by default, even under an unlimited
+    // hard limit.
+    const MOST: u64 = 1 << 20;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let want = hard.min(MOST);
+    if soft >= want {
+        return;
+    }
+    if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
+        tracing::warn!(
+            "cannot raise the open-file limit from {soft} to {want} ({e}): each UDP flow and \
+             TCP connection needs one; raise it with `ulimit -n` or LimitNOFILE= under systemd"
+        );
+    }
 }
 
 /// Logging for relays: counters at info, nothing from dependencies below warn, and never
