@@ -17,8 +17,8 @@ pub enum RelayCommand {
     /// The ingress sees a client's address and which egress it uses, never the
     /// destination or the payload.
     Ingress(RelayArgs),
-    /// Run an egress (second hop): terminates clients' TCP and UDP flows with a userspace
-    /// TCP/IP stack and relays them over ordinary sockets (no root needed).
+    /// Run an egress (second hop): relays clients' UDP datagrams and, through a userspace
+    /// TCP/IP stack, their TCP connections over ordinary sockets (no root needed).
     ///
     /// The egress sees the destination and the ingress's address, never the client's.
     /// Loopback, private, link-local, multicast and the relay's own addresses are refused
