@@ -396,6 +396,13 @@ mod tests {
         .0
     }
 
+    /// A destination on loopback, and flows that may reach it.
+    async fn setup(offload: Offload) -> (UdpSocket, SocketAddr, UdpFlows, Record) {
+        let dest = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = dest.local_addr().unwrap();
+        (dest, to, flows(offload, "127.0.0.0/8"), Record::default())
+    }
+
     /// Hands `payload` from the client to `to` to the flows, as the tunnel delivers it.
     fn take(
         flows: &mut UdpFlows,
@@ -437,10 +444,7 @@ mod tests {
     /// order, and the replies come back into the session as IP packets from the
     /// destination to the client, in order too. Returns the segmented sends counted.
     async fn burst(offload: Offload) -> u64 {
-        let dest = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let to = dest.local_addr().unwrap();
-        let mut flows = flows(offload, "127.0.0.0/8");
-        let mut sessions = Record::default();
+        let (dest, to, mut flows, mut sessions) = setup(offload).await;
         let now = Instant::now();
         // Around the MTU: the largest payload the tunnel carries, and smaller ones.
         let max = usize::from(MTU) - 28;
@@ -503,10 +507,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_reply_larger_than_the_tunnel_mtu_is_dropped_and_counted() {
-        let dest = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let to = dest.local_addr().unwrap();
-        let mut flows = flows(Offload::On, "127.0.0.0/8");
-        let mut sessions = Record::default();
+        let (dest, to, mut flows, mut sessions) = setup(Offload::On).await;
         let now = Instant::now();
         take(&mut flows, &mut sessions, now, to, b"hello");
         flows.flush(now, &mut sessions.counters).await;
@@ -545,10 +546,7 @@ mod tests {
     /// opens a new one.
     #[tokio::test(flavor = "current_thread")]
     async fn a_flow_lives_while_either_side_sends_and_closes_when_quiet() {
-        let dest = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let to = dest.local_addr().unwrap();
-        let mut flows = flows(Offload::On, "127.0.0.0/8");
-        let mut sessions = Record::default();
+        let (dest, to, mut flows, mut sessions) = setup(Offload::On).await;
         let start = Instant::now();
         let mut ports = Vec::new();
         for step in 0..4u32 {
