@@ -135,7 +135,7 @@ async fn event_loop(
             () = std::future::poll_fn(|cx| udp_ready.poll_woken(cx)) => {}
             Some(answer) = answers.recv() => {
                 let now = Instant::now();
-                UdpFlows::answer(&mut Sealer { table: &mut table, now, events: &mut events }, answer);
+                udp.answer(&mut Sealer { table: &mut table, now, events: &mut events }, answer);
             }
             _ = tokio::time::sleep_until(deadline) => table.handle_timeout(Instant::now(), &mut events),
             _ = sweep.tick() => {

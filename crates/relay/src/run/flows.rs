@@ -3,7 +3,8 @@
 //! flow's own (one per client endpoint, as a NAT keeps a mapping), and each reply is
 //! written as an IP packet straight into the buffer the session seals. No task, channel or
 //! stack per session or flow, so a session that only sends UDP holds a socket per flow and
-//! nothing else, and its datagrams are copied once each way.
+//! nothing else; a datagram is sent on from the packet it came in, and a reply is copied
+//! once, into that buffer.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -31,7 +32,8 @@ pub(super) type FlowKey = (SessionId, SocketAddr);
 /// client, the DNS message).
 pub(super) type Answer = (SessionId, SocketAddr, SocketAddr, Vec<u8>);
 
-/// Name lookups under way at once per worker whose answers can wait to be sent.
+/// Answers to name lookups that may wait for a worker's loop; a lookup's task waits when
+/// there are more.
 const ANSWERS: usize = 256;
 /// Flows one session may have open. A flow is a client endpoint, not a destination (an
 /// application's one port reaches any number of peers), so this is far beyond what a host
@@ -258,8 +260,7 @@ impl UdpFlows {
                     Ok(len) if len <= mtu => sessions.seal(id, len, |buf| {
                         let _ = emit_udp(from, client, d, UdpChecksum::Compute, buf);
                     }),
-                    // Larger than the tunnel carries (or, never from a socket of the
-                    // flow's family, of the other one): dropped.
+                    // Larger than the tunnel carries: dropped.
                     _ => sessions.counters().udp_too_large += 1,
                 }
             });
@@ -282,11 +283,12 @@ impl UdpFlows {
     }
 
     /// Seals a name lookup's answer for its session.
-    pub(super) fn answer(sessions: &mut impl Sessions, (id, from, to, reply): Answer) {
-        if let Ok(len) = udp_packet_len(from, to, reply.len()) {
-            sessions.seal(id, len, |buf| {
+    pub(super) fn answer(&self, sessions: &mut impl Sessions, (id, from, to, reply): Answer) {
+        match udp_packet_len(from, to, reply.len()) {
+            Ok(len) if len <= usize::from(self.settings.mtu) => sessions.seal(id, len, |buf| {
                 let _ = emit_udp(from, to, &reply, UdpChecksum::Compute, buf);
-            });
+            }),
+            _ => sessions.counters().udp_too_large += 1,
         }
     }
 
