@@ -31,8 +31,8 @@ pub(super) const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
 pub struct Session {
     pub(crate) receiving_index: Index,
     sending_index: u32,
-    receiver: LessSafeKey,
-    sender: LessSafeKey,
+    receiver: Key,
+    sender: Key,
     sending_key_counter: AtomicU64,
     receiving_key_counter: Mutex<ReceivingKeyCounterValidator>,
 }
@@ -44,6 +44,45 @@ impl std::fmt::Debug for Session {
             "Session: {}<- ->{}",
             self.receiving_index, self.sending_index
         )
+    }
+}
+
+/// A ChaCha20-Poly1305 key, kept as its 32 bytes with ring (OpenRelay patch). ring's
+/// `LessSafeKey` is 544 bytes, sized for the key schedule of AES-GCM, the other algorithm
+/// it may hold, and a session holds two: half of its size. ChaCha20 has no key schedule,
+/// so making the `LessSafeKey` for each message costs a copy of 32 bytes.
+#[cfg(not(feature = "aws-lc-rs"))]
+struct Key([u8; 32]);
+
+#[cfg(not(feature = "aws-lc-rs"))]
+impl Key {
+    fn new(key: [u8; 32]) -> Self {
+        Self(key)
+    }
+
+    fn aead(&self) -> LessSafeKey {
+        LessSafeKey::new(
+            UnboundKey::new(&CHACHA20_POLY1305, &self.0)
+                .expect("32 bytes are a ChaCha20-Poly1305 key"),
+        )
+    }
+}
+
+/// With aws-lc-rs a key is a context allocated by the C library: made once per session.
+#[cfg(feature = "aws-lc-rs")]
+struct Key(LessSafeKey);
+
+#[cfg(feature = "aws-lc-rs")]
+impl Key {
+    fn new(key: [u8; 32]) -> Self {
+        Self(LessSafeKey::new(
+            UnboundKey::new(&CHACHA20_POLY1305, &key)
+                .expect("32 bytes are a ChaCha20-Poly1305 key"),
+        ))
+    }
+
+    fn aead(&self) -> &LessSafeKey {
+        &self.0
     }
 }
 
@@ -189,10 +228,8 @@ impl Session {
         Session {
             receiving_index: local_index,
             sending_index,
-            receiver: LessSafeKey::new(
-                UnboundKey::new(&CHACHA20_POLY1305, &receiving_key).unwrap(),
-            ),
-            sender: LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &sending_key).unwrap()),
+            receiver: Key::new(receiving_key),
+            sender: Key::new(sending_key),
             sending_key_counter: AtomicU64::new(0),
             receiving_key_counter: Mutex::new(Default::default()),
         }
@@ -267,6 +304,7 @@ impl Session {
         // Encrypt the inner packet+padding in-place.
         let tag = self
             .sender
+            .aead()
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(&[]),
@@ -310,6 +348,7 @@ impl Session {
         // decrypt the data in-place
         let decrypted_len = self
             .receiver
+            .aead()
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(&[]),
