@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use netstack::{PlainUdp, Unreachable};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tunnel::wire::{emit_udp, udp_packet_len, UdpChecksum};
 
 use super::ready::{Polled, Ready};
@@ -35,6 +35,10 @@ pub(super) type Answer = (SessionId, SocketAddr, SocketAddr, Vec<u8>);
 /// Answers to name lookups that may wait for a worker's loop; a lookup's task waits when
 /// there are more.
 const ANSWERS: usize = 256;
+/// Name lookups one worker runs at once. Each runs getaddrinfo on a blocking thread: without
+/// a bound, a client sending queries fast could make the relay start hundreds of threads.
+/// Queries beyond it are answered "server failure" at once, which resolvers retry.
+pub(super) const MAX_LOOKUPS: usize = 64;
 /// Flows one session may have open. A flow is a client endpoint, not a destination (an
 /// application's one port reaches any number of peers), so this is far beyond what a host
 /// uses, and it keeps one session from taking the relay's file descriptors from the rest.
@@ -98,6 +102,8 @@ pub(super) struct UdpFlows {
     /// One flow's run of them, as its socket sends it.
     run: Vec<(SocketAddr, Payload)>,
     answers: mpsc::Sender<Answer>,
+    /// Permits for name lookups under way ([`MAX_LOOKUPS`]).
+    lookups: Arc<Semaphore>,
     /// Datagrams the flows' sockets dropped as late, for the counters.
     pub(super) late: u64,
 }
@@ -141,6 +147,7 @@ impl UdpFlows {
             outgoing: Vec::new(),
             run: Vec::new(),
             answers,
+            lookups: Arc::new(Semaphore::new(MAX_LOOKUPS)),
             late: 0,
         };
         (flows, answers_rx)
@@ -166,15 +173,25 @@ impl UdpFlows {
             at: d.payload,
         };
         if d.dst == names::server() {
-            let tx = self.answers.clone();
-            let query = payload.as_ref().to_vec();
-            spare::give(payload.packet);
-            tokio::spawn(async move {
-                if let Some(reply) = super::resolve::answer(&query).await {
-                    let _ = tx.send((id, d.dst, d.src, reply)).await;
+            match Arc::clone(&self.lookups).try_acquire_owned() {
+                Ok(permit) => {
+                    let tx = self.answers.clone();
+                    let query = payload.as_ref().to_vec();
+                    tokio::spawn(async move {
+                        if let Some(reply) = super::resolve::answer(&query).await {
+                            let _ = tx.send((id, d.dst, d.src, reply)).await;
+                        }
+                        drop(permit);
+                    });
                 }
-            });
-            return;
+                Err(_) => {
+                    sessions.counters().drop(crate::counters::Drop::Capacity);
+                    if let Some(reply) = super::resolve::busy(payload.as_ref()) {
+                        self.answer(sessions, (id, d.dst, d.src, reply));
+                    }
+                }
+            }
+            return spare::give(payload.packet);
         }
         if self.settings.policy.check(d.dst).is_err() {
             sessions.counters().drop(crate::counters::Drop::Policy);
@@ -623,5 +640,29 @@ mod tests {
         let d = netstack::plain_udp(&ip).unwrap();
         flows.take(&mut sessions, now, ID, ip, d);
         assert_eq!(sessions.counters.dropped_capacity, 20);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn name_lookups_beyond_the_limit_are_answered_servfail_at_once() {
+        let mut flows = flows(Offload::Off, "127.0.0.0/8");
+        let mut sessions = Record::default();
+        let _all = Arc::clone(&flows.lookups)
+            .try_acquire_many_owned(MAX_LOOKUPS as u32)
+            .unwrap();
+        let query = names::build_query(0x1234, "example.com", names::Kind::A).unwrap();
+        let ip = build_udp(CLIENT, names::server(), &query).unwrap();
+        let d = netstack::plain_udp(&ip).unwrap();
+        flows.take(&mut sessions, Instant::now(), ID, ip, d);
+        assert_eq!(sessions.counters.dropped_capacity, 1);
+        let (id, ip) = &sessions.sealed[0];
+        assert_eq!(*id, ID);
+        let reply = parse_udp(ip).unwrap();
+        assert_eq!((reply.src, reply.dst), (names::server(), CLIENT));
+        let answer = names::parse_response(reply.payload, 0x1234, "example.com", names::Kind::A);
+        assert!(
+            matches!(answer, Err(names::DnsError::ServerFailure { .. })),
+            "{answer:?}"
+        );
+        assert!(flows.flows.is_empty(), "a name lookup opens no flow");
     }
 }

@@ -37,3 +37,12 @@ pub(crate) async fn answer(query: &[u8]) -> Option<Vec<u8>> {
         }
     }
 }
+
+/// The answer to a query the egress has no room to look up now: "server failure", which a
+/// resolver retries, or a format error for a message that is not a query.
+pub(crate) fn busy(query: &[u8]) -> Option<Vec<u8>> {
+    match names::parse_query(query) {
+        Ok(q) => names::build_error(&q, Rcode::ServFail).ok(),
+        Err(_) => names::build_format_error(query),
+    }
+}
