@@ -3,7 +3,7 @@
 //! It takes datagrams and `now` and returns datagrams to send; sockets, pacing and retries
 //! belong to the driver ([`drive`](fn@crate::drive)).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use control::{Message, RefuseReason};
@@ -14,6 +14,8 @@ use tunnel::{Action, PublicKey, Session, SessionConfig, StaticSecret, TunnelErro
 const CONTROL_CLIENT_PORT: u16 = 51822;
 /// The client's UDP port for the packets sent once admitted.
 const DATA_PORT: u16 = 40_000;
+/// The client's TCP port for its one connection (`Traffic::tcp_sink`).
+const TCP_PORT: u16 = 40_001;
 
 /// Where a client is in its setup, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -73,6 +75,9 @@ pub struct Traffic {
     /// Quiet time after which a client rests, as `client::connection` does (`None`:
     /// never; the relay's sessions then sleep only once their keys expire).
     pub rest_after: Option<Duration>,
+    /// Where each client opens one TCP connection once admitted and keeps it open, idle
+    /// (`None`: no TCP).
+    pub tcp_sink: Option<SocketAddr>,
 }
 
 /// One client session against the relay.
@@ -86,6 +91,8 @@ pub struct Client {
     attempts: u32,
     /// When the client last sent or received a packet (not a WireGuard keepalive).
     last_traffic: Instant,
+    /// Its TCP connection, once admitted with a TCP sink to connect to.
+    tcp: Option<crate::tcp::Conn>,
 }
 
 impl Client {
@@ -99,6 +106,7 @@ impl Client {
             last_attempt: now,
             attempts: 1,
             last_traffic: now,
+            tcp: None,
         }
     }
 
@@ -120,6 +128,11 @@ impl Client {
     /// Attempts so far (1 for a client that never retried).
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// The client's TCP connection, if it opened one.
+    pub fn tcp(&self) -> Option<&crate::tcp::Conn> {
+        self.tcp.as_ref()
     }
 
     /// Receiver indices this client answers to, for the driver to forget on a retry.
@@ -197,6 +210,13 @@ impl Client {
         traffic: &Traffic,
         out: &mut Vec<Output>,
     ) -> Result<Option<Progress>, ClientError> {
+        if let Some(conn) = self.tcp.as_mut() {
+            if let Some(reply) = conn.receive(ip) {
+                self.last_traffic = now;
+                self.encapsulate(now, &reply, out);
+                return Ok(None);
+            }
+        }
         let Ok(d) = parse_udp(ip) else {
             return Ok(None);
         };
@@ -246,6 +266,11 @@ impl Client {
             if let Ok(ip) = build_udp(src, traffic.sink, &payload) {
                 self.encapsulate(now, &ip, out);
             }
+        }
+        if let Some(sink) = traffic.tcp_sink.and_then(crate::tcp::v4) {
+            let (conn, syn) = crate::tcp::Conn::connect(SocketAddrV4::new(addr, TCP_PORT), sink);
+            self.tcp = Some(conn);
+            self.encapsulate(now, &syn, out);
         }
     }
 

@@ -225,6 +225,18 @@ impl Idle<'_> {
     }
 }
 
+impl Idle<'_> {
+    /// Clients whose TCP connection got its whole answer and is open.
+    pub fn tcp_replied(&self) -> usize {
+        self.driver
+            .clients
+            .iter()
+            .filter_map(Client::tcp)
+            .filter(|c| c.replied() && c.state() == crate::tcp::State::Established)
+            .count()
+    }
+}
+
 impl Drop for Idle<'_> {
     fn drop(&mut self) {
         for r in &self.readers {

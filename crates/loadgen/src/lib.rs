@@ -2,12 +2,14 @@
 //!
 //! It opens many client sessions against a running egress over UDP: for each, a WireGuard
 //! handshake, `Hello` → `Admitted` on the control address, a few UDP packets through the
-//! egress to a local sink, then nothing (idle). Sessions are told apart by their WireGuard
+//! egress to a local sink (and, with a TCP sink, one TCP connection held open), then
+//! nothing (idle). Sessions are told apart by their WireGuard
 //! receiver indices, so a handful of sockets carries all of them.
 //!
 //! - [`client`]: one session's steps, sans-IO.
 //! - [`drive`](fn@drive): pacing, sockets, routing by receiver index, retries.
-//! - [`Sink`]: the UDP destination that counts what arrives.
+//! - [`tcp`]: the one TCP connection a client may hold, sans-IO.
+//! - [`Sink`]: the UDP destination that counts what arrives; [`TcpSink`], the TCP one.
 //! - [`proc`]: CPU time and resident memory of the relay's process, from `/proc`.
 //!
 //! The `openrelay-loadgen` executable starts an `openrelay-relay egress` process (or attaches
@@ -16,6 +18,7 @@
 pub mod client;
 mod drive;
 pub mod proc;
+pub mod tcp;
 
 use std::io;
 use std::net::SocketAddr;
@@ -63,6 +66,60 @@ impl Sink {
 }
 
 impl Drop for Sink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A TCP listener that answers each connection's request with as many bytes and then keeps
+/// the connection open until the client or the egress closes it, as a server of idle
+/// connections does.
+pub struct TcpSink {
+    addr: SocketAddr,
+    accepted: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpSink {
+    /// Listens on `127.0.0.1` on the current tokio runtime.
+    pub async fn start() -> io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = accepted.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut request = vec![0u8; tcp::REQUEST.len()];
+                    if stream.read_exact(&mut request).await.is_ok() {
+                        let _ = stream.write_all(&request).await;
+                    }
+                    let mut rest = [0u8; 64];
+                    while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            accepted,
+            task,
+        })
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for TcpSink {
     fn drop(&mut self) {
         self.task.abort();
     }

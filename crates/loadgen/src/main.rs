@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use loadgen::client::Traffic;
 use loadgen::proc::{self, Sample};
-use loadgen::{drive, IdleOutcome, Outcome, Plan, Sink};
+use loadgen::{drive, IdleOutcome, Outcome, Plan, Sink, TcpSink};
 use tunnel::{PublicKey, StaticSecret};
 
 /// Opens client sessions against one egress (handshake, admission, a few UDP packets, then
@@ -57,6 +57,12 @@ struct Args {
     /// Payload bytes of those packets.
     #[arg(long, default_value_t = 64)]
     payload: usize,
+    /// Each admitted session also opens one TCP connection through the egress to a local
+    /// listener, sends a short request, reads the answer and keeps the connection open,
+    /// idle (as an app's push channel does). The egress then runs a userspace stack for the
+    /// session. With --packets 0 the sessions hold no UDP flow.
+    #[arg(long)]
+    tcp: bool,
     /// Seconds to wait after the last admission before measuring idle memory and CPU. The
     /// clients keep their tunnels running meanwhile (keepalives, handshake answers). Past
     /// the rest time (--rest-after-secs) the clients have rested, and the relay's sessions
@@ -86,17 +92,27 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let sink = Sink::start().await.context("cannot bind the UDP sink")?;
+    let tcp_sink = match args.tcp {
+        true => Some(TcpSink::start().await.context("cannot listen for TCP")?),
+        false => None,
+    };
     let ticks = proc::ticks_per_sec();
     let mut egress = match (args.attach_pid, args.endpoint, &args.relay_key) {
         (Some(pid), Some(endpoint), Some(key)) => Egress::attached(pid, endpoint, key)?,
         _ => Egress::spawn(&args.relay, args.sessions)?,
     };
-    let result = measure(&args, &sink, &mut egress, ticks).await;
+    let result = measure(&args, &sink, tcp_sink.as_ref(), &mut egress, ticks).await;
     egress.stop(args.keep);
     result
 }
 
-async fn measure(args: &Args, sink: &Sink, egress: &mut Egress, ticks: u64) -> anyhow::Result<()> {
+async fn measure(
+    args: &Args,
+    sink: &Sink,
+    tcp_sink: Option<&TcpSink>,
+    egress: &mut Egress,
+    ticks: u64,
+) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = proc::sample(egress.pid, ticks).context("cannot read the egress's /proc")?;
     let plan = Plan {
@@ -112,6 +128,7 @@ async fn measure(args: &Args, sink: &Sink, egress: &mut Egress, ticks: u64) -> a
             payload_len: args.payload,
             rest_after: (args.rest_after_secs > 0)
                 .then(|| Duration::from_secs(args.rest_after_secs)),
+            tcp_sink: tcp_sink.map(TcpSink::addr),
         },
         retry_after: Duration::from_secs(args.retry_secs),
         max_attempts: 5,
@@ -136,6 +153,7 @@ async fn measure(args: &Args, sink: &Sink, egress: &mut Egress, ticks: u64) -> a
         settle,
         clients_idle,
         sink_received: sink.received(),
+        tcp: tcp_sink.map(|t| (t.accepted(), clients.tcp_replied())),
         counters,
     });
     if outcome.failed > 0 {
@@ -153,6 +171,8 @@ struct Report<'a> {
     settle: Duration,
     clients_idle: IdleOutcome,
     sink_received: u64,
+    /// TCP connections the sink accepted, and clients that got their whole answer.
+    tcp: Option<(u64, usize)>,
     counters: Option<String>,
 }
 
@@ -213,6 +233,12 @@ fn print_report(r: &Report<'_>) {
         r.sink_received,
         o.admitted * r.args.packets
     );
+    if let Some((accepted, replied)) = r.tcp {
+        println!(
+            "  TCP sink         {accepted} of {} connections accepted; {replied} clients got their answer and hold the connection open",
+            o.admitted
+        );
+    }
     if let Some(c) = &r.counters {
         println!("  egress counters  {c}");
     }

@@ -56,6 +56,7 @@ fn plan(
             packets,
             payload_len: 32,
             rest_after: None,
+            tcp_sink: None,
         },
         retry_after: Duration::from_secs(2),
         max_attempts: 5,
@@ -295,4 +296,30 @@ async fn a_slow_quote_does_not_hold_up_other_sessions() {
     .unwrap()
     .attestations;
     assert_eq!(counted, 1);
+}
+
+/// With a TCP sink, every admitted session opens one connection through the egress's
+/// userspace stack, gets the whole answer to its request and keeps the connection open;
+/// without UDP packets, it opens no UDP flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_with_a_tcp_sink_hold_one_open_connection_each() {
+    const N: usize = 50;
+    let key = StaticSecret::generate();
+    let egress = start_egress(&key).await;
+    let sink = Sink::start().await.unwrap();
+    let tcp = loadgen::TcpSink::start().await.unwrap();
+    let mut plan = plan(&egress, &key, &sink, N, 0);
+    plan.traffic.tcp_sink = Some(tcp.addr());
+
+    let (outcome, mut clients) = drive(&plan).await.unwrap();
+    assert_eq!((outcome.admitted, outcome.failed), (N, 0), "{outcome:?}");
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while clients.tcp_replied() < N && tokio::time::Instant::now() < end {
+        clients.keep_for(Duration::from_millis(100)).await;
+    }
+    assert_eq!(clients.tcp_replied(), N, "clients with their answer");
+    assert_eq!(tcp.accepted(), N as u64);
+    let c = egress.current();
+    assert_eq!(c.stacks_started - c.stacks_stopped, N as u64, "{c}");
+    assert_eq!(c.udp_flows_opened, 0);
 }

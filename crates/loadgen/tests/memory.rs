@@ -60,6 +60,7 @@ async fn udp_flows_close_when_idle_and_rested_sessions_give_their_memory_back() 
             packets: 3,
             payload_len: 32,
             rest_after: Some(REST_AFTER),
+            tcp_sink: None,
         },
         retry_after: Duration::from_secs(2),
         max_attempts: 8,

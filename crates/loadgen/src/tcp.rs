@@ -1,0 +1,272 @@
+//! One TCP connection per client, held open and idle as an app's push channel or a
+//! keep-alive connection is: SYN, then the ACK that carries a short request, then an ACK for
+//! each segment of the reply (and for keep-alive probes), nothing else. Just enough TCP to
+//! hold a connection open at the egress, sans-IO and built with smoltcp's wire types; the
+//! load generator is not a TCP stack (no retransmission: a lost segment leaves the
+//! connection unfinished, which the report counts).
+
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+};
+
+/// What the client asks for once connected; the sink answers with as many bytes.
+pub const REQUEST: &[u8] = b"openrelay-loadgen: hold this connection open\n";
+/// The window the client advertises.
+const WINDOW: u16 = 65_535;
+/// The client's initial sequence number (one connection per client, never reused).
+const ISN: i32 = 1_000;
+
+/// Where the connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// SYN sent.
+    SynSent,
+    /// The request went out with the handshake's ACK.
+    Established,
+    /// The peer sent FIN or RST.
+    Closed,
+}
+
+/// One connection from the client's tunnel address to the sink.
+#[derive(Debug)]
+pub struct Conn {
+    local: SocketAddrV4,
+    remote: SocketAddrV4,
+    state: State,
+    snd_nxt: TcpSeqNumber,
+    rcv_nxt: TcpSeqNumber,
+    /// Reply bytes received in order.
+    received: usize,
+}
+
+impl Conn {
+    /// A connection about to open; the SYN to send into the tunnel comes with it.
+    pub fn connect(local: SocketAddrV4, remote: SocketAddrV4) -> (Self, Vec<u8>) {
+        let conn = Self {
+            local,
+            remote,
+            state: State::SynSent,
+            snd_nxt: TcpSeqNumber(ISN) + 1,
+            rcv_nxt: TcpSeqNumber(0),
+            received: 0,
+        };
+        let syn = conn.segment(TcpControl::Syn, TcpSeqNumber(ISN), None, &[]);
+        (conn, syn)
+    }
+
+    /// Where the connection is.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Whether the whole reply to the request has arrived.
+    pub fn replied(&self) -> bool {
+        self.received >= REQUEST.len()
+    }
+
+    /// Takes an IP packet out of the tunnel; returns the segment to send back, if any.
+    /// Packets that are not this connection's are left alone (`None`).
+    pub fn receive(&mut self, ip: &[u8]) -> Option<Vec<u8>> {
+        let caps = ChecksumCapabilities::default();
+        let packet = Ipv4Packet::new_checked(ip).ok()?;
+        let ip_repr = Ipv4Repr::parse(&packet, &caps).ok()?;
+        if ip_repr.next_header != IpProtocol::Tcp
+            || ip_repr.src_addr != *self.remote.ip()
+            || ip_repr.dst_addr != *self.local.ip()
+        {
+            return None;
+        }
+        let tcp = TcpPacket::new_checked(packet.payload()).ok()?;
+        let repr = TcpRepr::parse(
+            &tcp,
+            &ip_repr.src_addr.into(),
+            &ip_repr.dst_addr.into(),
+            &caps,
+        )
+        .ok()?;
+        if repr.src_port != self.remote.port() || repr.dst_port != self.local.port() {
+            return None;
+        }
+        if repr.control == TcpControl::Rst {
+            self.state = State::Closed;
+            return None;
+        }
+        match self.state {
+            State::SynSent => {
+                if repr.control != TcpControl::Syn || repr.ack_number != Some(self.snd_nxt) {
+                    return None;
+                }
+                self.rcv_nxt = repr.seq_number + 1;
+                self.state = State::Established;
+                let seq = self.snd_nxt;
+                self.snd_nxt += REQUEST.len();
+                Some(self.segment(TcpControl::Psh, seq, Some(self.rcv_nxt), REQUEST))
+            }
+            State::Established => {
+                if repr.seq_number == self.rcv_nxt {
+                    let fin = repr.control == TcpControl::Fin;
+                    if repr.payload.is_empty() && !fin {
+                        // A bare ACK of the request: nothing to answer.
+                        return None;
+                    }
+                    self.rcv_nxt += repr.payload.len();
+                    self.received += repr.payload.len();
+                    if fin {
+                        self.rcv_nxt += 1;
+                        self.state = State::Closed;
+                    }
+                }
+                // In order, a keep-alive probe (one before rcv_nxt) or out of order: our
+                // ACK says what has arrived.
+                Some(self.segment(TcpControl::None, self.snd_nxt, Some(self.rcv_nxt), &[]))
+            }
+            State::Closed => None,
+        }
+    }
+
+    fn segment(
+        &self,
+        control: TcpControl,
+        seq: TcpSeqNumber,
+        ack: Option<TcpSeqNumber>,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let tcp = TcpRepr {
+            src_port: self.local.port(),
+            dst_port: self.remote.port(),
+            control,
+            seq_number: seq,
+            ack_number: ack,
+            window_len: WINDOW,
+            window_scale: None,
+            max_seg_size: (control == TcpControl::Syn).then_some(1200),
+            sack_permitted: false,
+            sack_ranges: [None, None, None],
+            timestamp: None,
+            payload,
+        };
+        let ip = Ipv4Repr {
+            src_addr: *self.local.ip(),
+            dst_addr: *self.remote.ip(),
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let caps = ChecksumCapabilities::default();
+        let mut buf = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
+        let mut packet = Ipv4Packet::new_unchecked(&mut buf[..]);
+        ip.emit(&mut packet, &caps);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(packet.payload_mut()),
+            &IpAddr::V4(*self.local.ip()).into(),
+            &IpAddr::V4(*self.remote.ip()).into(),
+            &caps,
+        );
+        buf
+    }
+}
+
+/// The endpoint as IPv4, if it is one (the sink listens on 127.0.0.1).
+pub fn v4(addr: SocketAddr) -> Option<SocketAddrV4> {
+    match addr {
+        SocketAddr::V4(a) => Some(a),
+        SocketAddr::V6(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(100, 64, 0, 2), 40_001);
+    const SERVER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 1), 8080);
+
+    /// A segment from the server to the client, built as the client builds its own.
+    fn from_server(control: TcpControl, seq: i32, ack: i32, payload: &[u8]) -> Vec<u8> {
+        let server = Conn {
+            local: SERVER,
+            remote: CLIENT,
+            state: State::Established,
+            snd_nxt: TcpSeqNumber(seq),
+            rcv_nxt: TcpSeqNumber(ack),
+            received: 0,
+        };
+        server.segment(control, TcpSeqNumber(seq), Some(TcpSeqNumber(ack)), payload)
+    }
+
+    /// (seq, ack, payload length) of a segment the client sent.
+    fn read(ip: &[u8]) -> (i32, Option<i32>, usize, TcpControl) {
+        let packet = Ipv4Packet::new_checked(ip).unwrap();
+        let tcp = TcpPacket::new_checked(packet.payload()).unwrap();
+        let repr = TcpRepr::parse(
+            &tcp,
+            &IpAddr::V4(*CLIENT.ip()).into(),
+            &IpAddr::V4(*SERVER.ip()).into(),
+            &ChecksumCapabilities::default(),
+        )
+        .expect("checksums valid");
+        (
+            repr.seq_number.0,
+            repr.ack_number.map(|a| a.0),
+            repr.payload.len(),
+            repr.control,
+        )
+    }
+
+    #[test]
+    fn a_connection_opens_sends_its_request_acks_the_answer_and_probes() {
+        let (mut conn, syn) = Conn::connect(CLIENT, SERVER);
+        assert_eq!(read(&syn), (ISN, None, 0, TcpControl::Syn));
+        // Not this connection's: another port.
+        let mut other = from_server(TcpControl::Syn, 5_000, ISN + 1, &[]);
+        other[20..22].copy_from_slice(&9u16.to_be_bytes());
+        assert_eq!(conn.receive(&other), None);
+        assert_eq!(conn.state(), State::SynSent);
+
+        let request = conn
+            .receive(&from_server(TcpControl::Syn, 5_000, ISN + 1, &[]))
+            .expect("the handshake's ACK with the request");
+        assert_eq!(
+            read(&request),
+            (ISN + 1, Some(5_001), REQUEST.len(), TcpControl::Psh)
+        );
+        assert_eq!(conn.state(), State::Established);
+        let sent = ISN + 1 + REQUEST.len() as i32;
+        // A bare ACK of the request needs no answer.
+        assert_eq!(
+            conn.receive(&from_server(TcpControl::None, 5_001, sent, &[])),
+            None
+        );
+        // The answer, in two segments: each is acknowledged.
+        let (a, b) = REQUEST.split_at(10);
+        let ack = conn
+            .receive(&from_server(TcpControl::Psh, 5_001, sent, a))
+            .unwrap();
+        assert_eq!(read(&ack), (sent, Some(5_011), 0, TcpControl::None));
+        assert!(!conn.replied());
+        let ack = conn
+            .receive(&from_server(TcpControl::Psh, 5_011, sent, b))
+            .unwrap();
+        let end = 5_001 + REQUEST.len() as i32;
+        assert_eq!(read(&ack), (sent, Some(end), 0, TcpControl::None));
+        assert!(conn.replied());
+        // A keep-alive probe (one before what the client expects) is answered.
+        let ack = conn
+            .receive(&from_server(TcpControl::None, end - 1, sent, &[]))
+            .unwrap();
+        assert_eq!(read(&ack), (sent, Some(end), 0, TcpControl::None));
+        // RST closes.
+        assert_eq!(
+            conn.receive(&from_server(TcpControl::Rst, end, sent, &[])),
+            None
+        );
+        assert_eq!(conn.state(), State::Closed);
+    }
+}
