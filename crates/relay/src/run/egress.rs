@@ -376,5 +376,5 @@ async fn relay_tcp(flow: IncomingTcp, ctx: FlowContext, _busy: Arc<()>) {
         return;
     };
     let mut stream = stream;
-    let _ = tokio::io::copy_bidirectional(&mut tunnel_side, &mut stream).await;
+    let _ = super::splice::both_ways(&mut tunnel_side, &mut stream).await;
 }

@@ -7,6 +7,7 @@ mod flows;
 mod ingress;
 mod ready;
 mod resolve;
+mod splice;
 mod workers;
 
 use std::net::SocketAddr;
