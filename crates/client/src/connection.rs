@@ -274,6 +274,9 @@ pub struct Connection {
     rest_after: Option<Duration>,
     /// When the connection last rested.
     rested_at: Option<Instant>,
+    /// When the first datagram after the last rest came in: the relays (or the client's own
+    /// next packet, through their answers) woke the connection then.
+    woken_at: Option<Instant>,
     /// User packets dropped because the connection was not ready.
     pub dropped_not_ready: u64,
     /// What the tunnel asks for on the data path; reused so packets allocate no list.
@@ -329,6 +332,7 @@ impl Connection {
             last_traffic: None,
             rest_after: Some(control::REST_AFTER),
             rested_at: None,
+            woken_at: None,
             dropped_not_ready: 0,
             events: Vec::new(),
         }
@@ -369,7 +373,14 @@ impl Connection {
         let mut ev = std::mem::take(&mut self.events);
         // Undecryptable datagrams (stale, forged) are ignored: WireGuard's own timers
         // notice a dead session.
-        let _ = self.nested.receive(now, datagram, &mut ev);
+        let heard = self.nested.receive(now, datagram, &mut ev).is_ok();
+        if heard
+            && self
+                .rested_at
+                .is_some_and(|r| self.woken_at.is_none_or(|w| w <= r))
+        {
+            self.woken_at = Some(now);
+        }
         for (up, rx) in self
             .hop_up
             .iter_mut()
@@ -483,11 +494,17 @@ impl Connection {
     }
 
     /// Whether the connection has been quiet, no user packet either way, for the rest time.
+    /// A wake after a rest counts as activity: the relays wake the connection for a packet,
+    /// which comes only after the handshakes, and resting at the first of those would erase
+    /// the keys the packet comes with (and the next wake would meet the same fate).
     fn rest_due(&self, now: Instant) -> bool {
         let (Some(after), Some(ready)) = (self.rest_after, self.ready_at) else {
             return false;
         };
-        let last = self.last_traffic.map_or(ready, |t| t.max(ready));
+        let last = [self.last_traffic, self.woken_at]
+            .into_iter()
+            .flatten()
+            .fold(ready, Instant::max);
         now.saturating_duration_since(last) >= after && !self.is_resting()
     }
 

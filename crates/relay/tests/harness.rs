@@ -382,6 +382,12 @@ impl Net {
     /// A packet from the internet that the egress sends to the client's session, through
     /// the ingress.
     fn egress_reply(&mut self, payload: &[u8]) -> Vec<u8> {
+        self.egress_reply_timed(payload, false)
+    }
+
+    /// [`Net::egress_reply`], with the client's timers run after each datagram it takes,
+    /// as its event loop may run them at any moment.
+    fn egress_reply_timed(&mut self, payload: &[u8], timers: bool) -> Vec<u8> {
         let id = self
             .egress
             .session_for_addr("100.64.0.2".parse().unwrap())
@@ -411,6 +417,9 @@ impl Net {
         let mut cev = Vec::new();
         for d in to_client {
             self.conn.receive(self.now, &d, &mut cev);
+            if timers {
+                self.conn.handle_timeout(self.now, &mut cev);
+            }
         }
         self.client_events(cev);
         reply
@@ -1137,6 +1146,28 @@ fn a_reply_for_a_resting_client_wakes_both_hops_from_the_relays_side() {
     assert_eq!(net.ingress.counters().sessions_asleep, 0);
     assert_eq!(net.egress.counters.sessions_asleep, 0);
     assert!(net.lost.is_empty(), "{:?}", net.lost);
+}
+
+/// The relays wake a resting client for an answer: the client hears the ingress's
+/// handshake first, the answer only after the inner handshake. Its timers may run in
+/// between; it must not rest again then (it did: quiet since its last user packet, and no
+/// longer resting once it heard the ingress, it sent `Rest` and made new state machines,
+/// which could not read what the relays sent next, and so on at every wake).
+#[test]
+fn a_client_woken_by_the_relays_waits_for_what_woke_it_before_resting_again() {
+    let mut net = Net::new();
+    net.start();
+    net.send(&user_packet(b"request"));
+    net.advance(control::REST_AFTER + Duration::from_secs(1));
+    assert_eq!(net.rested, 1);
+
+    let reply = net.egress_reply_timed(b"a late answer", true);
+    assert_eq!(net.at_client.last(), Some(&reply));
+    assert_eq!(net.rested, 1, "the client rested again while being woken");
+    assert!(net.lost.is_empty(), "{:?}", net.lost);
+    // Quiet for the rest time after the answer, it rests again.
+    net.advance(control::REST_AFTER + Duration::from_secs(1));
+    assert_eq!(net.rested, 2);
 }
 
 #[test]
