@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use netstack::{PlainUdp, Unreachable};
@@ -269,31 +269,24 @@ impl UdpFlows {
             let Some(flow) = self.flows.get(&(id, client)) else {
                 continue;
             };
-            flow.unlist();
-            let waker = Waker::from(Arc::clone(flow));
-            let mut cx = Context::from_waker(&waker);
-            let got = flow.socket.poll_recv_each(&mut cx, |from, d| {
-                match udp_packet_len(from, client, d.len()) {
-                    Ok(len) if len <= mtu => sessions.seal(id, len, |buf| {
-                        let _ = emit_udp(from, client, d, UdpChecksum::Compute, buf);
-                    }),
-                    // Larger than the tunnel carries: dropped.
-                    _ => sessions.counters().udp_too_large += 1,
-                }
+            let got = flow.read(|flow, cx| {
+                flow.socket.poll_recv_each(cx, |from, d| {
+                    match udp_packet_len(from, client, d.len()) {
+                        Ok(len) if len <= mtu => sessions.seal(id, len, |buf| {
+                            let _ = emit_udp(from, client, d, UdpChecksum::Compute, buf);
+                        }),
+                        // Larger than the tunnel carries: dropped.
+                        _ => sessions.counters().udp_too_large += 1,
+                    }
+                })
             });
             match got {
-                // More may wait: read again next turn, after the other flows.
                 Poll::Ready(Ok(late)) => {
                     self.late += late;
                     flow.touch(at);
-                    flow.list();
                 }
-                // An error (an ICMP error queued on the socket, say) loses nothing: read
-                // again next turn too, since a readiness left set wakes no one.
-                Poll::Ready(Err(e)) => {
-                    tracing::debug!("UDP flow receive error: {}", e.kind());
-                    flow.list();
-                }
+                // An error (an ICMP error queued on the socket, say) loses nothing.
+                Poll::Ready(Err(e)) => tracing::debug!("UDP flow receive error: {}", e.kind()),
                 Poll::Pending => {}
             }
         }

@@ -3,7 +3,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 use std::time::Instant;
 
 use tokio::net::UdpSocket;
@@ -82,24 +82,16 @@ async fn event_loop(
             let Some(fwd) = forwards.get(&id) else {
                 continue;
             };
-            fwd.unlist();
-            let waker = Waker::from(Arc::clone(fwd));
-            let mut cx = Context::from_waker(&waker);
             let now = Instant::now();
-            match fwd.poll_recv_each(&mut cx, |from, d| {
-                ingress.handle_egress(now, id, from, d, &mut out)
-            }) {
-                // More may wait: read again next turn, after the other sessions.
-                Poll::Ready(Ok(late)) => {
-                    forward_late += late;
-                    fwd.list();
-                }
-                // An error (say, an ICMP error queued on the socket) loses nothing: read
-                // again next turn too, since a readiness left set wakes no one.
-                Poll::Ready(Err(e)) => {
-                    tracing::debug!("forward receive error: {}", e.kind());
-                    fwd.list();
-                }
+            let got = fwd.read(|socket, cx| {
+                socket.poll_recv_each(cx, |from, d| {
+                    ingress.handle_egress(now, id, from, d, &mut out)
+                })
+            });
+            match got {
+                Poll::Ready(Ok(late)) => forward_late += late,
+                // An error (say, an ICMP error queued on the socket) loses nothing.
+                Poll::Ready(Err(e)) => tracing::debug!("forward receive error: {}", e.kind()),
                 Poll::Pending => {}
             }
         }

@@ -3,6 +3,7 @@
 //! reads the sockets where datagrams wait, in its own turn, instead of a task per socket.
 //! The socket lives in its waker ([`Polled`]): one allocation per socket for both.
 
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
@@ -103,6 +104,25 @@ impl<K: Copy, S> Polled<K, S> {
     /// it again.
     pub(super) fn unlist(&self) {
         self.listed.store(false, Ordering::Release);
+    }
+}
+
+impl<K: Copy + Send + Sync + 'static, S: Send + Sync + 'static> Polled<K, S> {
+    /// The loop's read of a listed socket: takes it off the list, polls `recv` with the
+    /// socket's own waker, and lists it again when the read gave datagrams (more may wait)
+    /// or an error (a readiness left set would wake no one). `Pending` registered the
+    /// waker, which lists the socket once something comes.
+    pub(super) fn read<T>(
+        self: &Arc<Self>,
+        recv: impl FnOnce(&S, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        self.unlist();
+        let waker = Waker::from(Arc::clone(self));
+        let got = recv(&self.inner, &mut Context::from_waker(&waker));
+        if got.is_ready() {
+            self.list();
+        }
+        got
     }
 }
 
