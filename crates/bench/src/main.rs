@@ -359,6 +359,7 @@ fn table(report: &Report) -> String {
         "TCP up Mbit/s",
         "TCP down Mbit/s",
         "vs wg-go up/down",
+        "TCP retrans % up/down",
         "UDP max Mbit/s",
         "UDP loss % at max",
         "UDP loss % at rate",
@@ -387,6 +388,11 @@ fn table(report: &Report) -> String {
             format!("{:.0}", m.tcp_up_mbps),
             format!("{:.0}", m.tcp_down_mbps),
             ratio,
+            format!(
+                "{} / {}",
+                opt(m.tcp_up_retransmit_pct, 2),
+                opt(m.tcp_down_retransmit_pct, 2)
+            ),
             format!("{:.0}", m.udp_mbps),
             format!("{:.1}", m.udp_loss_pct),
             format!("{:.2}", m.udp_loss_at_rate_pct),

@@ -34,6 +34,16 @@ pub(crate) struct Metrics {
     pub(crate) udp_loss_pct: f64,
     /// UDP datagrams lost at the fixed rate of [`Plan::udp_rate_mbps`], percent.
     pub(crate) udp_loss_at_rate_pct: f64,
+    /// TCP segments the sender retransmitted in the upload (iperf3's count): drops in the
+    /// tunnel's queues, which a saturating flow reaches by design, show here.
+    pub(crate) tcp_up_retransmits: Option<u64>,
+    /// The same for the download (the destination's sender).
+    pub(crate) tcp_down_retransmits: Option<u64>,
+    /// The upload's retransmitted segments as a share of the segments sent, percent
+    /// (segments of the connection's default MSS).
+    pub(crate) tcp_up_retransmit_pct: Option<f64>,
+    /// The same for the download.
+    pub(crate) tcp_down_retransmit_pct: Option<f64>,
     /// Average ping RTT with no load, ms.
     pub(crate) rtt_idle_ms: f64,
     /// Times a second that a thread of the tunnel processes went to sleep (voluntary
@@ -142,6 +152,10 @@ pub(crate) fn run(bed: &Testbed, plan: Plan, pids: &[u32]) -> Result<Metrics> {
     Ok(Metrics {
         tcp_up_mbps,
         tcp_down_mbps,
+        tcp_up_retransmits: retransmits(&up),
+        tcp_down_retransmits: retransmits(&down),
+        tcp_up_retransmit_pct: retransmit_pct(&up),
+        tcp_down_retransmit_pct: retransmit_pct(&down),
         udp_mbps,
         udp_loss_pct,
         udp_loss_at_rate_pct,
@@ -252,6 +266,27 @@ fn received(report: &serde_json::Value, what: &str) -> Result<(f64, f64)> {
     Ok((field("bits_per_second")? / 1e6, field("bytes")?))
 }
 
+/// Segments the sending end of a TCP iperf3 run retransmitted (the server's in a
+/// `--reverse` run); `None` where the platform does not report them.
+fn retransmits(report: &serde_json::Value) -> Option<u64> {
+    report
+        .pointer("/end/sum_sent/retransmits")
+        .and_then(serde_json::Value::as_u64)
+}
+
+/// [`retransmits`] as a share of the segments sent, percent: the bytes sent in segments of
+/// the connection's default MSS.
+fn retransmit_pct(report: &serde_json::Value) -> Option<f64> {
+    let mss = report
+        .pointer("/start/tcp_mss_default")
+        .and_then(serde_json::Value::as_f64)?;
+    let sent = report
+        .pointer("/end/sum_sent/bytes")
+        .and_then(serde_json::Value::as_f64)?;
+    let segments = sent / mss;
+    (segments >= 1.0).then(|| retransmits(report).map(|r| r as f64 / segments * 100.0))?
+}
+
 /// Average RTT in ms of `count` pings 0.2 s apart from the client host, or `None` if
 /// none was answered.
 pub(crate) fn ping(bed: &Testbed, dest: &str, count: u32) -> Result<Option<f64>> {
@@ -336,4 +371,43 @@ pub(crate) fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> boo
         std::thread::sleep(Duration::from_millis(100));
     }
     bail!("timed out after {timeout:?} waiting for {what}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape of iperf3 3.12's `--json` report for a TCP run, trimmed to what is read.
+    const TCP_REPORT: &str = r#"{
+        "start": {"tcp_mss_default": 1360},
+        "end": {
+            "sum_sent": {"bytes": 3400000000, "bits_per_second": 2.72e9, "retransmits": 131435},
+            "sum_received": {"bytes": 3390000000, "bits_per_second": 2.712e9}
+        }
+    }"#;
+
+    #[test]
+    fn a_tcp_report_gives_its_receivers_rate_and_its_senders_retransmissions() {
+        let report: serde_json::Value = serde_json::from_str(TCP_REPORT).unwrap();
+        let (mbps, bytes) = received(&report, "TCP upload").unwrap();
+        assert_eq!(mbps, 2712.0);
+        assert_eq!(bytes, 3.39e9);
+        assert_eq!(retransmits(&report), Some(131_435));
+        // 3.4e9 bytes in 1,360-byte segments: 2.5 million, of which 131,435 again.
+        let pct = retransmit_pct(&report).unwrap();
+        assert!((pct - 5.2574).abs() < 1e-3, "{pct}");
+    }
+
+    #[test]
+    fn a_udp_report_has_no_retransmissions_and_a_report_without_a_receiver_is_an_error() {
+        let udp: serde_json::Value = serde_json::from_str(
+            r#"{"end": {"sum": {"lost_percent": 1.5}, "sum_received": {"bytes": 10, "bits_per_second": 8}}}"#,
+        )
+        .unwrap();
+        assert_eq!(retransmits(&udp), None);
+        assert_eq!(retransmit_pct(&udp), None);
+        let empty: serde_json::Value = serde_json::from_str(r#"{"end": {}}"#).unwrap();
+        let err = received(&empty, "TCP upload").unwrap_err().to_string();
+        assert!(err.contains("no end.sum_received"), "{err}");
+    }
 }
