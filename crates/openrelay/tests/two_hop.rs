@@ -249,6 +249,41 @@ async fn egress_refuses_destinations_outside_its_allowlist() {
     net.shutdown().await;
 }
 
+/// A destination the egress may reach but that refuses the connection: the client's
+/// connection is refused too, and the egress counts it as a failed connection, not as a
+/// policy refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_refuses_is_counted_and_refused_to_the_client() {
+    let net = start().await;
+    // A port on the allowlisted address with nothing listening on it.
+    let closed = {
+        let l = std::net::TcpListener::bind((net.web.ip(), 0)).unwrap();
+        l.local_addr().unwrap()
+    };
+    let out = curl(&[
+        "--socks5-hostname",
+        &proxy(&net),
+        &format!("http://{closed}/"),
+    ])
+    .await;
+    assert!(!out.status.success(), "a closed port answered");
+    let failed = || egress_sum(&net, |c| c.tcp_connect_failed);
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while failed() < 1 && std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(failed(), 1, "the failed connection is counted once");
+    assert_eq!(egress_sum(&net, |c| c.dropped_policy), 0);
+    let shown = net
+        .egresses
+        .iter()
+        .filter_map(|e| e.handle.as_ref())
+        .map(|h| h.current().to_string())
+        .collect::<String>();
+    assert!(shown.contains("tcp_connect_failed=1"), "{shown}");
+    net.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_reconnects_after_the_egress_restarts() {
     let mut net = start().await;

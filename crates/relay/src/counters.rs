@@ -77,6 +77,10 @@ pub struct Counters {
     /// Userspace egress: replies from destinations dropped because they were larger than
     /// the tunnel MTU.
     pub udp_too_large: u64,
+    /// Userspace egress: TCP connections to destinations that failed or did not open in
+    /// time (the client's connection was refused); a rise points at the egress's own
+    /// network, not at clients.
+    pub tcp_connect_failed: u64,
     /// TUN egress: packets written to the TUN device.
     pub tun_packets: u64,
     /// TUN egress: writes they took (fewer when packets of a flow were coalesced).
@@ -151,7 +155,8 @@ impl Counters {
 /// ` asleep=now/slept` once a session has slept, ` rested=n` once a client asked for it,
 /// ` stacks=live/started` where stacks run (a userspace egress that has started one),
 /// ` udp_flows=live/opened` once a UDP flow has opened, ` udp_too_large=n` once a reply
-/// did not fit the tunnel, ` udp_segmented=sends` once flows' datagrams have gone out
+/// did not fit the tunnel, ` tcp_connect_failed=n` once a destination could not be
+/// reached, ` udp_segmented=sends` once flows' datagrams have gone out
 /// segmented,
 /// ` tun=packets/writes` where a TUN egress has written and ` tun_refused=packets` where the
 /// kernel refused some.
@@ -176,6 +181,9 @@ impl fmt::Display for Levels<'_> {
         }
         if c.udp_too_large > 0 {
             write!(f, " udp_too_large={}", c.udp_too_large)?;
+        }
+        if c.tcp_connect_failed > 0 {
+            write!(f, " tcp_connect_failed={}", c.tcp_connect_failed)?;
         }
         if c.udp_segmented > 0 {
             write!(f, " udp_segmented={}", c.udp_segmented)?;
@@ -213,6 +221,7 @@ impl std::ops::AddAssign for Counters {
         self.udp_flows_opened += o.udp_flows_opened;
         self.udp_flows_closed += o.udp_flows_closed;
         self.udp_too_large += o.udp_too_large;
+        self.tcp_connect_failed += o.tcp_connect_failed;
         self.tun_packets += o.tun_packets;
         self.tun_writes += o.tun_writes;
         self.tun_refused += o.tun_refused;

@@ -307,6 +307,7 @@ fn stop_idle(
 fn merged(table: &SessionTable, flows: &FlowCounters) -> Counters {
     let mut c = table.counters;
     c.dropped_policy += flows.refused_policy.load(Ordering::Relaxed);
+    c.tcp_connect_failed += flows.connect_failed.load(Ordering::Relaxed);
     c
 }
 
