@@ -95,7 +95,10 @@ impl Stack {
         let next_port = EPHEMERAL_START + (config.seed % u64::from(EPHEMERAL_COUNT)) as u16;
         Ok(Self {
             iface,
-            sockets: SocketSet::new(Vec::new()),
+            // Room for one socket: a session's stack usually carries one or two
+            // connections, and an empty `Vec` grows to four slots of 768 bytes on the
+            // first (with one flow, 2,304 bytes less).
+            sockets: SocketSet::new(Vec::with_capacity(1)),
             dev,
             epoch: now,
             now,
