@@ -374,11 +374,7 @@ impl Connection {
         // Undecryptable datagrams (stale, forged) are ignored: WireGuard's own timers
         // notice a dead session.
         let heard = self.nested.receive(now, datagram, &mut ev).is_ok();
-        if heard
-            && self
-                .rested_at
-                .is_some_and(|r| self.woken_at.is_none_or(|w| w <= r))
-        {
+        if heard && self.rested_at.is_some() && self.woken_at.is_none() {
             self.woken_at = Some(now);
         }
         for (up, rx) in self
@@ -522,6 +518,10 @@ impl Connection {
         }
         self.nested.rest(now);
         self.rested_at = Some(now);
+        // The next datagram heard wakes it: cleared here rather than compared with the
+        // rest's time, which a wake in the same instant equals (each later `Pong` then
+        // counted as a new wake and put the next rest off by up to a minute).
+        self.woken_at = None;
         self.unanswered_since = None;
         self.map(now, &mut ev, out);
         out.push(ConnEvent::Rested);

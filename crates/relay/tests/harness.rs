@@ -1281,3 +1281,23 @@ proptest! {
         }
     }
 }
+
+/// A reply that wakes the client in the same instant as it rests is one wake: the
+/// connection rests again a rest time after it, not after the last `Pong` of the probes
+/// that follow (found by `rests_and_wakes_in_any_order_lose_nothing`: the wake's time
+/// equalled the rest's, so every later datagram counted as a new wake, and the next rest
+/// came 20 s late).
+#[test]
+fn a_wake_in_the_instant_of_a_rest_is_one_wake() {
+    let mut net = Net::new();
+    net.start();
+    net.advance(control::REST_AFTER);
+    assert_eq!(net.rested, 1, "rested at the rest time");
+    let reply = net.egress_reply(b"a reply as it rests");
+    assert_eq!(net.at_client.last(), Some(&reply));
+    net.advance(control::REST_AFTER + Duration::from_secs(1));
+    assert_eq!(net.rested, 2, "rested a rest time after the wake");
+    assert_eq!(net.ingress.counters().sessions_asleep, 1);
+    assert_eq!(net.egress.counters.sessions_asleep, 1);
+    assert!(net.lost.is_empty(), "{:?}", net.lost);
+}
