@@ -277,6 +277,7 @@ fn retransmits(report: &serde_json::Value) -> Option<u64> {
 /// [`retransmits`] as a share of the segments sent, percent: the bytes sent in segments of
 /// the connection's default MSS.
 fn retransmit_pct(report: &serde_json::Value) -> Option<f64> {
+    let retransmits = retransmits(report)?;
     let mss = report
         .pointer("/start/tcp_mss_default")
         .and_then(serde_json::Value::as_f64)?;
@@ -284,7 +285,7 @@ fn retransmit_pct(report: &serde_json::Value) -> Option<f64> {
         .pointer("/end/sum_sent/bytes")
         .and_then(serde_json::Value::as_f64)?;
     let segments = sent / mss;
-    (segments >= 1.0).then(|| retransmits(report).map(|r| r as f64 / segments * 100.0))?
+    (segments >= 1.0).then(|| retransmits as f64 / segments * 100.0)
 }
 
 /// Average RTT in ms of `count` pings 0.2 s apart from the client host, or `None` if

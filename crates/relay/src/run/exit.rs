@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tun_rs::{AsyncDevice, DeviceBuilder, SyncDevice, VIRTIO_NET_HDR_LEN};
 
-use super::flows::MAX_LOOKUPS;
+use super::resolve::Lookups;
 use super::{EgressSettings, RelayHandle};
 use crate::counters::{Counters, Drop};
 use crate::exit;
@@ -96,8 +96,7 @@ pub async fn run_egress_tun(
                 format!("cannot answer DNS on {}: {e}", names::server()),
             )
         })?;
-    let lookups = Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS));
-    let dns_task = tokio::spawn(serve_dns(Arc::new(dns), lookups));
+    let dns_task = tokio::spawn(serve_dns(Arc::new(dns), Lookups::default()));
     // Replies that reached another worker's queue go to the worker owning their address.
     let (handoff_tx, handoff_rx): (Vec<_>, Vec<_>) = (0..n)
         .map(|_| mpsc::channel::<Vec<u8>>(HANDOFF_QUEUE))
@@ -140,29 +139,28 @@ pub async fn run_egress_tun(
 }
 
 /// DNS for clients at the relay's in-tunnel address (the kernel delivers it from the TUN).
-/// A lookup runs while it holds one of `lookups`' permits ([`MAX_LOOKUPS`], as in the
-/// userspace egress); a query that finds none is answered "server failure" at once.
-async fn serve_dns(socket: Arc<tokio::net::UdpSocket>, lookups: Arc<tokio::sync::Semaphore>) {
+/// At most [`super::resolve::MAX_LOOKUPS`] lookups at once, as in the userspace egress; a
+/// query beyond them is answered "server failure" at once.
+async fn serve_dns(socket: Arc<tokio::net::UdpSocket>, lookups: Lookups) {
     let mut buf = vec![0u8; 1500];
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else {
             continue;
         };
-        let query = buf.get(..n).unwrap_or_default();
-        let Ok(permit) = Arc::clone(&lookups).try_acquire_owned() else {
-            if let Some(reply) = super::resolve::busy(query) {
+        match lookups.start(buf.get(..n).unwrap_or_default()) {
+            Ok(lookup) => {
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    if let Some(reply) = lookup.await {
+                        let _ = socket.send_to(&reply, from).await;
+                    }
+                });
+            }
+            Err(Some(reply)) => {
                 let _ = socket.send_to(&reply, from).await;
             }
-            continue;
-        };
-        let query = query.to_vec();
-        let socket = socket.clone();
-        tokio::spawn(async move {
-            if let Some(reply) = super::resolve::answer(&query).await {
-                let _ = socket.send_to(&reply, from).await;
-            }
-            drop(permit);
-        });
+            Err(None) => {}
+        }
     }
 }
 
@@ -353,10 +351,8 @@ mod tests {
     async fn a_query_beyond_the_lookups_under_way_is_answered_servfail_at_once() {
         let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = server.local_addr().unwrap();
-        let lookups = Arc::new(tokio::sync::Semaphore::new(MAX_LOOKUPS));
-        let _all = Arc::clone(&lookups)
-            .try_acquire_many_owned(MAX_LOOKUPS as u32)
-            .unwrap();
+        let lookups = Lookups::default();
+        let _all = lookups.fill();
         let task = tokio::spawn(serve_dns(Arc::new(server), lookups));
         let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         // A name the host answers itself: looked up, it would get an address.

@@ -15,10 +15,11 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use netstack::{PlainUdp, Unreachable};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tunnel::wire::{emit_udp, udp_packet_len, UdpChecksum};
 
 use super::ready::{Polled, Ready};
+use super::resolve::Lookups;
 use super::{Observation, Observer};
 use crate::counters::Counters;
 use crate::policy::DestinationPolicy;
@@ -35,10 +36,6 @@ pub(super) type Answer = (SessionId, SocketAddr, SocketAddr, Vec<u8>);
 /// Answers to name lookups that may wait for a worker's loop; a lookup's task waits when
 /// there are more.
 const ANSWERS: usize = 256;
-/// Name lookups one worker runs at once. Each runs getaddrinfo on a blocking thread: without
-/// a bound, a client sending queries fast could make the relay start hundreds of threads.
-/// Queries beyond it are answered "server failure" at once, which resolvers retry.
-pub(super) const MAX_LOOKUPS: usize = 64;
 /// Flows one session may have open. A flow is a client endpoint, not a destination (an
 /// application's one port reaches any number of peers), so this is far beyond what a host
 /// uses, and it keeps one session from taking the relay's file descriptors from the rest.
@@ -102,8 +99,8 @@ pub(super) struct UdpFlows {
     /// One flow's run of them, as its socket sends it.
     run: Vec<(SocketAddr, Payload)>,
     answers: mpsc::Sender<Answer>,
-    /// Permits for name lookups under way ([`MAX_LOOKUPS`]).
-    lookups: Arc<Semaphore>,
+    /// The worker's name lookups under way.
+    lookups: Lookups,
     /// Datagrams the flows' sockets dropped as late, for the counters.
     pub(super) late: u64,
 }
@@ -147,7 +144,7 @@ impl UdpFlows {
             outgoing: Vec::new(),
             run: Vec::new(),
             answers,
-            lookups: Arc::new(Semaphore::new(MAX_LOOKUPS)),
+            lookups: Lookups::default(),
             late: 0,
         };
         (flows, answers_rx)
@@ -173,20 +170,18 @@ impl UdpFlows {
             at: d.payload,
         };
         if d.dst == names::server() {
-            match Arc::clone(&self.lookups).try_acquire_owned() {
-                Ok(permit) => {
+            match self.lookups.start(payload.as_ref()) {
+                Ok(lookup) => {
                     let tx = self.answers.clone();
-                    let query = payload.as_ref().to_vec();
                     tokio::spawn(async move {
-                        if let Some(reply) = super::resolve::answer(&query).await {
+                        if let Some(reply) = lookup.await {
                             let _ = tx.send((id, d.dst, d.src, reply)).await;
                         }
-                        drop(permit);
                     });
                 }
-                Err(_) => {
+                Err(busy) => {
                     sessions.counters().drop(crate::counters::Drop::Capacity);
-                    if let Some(reply) = super::resolve::busy(payload.as_ref()) {
+                    if let Some(reply) = busy {
                         self.answer(sessions, (id, d.dst, d.src, reply));
                     }
                 }
@@ -639,9 +634,7 @@ mod tests {
     async fn name_lookups_beyond_the_limit_are_answered_servfail_at_once() {
         let mut flows = flows(Offload::Off, "127.0.0.0/8");
         let mut sessions = Record::default();
-        let _all = Arc::clone(&flows.lookups)
-            .try_acquire_many_owned(MAX_LOOKUPS as u32)
-            .unwrap();
+        let _all = flows.lookups.fill();
         let query = names::build_query(0x1234, "example.com", names::Kind::A).unwrap();
         let ip = build_udp(CLIENT, names::server(), &query).unwrap();
         let d = netstack::plain_udp(&ip).unwrap();
