@@ -56,6 +56,10 @@ pub struct StackConfig {
     pub tcp_timeout: Option<Duration>,
     /// Send TCP keep-alives after this much idle time, so that dead peers are found.
     pub tcp_keep_alive: Option<Duration>,
+    /// Give a TCP flow's buffer pages back to the system once it has moved no data for this
+    /// long and holds none (counted in [`Stats::buffers_given_back`](crate::Stats::buffers_given_back)). `None` keeps
+    /// them resident.
+    pub idle_buffers_after: Option<Duration>,
     /// Congestion control for TCP flows.
     pub congestion: Congestion,
     /// Most TCP flows (open, closing or awaiting a decision) at once; more are refused.
@@ -83,11 +87,14 @@ impl StackConfig {
     pub const MAX_MTU: usize = 65_535;
     /// Default per-flow TCP buffer (each direction): large enough for a fast tunnel.
     pub const DEFAULT_TCP_BUFFER: usize = 256 * 1024;
+    /// Default quiet time after which a flow's buffers give their pages back: long enough
+    /// that a connection in use keeps them between requests.
+    pub const DEFAULT_IDLE_BUFFERS_AFTER: Duration = Duration::from_secs(5);
     /// Smallest TCP buffer accepted: one maximum segment of the largest MTU.
     pub const MIN_TCP_BUFFER: usize = 4 * 1024;
 
     /// Defaults for `mode` with the given tunnel addresses: MTU 1420 (WireGuard's), 256 KiB
-    /// buffers, 120 s TCP timeout, 4096 flows, a random seed.
+    /// buffers given back after 5 s idle, 120 s TCP timeout, 4096 flows, a random seed.
     pub fn new(mode: Mode, addrs: Vec<IpAddr>) -> Self {
         Self {
             mode,
@@ -97,6 +104,7 @@ impl StackConfig {
             tcp_tx_buffer: Self::DEFAULT_TCP_BUFFER,
             tcp_timeout: Some(Duration::from_secs(120)),
             tcp_keep_alive: None,
+            idle_buffers_after: Some(Self::DEFAULT_IDLE_BUFFERS_AFTER),
             congestion: Congestion::Reno,
             max_flows: 4096,
             max_pending: 1024,

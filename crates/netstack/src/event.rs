@@ -147,6 +147,8 @@ pub struct Stats {
     pub flows_refused: u64,
     /// TCP flows freed.
     pub flows_released: u64,
+    /// Times an idle TCP flow gave its buffers' pages back to the system.
+    pub buffers_given_back: u64,
     /// UDP datagrams reported to the caller.
     pub udp_in: u64,
     /// UDP datagrams sent.

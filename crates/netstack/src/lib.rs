@@ -16,6 +16,8 @@ mod device;
 pub mod driver;
 mod error;
 mod event;
+mod idle;
+mod pages;
 mod stack;
 mod tcp;
 mod terminate;

@@ -56,6 +56,8 @@ pub struct Stack {
     pub(crate) tcp_ports: HashSet<u16>,
     pub(crate) udp_ports: HashSet<u16>,
     pub(crate) stats: Stats,
+    /// The earliest a flow's idle buffers may be given back ([`crate::idle`]).
+    pub(crate) idle_check_at: Option<Instant>,
 }
 
 impl Stack {
@@ -114,6 +116,7 @@ impl Stack {
             tcp_ports: HashSet::new(),
             udp_ports: HashSet::new(),
             stats: Stats::default(),
+            idle_check_at: None,
             config,
         })
     }
@@ -160,6 +163,7 @@ impl Stack {
         }
         self.process_ready();
         self.reap_released();
+        self.give_back_idle();
     }
 
     /// When [`poll`](Self::poll) should next run, if nothing else happens first; `now` or
@@ -173,10 +177,10 @@ impl Stack {
             .iface
             .poll_at(ts, &self.sockets)
             .map(|at| self.epoch + Duration::from_micros(at.total_micros().max(0).unsigned_abs()));
-        match (smol, self.pending.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [smol, self.pending.next_deadline(), self.idle_check_at()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The next IP packet to send into the tunnel, oldest first.

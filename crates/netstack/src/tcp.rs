@@ -12,6 +12,7 @@ use smoltcp::time::Duration as SmolDuration;
 
 use crate::error::{FlowError, StackError};
 use crate::event::{CloseReason, Event, TcpState};
+use crate::idle::Quiet;
 use crate::wire::Syn;
 use crate::{Congestion, FlowId, Mode, Stack};
 
@@ -27,6 +28,8 @@ pub(crate) struct Flow {
     pub(crate) opened_at: Instant,
     /// The caller gave the flow up; free it once TCP is done with it.
     pub(crate) released: bool,
+    /// Since when it moved no data, and whether its buffers' pages went back meanwhile.
+    pub(crate) quiet: Quiet,
     /// The socket's receive and send wakers, made once and re-armed by cloning (a cloned
     /// waker shares its allocation).
     pub(crate) wakers: Option<[Waker; 2]>,
@@ -133,11 +136,13 @@ impl Stack {
                 state: TcpState::Connecting,
                 opened_at: self.now,
                 released: false,
+                quiet: Quiet::new(self.now),
                 wakers: None,
             },
         );
         self.tuples.insert((dst, local), id);
         self.register_wakers(id, handle);
+        self.note_activity(id);
         self.stats.flows_opened += 1;
         Ok(id)
     }
@@ -148,7 +153,12 @@ impl Stack {
         let handle = self.open_socket(flow)?;
         match self.sockets.get_mut::<tcp::Socket>(handle).send_slice(data) {
             Ok(0) if !data.is_empty() => Err(FlowError::WouldBlock),
-            Ok(n) => Ok(n),
+            Ok(n) => {
+                if n > 0 {
+                    self.note_activity(flow);
+                }
+                Ok(n)
+            }
             Err(SendError::InvalidState) => Err(self.unusable(flow)),
         }
     }
@@ -164,7 +174,12 @@ impl Stack {
         };
         match self.sockets.get_mut::<tcp::Socket>(handle).recv_slice(buf) {
             Ok(0) if !buf.is_empty() => Err(FlowError::WouldBlock),
-            Ok(n) => Ok(n),
+            Ok(n) => {
+                if n > 0 {
+                    self.note_activity(flow);
+                }
+                Ok(n)
+            }
             Err(RecvError::Finished) => Ok(0),
             Err(RecvError::InvalidState) => match self.unusable(flow) {
                 FlowError::Closed => Ok(0),

@@ -9,6 +9,7 @@ use smoltcp::socket::tcp;
 
 use crate::error::StackError;
 use crate::event::{CloseReason, Event, TcpState};
+use crate::idle::Quiet;
 use crate::stack::is_unicast;
 use crate::tcp::Flow;
 use crate::wire::{self, Syn};
@@ -140,6 +141,7 @@ impl Stack {
                 state: TcpState::Pending,
                 opened_at: self.now,
                 released: false,
+                quiet: Quiet::new(self.now),
                 wakers: None,
             },
         );
@@ -206,6 +208,7 @@ impl Stack {
                 entry.socket = Some(handle);
             }
             self.register_wakers(flow, handle);
+            self.note_activity(flow);
             self.stats.flows_opened += 1;
             let queued = std::mem::replace(&mut self.dev.rx, VecDeque::from([packet]));
             self.iface.poll(ts, &mut self.dev, &mut self.sockets);

@@ -1,168 +1,15 @@
 //! Two sans-IO stacks back to back (client ↔ terminate) on a fake clock.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+mod support;
+use support::{dst, pattern, transfer, Pair, CLIENT_V4, CLIENT_V6, EGRESS_V4};
+
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use netstack::{
-    CloseReason, ConfigError, Event, FlowError, FlowId, Mode, Stack, StackConfig, StackError,
-    TcpState, Unreachable,
+    CloseReason, ConfigError, Event, FlowError, Mode, Stack, StackConfig, StackError, TcpState,
+    Unreachable,
 };
-
-const CLIENT_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 64, 0, 2));
-const CLIENT_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2));
-const EGRESS_V4: IpAddr = IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1));
-const EGRESS_V6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1));
-
-fn dst() -> SocketAddr {
-    "93.184.216.34:443".parse().expect("literal")
-}
-
-/// A client stack and a terminate stack wired together, on a clock that only moves when told.
-struct Pair {
-    client: Stack,
-    server: Stack,
-    now: Instant,
-    client_events: Vec<Event>,
-    server_events: Vec<Event>,
-    /// Packets that crossed, both ways.
-    crossed: usize,
-}
-
-impl Pair {
-    fn new() -> Self {
-        Self::with(|_| {})
-    }
-
-    fn with(tweak: impl Fn(&mut StackConfig)) -> Self {
-        let now = Instant::now();
-        let mut c = StackConfig::new(Mode::Client, vec![CLIENT_V4, CLIENT_V6]);
-        c.seed = 1;
-        tweak(&mut c);
-        let mut s = StackConfig::new(Mode::Terminate, vec![EGRESS_V4, EGRESS_V6]);
-        s.seed = 2;
-        tweak(&mut s);
-        Self {
-            client: Stack::new(c, now).expect("client config"),
-            server: Stack::new(s, now).expect("server config"),
-            now,
-            client_events: Vec::new(),
-            server_events: Vec::new(),
-            crossed: 0,
-        }
-    }
-
-    /// Poll both sides and move packets until nothing moves.
-    fn pump(&mut self) {
-        for _ in 0..100_000 {
-            self.client.poll(self.now);
-            self.server.poll(self.now);
-            let mut moved = false;
-            while let Some(p) = self.client.pop_transmit() {
-                self.server.receive(&p);
-                moved = true;
-                self.crossed += 1;
-            }
-            while let Some(p) = self.server.pop_transmit() {
-                self.client.receive(&p);
-                moved = true;
-                self.crossed += 1;
-            }
-            while let Some(e) = self.client.poll_event() {
-                self.client_events.push(e);
-            }
-            while let Some(e) = self.server.poll_event() {
-                self.server_events.push(e);
-            }
-            if !moved {
-                return;
-            }
-        }
-        panic!("stacks never went idle");
-    }
-
-    /// Move the clock forward in steps (so timers fire in order), pumping at each.
-    fn advance(&mut self, by: Duration) {
-        let end = self.now + by;
-        while self.now < end {
-            let next = [self.client.poll_at(self.now), self.server.poll_at(self.now)]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(end)
-                .clamp(self.now + Duration::from_millis(1), end);
-            self.now = next;
-            self.pump();
-        }
-    }
-
-    fn incoming(&mut self) -> Vec<(FlowId, SocketAddr, SocketAddr)> {
-        let mut out = Vec::new();
-        self.server_events.retain(|e| match e {
-            Event::TcpIncoming { flow, src, dst } => {
-                out.push((*flow, *src, *dst));
-                false
-            }
-            _ => true,
-        });
-        out
-    }
-
-    /// Connect and accept one flow; returns (client flow, server flow).
-    fn open(&mut self, to: SocketAddr) -> (FlowId, FlowId) {
-        let c = self.client.connect(to).expect("connect");
-        self.pump();
-        let incoming = self.incoming();
-        assert_eq!(incoming.len(), 1, "one SYN reported");
-        let (s, src, d) = incoming[0];
-        assert_eq!(d, to);
-        assert_eq!(Some((src, to)), self.client.endpoints(c));
-        self.server.accept(s).expect("accept");
-        self.pump();
-        assert_eq!(self.client.state(c), Some(TcpState::Established));
-        assert_eq!(self.server.state(s), Some(TcpState::Established));
-        (c, s)
-    }
-}
-
-/// Write all of `data` from one side and read it on the other, pumping between.
-fn transfer(pair: &mut Pair, from_client: bool, from: FlowId, to: FlowId, data: &[u8]) -> Vec<u8> {
-    let mut sent = 0;
-    let mut got = Vec::new();
-    let mut buf = vec![0; 64 * 1024];
-    for _ in 0..100_000 {
-        let (tx, rx) = if from_client {
-            (&mut pair.client, &mut pair.server)
-        } else {
-            (&mut pair.server, &mut pair.client)
-        };
-        if sent < data.len() {
-            match tx.send(from, &data[sent..]) {
-                Ok(n) => sent += n,
-                Err(FlowError::WouldBlock) => {}
-                Err(e) => panic!("send: {e}"),
-            }
-        }
-        loop {
-            match rx.recv(to, &mut buf) {
-                Ok(0) => panic!("unexpected EOF"),
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(FlowError::WouldBlock) => break,
-                Err(e) => panic!("recv: {e}"),
-            }
-        }
-        if got.len() == data.len() {
-            return got;
-        }
-        pair.pump();
-    }
-    panic!("transfer stalled at {} of {} bytes", got.len(), data.len());
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
-}
 
 #[test]
 fn handshake_data_both_ways_and_fin() {
@@ -575,4 +422,87 @@ fn config_errors_are_typed() {
         ),
         Err(ConfigError::InvalidAddress(_))
     ));
+}
+
+#[test]
+fn idle_flows_give_their_buffers_back_and_carry_data_after() {
+    let after = StackConfig::DEFAULT_IDLE_BUFFERS_AFTER;
+    let mut pair = Pair::new();
+    let (c, s) = pair.open(dst());
+    // More than a buffer each way, so every page of both ends' buffers was written.
+    let up = pattern(600 * 1024, 1);
+    assert_eq!(transfer(&mut pair, true, c, s, &up), up);
+    let down = pattern(600 * 1024, 2);
+    assert_eq!(transfer(&mut pair, false, s, c, &down), down);
+    let given_back = |pair: &Pair| {
+        (
+            pair.client.stats().buffers_given_back,
+            pair.server.stats().buffers_given_back,
+        )
+    };
+
+    pair.advance(after - Duration::from_millis(100));
+    assert_eq!(
+        given_back(&pair),
+        (0, 0),
+        "not before the flow was quiet for {after:?}"
+    );
+    pair.advance(Duration::from_millis(200));
+    assert_eq!(given_back(&pair), (1, 1), "both ends, once each");
+    pair.advance(after * 3);
+    assert_eq!(
+        given_back(&pair),
+        (1, 1),
+        "nothing moved since: nothing more to give"
+    );
+
+    // The connection carries data as before, both ways, and gives back again when quiet.
+    let up = pattern(300 * 1024, 3);
+    assert_eq!(transfer(&mut pair, true, c, s, &up), up);
+    let down = pattern(300 * 1024, 4);
+    assert_eq!(transfer(&mut pair, false, s, c, &down), down);
+    pair.advance(after + Duration::from_millis(100));
+    assert_eq!(given_back(&pair), (2, 2));
+}
+
+#[test]
+fn a_flow_holding_data_keeps_its_buffers_until_it_is_read() {
+    let after = StackConfig::DEFAULT_IDLE_BUFFERS_AFTER;
+    let mut pair = Pair::new();
+    let (c, s) = pair.open(dst());
+    let data = pattern(100 * 1024, 5);
+    assert_eq!(pair.client.send(c, &data), Ok(data.len()));
+    pair.pump();
+    assert_eq!(pair.server.recv_queue(s), data.len(), "arrived, unread");
+
+    pair.advance(after * 3);
+    assert_eq!(
+        pair.server.stats().buffers_given_back,
+        0,
+        "unread data is kept"
+    );
+    assert_eq!(
+        pair.client.stats().buffers_given_back,
+        1,
+        "the sender's are empty"
+    );
+    let mut got = vec![0; data.len()];
+    let mut read = 0;
+    while read < data.len() {
+        read += pair.server.recv(s, &mut got[read..]).expect("recv");
+    }
+    assert_eq!(got, data, "what was held is intact");
+    pair.advance(after + Duration::from_millis(100));
+    assert_eq!(pair.server.stats().buffers_given_back, 1);
+}
+
+#[test]
+fn idle_buffers_stay_when_giving_back_is_off() {
+    let mut pair = Pair::with(|c| c.idle_buffers_after = None);
+    let (c, s) = pair.open(dst());
+    let data = pattern(64 * 1024, 6);
+    assert_eq!(transfer(&mut pair, true, c, s, &data), data);
+    pair.advance(StackConfig::DEFAULT_IDLE_BUFFERS_AFTER * 4);
+    assert_eq!(pair.client.stats().buffers_given_back, 0);
+    assert_eq!(pair.server.stats().buffers_given_back, 0);
 }

@@ -1219,6 +1219,30 @@ impl<'a> Socket<'a> {
         !self.rx_buffer.is_empty()
     }
 
+    /// OpenRelay patch: the storage of both buffers, receive then send, while the
+    /// connection holds no data (nothing to send or unacknowledged, nothing to read,
+    /// nothing received out of order); `None` otherwise.
+    ///
+    /// An empty buffer's bytes are written before they are read again, so the caller may
+    /// do what it likes with them: a program that keeps many idle connections can give
+    /// their pages back to the system (a buffer sized for a fast connection is mostly
+    /// pages that one burst touched). Both buffers restart at their beginning, as the send
+    /// buffer already does when data follows an empty moment, so a connection that then
+    /// carries little touches only its first pages.
+    pub fn idle_buffers(&mut self) -> Option<(&mut [u8], &mut [u8])> {
+        if !self.rx_buffer.is_empty() || !self.tx_buffer.is_empty() || !self.assembler.is_empty()
+        {
+            return None;
+        }
+        self.rx_buffer.clear();
+        self.tx_buffer.clear();
+        let (rx_capacity, tx_capacity) = (self.rx_buffer.capacity(), self.tx_buffer.capacity());
+        Some((
+            self.rx_buffer.get_unallocated(0, rx_capacity),
+            self.tx_buffer.get_unallocated(0, tx_capacity),
+        ))
+    }
+
     fn send_impl<'b, F, R>(&'b mut self, f: F) -> Result<R, SendError>
     where
         F: FnOnce(&'b mut SocketBuffer<'a>) -> (usize, R),
@@ -8060,6 +8084,108 @@ mod test {
             (buffer.len(), ())
         })
         .unwrap();
+    }
+
+    /// OpenRelay patch: `idle_buffers` hands out the storage only while no data is held
+    /// (unread, unacknowledged, or out of order), and what the caller writes there does not
+    /// reach the data that comes after.
+    #[test]
+    fn test_idle_buffers() {
+        let mut s = socket_established_with_buffer_sizes(16, 16);
+        // Unread data: not idle.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"abcde"[..],
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 5),
+                window_len: 11,
+                ..RECV_TEMPL
+            }]
+        );
+        assert!(s.idle_buffers().is_none());
+        let mut read = [0u8; 16];
+        assert_eq!(s.recv_slice(&mut read), Ok(5));
+        // Read, and the receive buffer's next write would wrap past its end.
+        let (rx, tx) = s.idle_buffers().expect("nothing held");
+        assert_eq!((rx.len(), tx.len()), (16, 16));
+        rx.fill(0xaa);
+        tx.fill(0xaa);
+        // Data received out of order is held in the unallocated part: not idle.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 5 + 2,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"hi"[..],
+                ..SEND_TEMPL
+            },
+            Some(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 5),
+                window_len: 16,
+                ..RECV_TEMPL
+            })
+        );
+        assert!(s.idle_buffers().is_none());
+        // The gap filled: acknowledged at once, up to the end of what came out of order.
+        let reply = send(
+            &mut s,
+            Instant::from_millis(0),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 5,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"fg"[..],
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(reply.and_then(|r| r.ack_number), Some(REMOTE_SEQ + 1 + 9));
+        assert_eq!(s.recv_slice(&mut read), Ok(4));
+        assert_eq!(&read[..4], b"fghi");
+        // Unacknowledged data to send: not idle.
+        assert_eq!(s.send_slice(b"xyz"), Ok(3));
+        assert!(s.idle_buffers().is_none());
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 9),
+                payload: &b"xyz"[..],
+                window_len: 16,
+                ..RECV_TEMPL
+            }]
+        );
+        assert!(s.idle_buffers().is_none(), "sent but not acknowledged");
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 9,
+                ack_number: Some(LOCAL_SEQ + 1 + 3),
+                ..SEND_TEMPL
+            }
+        );
+        let (rx, tx) = s.idle_buffers().expect("acknowledged and read");
+        rx.fill(0x55);
+        tx.fill(0x55);
+        assert_eq!(s.send_slice(b"uvw"), Ok(3));
+        recv!(
+            s,
+            [TcpRepr {
+                seq_number: LOCAL_SEQ + 1 + 3,
+                ack_number: Some(REMOTE_SEQ + 1 + 9),
+                payload: &b"uvw"[..],
+                window_len: 16,
+                ..RECV_TEMPL
+            }]
+        );
     }
 
     #[test]

@@ -1,0 +1,82 @@
+//! Idle flows give their buffers' pages back: a flow that has moved no data for
+//! [`StackConfig::idle_buffers_after`](crate::StackConfig::idle_buffers_after) and holds none
+//! hands its two buffers to [`pages::give_back`]. One deadline for the whole stack, the
+//! earliest a flow could be due, keeps the check off the per-packet path.
+
+use std::time::Instant;
+
+use smoltcp::socket::tcp;
+
+use crate::{pages, FlowId, Stack};
+
+/// A flow's place in the giving back of idle buffers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Quiet {
+    /// When the flow last moved data (or got its socket).
+    since: Instant,
+    /// Its pages went back since then.
+    given_back: bool,
+}
+
+impl Quiet {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            since: now,
+            given_back: false,
+        }
+    }
+}
+
+impl Stack {
+    /// `flow` moved data (or got its socket): its buffers are in use again.
+    pub(crate) fn note_activity(&mut self, flow: FlowId) {
+        let Some(after) = self.config.idle_buffers_after else {
+            return;
+        };
+        let now = self.now;
+        if let Some(entry) = self.flows.get_mut(&flow) {
+            entry.quiet = Quiet::new(now);
+            let due = now + after;
+            self.idle_check_at = Some(self.idle_check_at.map_or(due, |at| at.min(due)));
+        }
+    }
+
+    /// When [`give_back_idle`](Self::give_back_idle) has work, if ever.
+    pub(crate) fn idle_check_at(&self) -> Option<Instant> {
+        self.idle_check_at
+    }
+
+    /// Gives back the buffers of every flow quiet for long enough that holds no data, once
+    /// the deadline has come; flows still holding data are looked at again a period later.
+    pub(crate) fn give_back_idle(&mut self) {
+        let (Some(after), Some(at)) = (self.config.idle_buffers_after, self.idle_check_at) else {
+            return;
+        };
+        if self.now < at {
+            return;
+        }
+        let now = self.now;
+        let mut next: Option<Instant> = None;
+        for entry in self.flows.values_mut() {
+            let Some(handle) = entry.socket else {
+                continue;
+            };
+            if entry.quiet.given_back {
+                continue;
+            }
+            let mut due = entry.quiet.since + after;
+            if due <= now {
+                if let Some((rx, tx)) = self.sockets.get_mut::<tcp::Socket>(handle).idle_buffers() {
+                    pages::give_back(rx);
+                    pages::give_back(tx);
+                    entry.quiet.given_back = true;
+                    self.stats.buffers_given_back += 1;
+                    continue;
+                }
+                due = now + after;
+            }
+            next = Some(next.map_or(due, |n| n.min(due)));
+        }
+        self.idle_check_at = next;
+    }
+}
