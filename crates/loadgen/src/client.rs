@@ -77,7 +77,7 @@ pub struct Traffic {
     pub rest_after: Option<Duration>,
     /// Where each client opens one TCP connection once admitted and keeps it open, idle
     /// (`None`: no TCP).
-    pub tcp_sink: Option<SocketAddr>,
+    pub tcp_sink: Option<crate::tcp::Target>,
 }
 
 /// One client session against the relay.
@@ -267,8 +267,12 @@ impl Client {
                 self.encapsulate(now, &ip, out);
             }
         }
-        if let Some(sink) = traffic.tcp_sink.and_then(crate::tcp::v4) {
-            let (conn, syn) = crate::tcp::Conn::connect(SocketAddrV4::new(addr, TCP_PORT), sink);
+        if let Some((sink, target)) = traffic
+            .tcp_sink
+            .and_then(|t| Some((crate::tcp::v4(t.addr)?, t)))
+        {
+            let local = SocketAddrV4::new(addr, TCP_PORT);
+            let (conn, syn) = crate::tcp::Conn::connect(local, sink, target.answer_len);
             self.tcp = Some(conn);
             self.encapsulate(now, &syn, out);
         }

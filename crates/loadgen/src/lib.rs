@@ -71,20 +71,24 @@ impl Drop for Sink {
     }
 }
 
-/// A TCP listener that answers each connection's request with as many bytes and then keeps
-/// the connection open until the client or the egress closes it, as a server of idle
-/// connections does.
+/// A TCP listener that answers each connection's request with a given number of bytes and
+/// then keeps the connection open until the client or the egress closes it, as a server of
+/// idle connections does.
 pub struct TcpSink {
-    addr: SocketAddr,
+    target: tcp::Target,
     accepted: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl TcpSink {
-    /// Listens on `127.0.0.1` on the current tokio runtime.
-    pub async fn start() -> io::Result<Self> {
+    /// Listens on `127.0.0.1` on the current tokio runtime; answers each request with
+    /// `answer_len` bytes.
+    pub async fn start(answer_len: usize) -> io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
+        let target = tcp::Target {
+            addr: listener.local_addr()?,
+            answer_len,
+        };
         let accepted = Arc::new(AtomicU64::new(0));
         let counter = accepted.clone();
         let task = tokio::spawn(async move {
@@ -94,7 +98,15 @@ impl TcpSink {
                     use tokio::io::{AsyncReadExt, AsyncWriteExt};
                     let mut request = vec![0u8; tcp::REQUEST.len()];
                     if stream.read_exact(&mut request).await.is_ok() {
-                        let _ = stream.write_all(&request).await;
+                        let chunk = [b'.'; 16 * 1024];
+                        let mut left = answer_len;
+                        while left > 0 {
+                            let n = left.min(chunk.len());
+                            if stream.write_all(&chunk[..n]).await.is_err() {
+                                return;
+                            }
+                            left -= n;
+                        }
                     }
                     let mut rest = [0u8; 64];
                     while matches!(stream.read(&mut rest).await, Ok(n) if n > 0) {}
@@ -102,15 +114,15 @@ impl TcpSink {
             }
         });
         Ok(Self {
-            addr,
+            target,
             accepted,
             task,
         })
     }
 
-    /// Where clients connect.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// Where clients connect, and how much each is answered.
+    pub fn target(&self) -> tcp::Target {
+        self.target
     }
 
     /// Connections accepted so far.

@@ -63,6 +63,11 @@ struct Args {
     /// session. With --packets 0 the sessions hold no UDP flow.
     #[arg(long)]
     tcp: bool,
+    /// With --tcp: bytes of the answer to each connection's request, after which the
+    /// connection idles. More than the egress's 256 KiB buffer touches all of its pages, as
+    /// a download does.
+    #[arg(long, default_value_t = loadgen::tcp::REQUEST.len(), requires = "tcp")]
+    tcp_answer_bytes: usize,
     /// Seconds to wait after the last admission before measuring idle memory and CPU. The
     /// clients keep their tunnels running meanwhile (keepalives, handshake answers). Past
     /// the rest time (--rest-after-secs) the clients have rested, and the relay's sessions
@@ -93,7 +98,11 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let sink = Sink::start().await.context("cannot bind the UDP sink")?;
     let tcp_sink = match args.tcp {
-        true => Some(TcpSink::start().await.context("cannot listen for TCP")?),
+        true => Some(
+            TcpSink::start(args.tcp_answer_bytes)
+                .await
+                .context("cannot listen for TCP")?,
+        ),
         false => None,
     };
     let ticks = proc::ticks_per_sec();
@@ -128,7 +137,7 @@ async fn measure(
             payload_len: args.payload,
             rest_after: (args.rest_after_secs > 0)
                 .then(|| Duration::from_secs(args.rest_after_secs)),
-            tcp_sink: tcp_sink.map(TcpSink::addr),
+            tcp_sink: tcp_sink.map(TcpSink::target),
         },
         retry_after: Duration::from_secs(args.retry_secs),
         max_attempts: 5,
@@ -235,8 +244,8 @@ fn print_report(r: &Report<'_>) {
     );
     if let Some((accepted, replied)) = r.tcp {
         println!(
-            "  TCP sink         {accepted} of {} connections accepted; {replied} clients got their answer and hold the connection open",
-            o.admitted
+            "  TCP sink         {accepted} of {} connections accepted; {replied} clients got their answer ({} bytes) and hold the connection open",
+            o.admitted, r.args.tcp_answer_bytes
         );
     }
     if let Some(c) = &r.counters {

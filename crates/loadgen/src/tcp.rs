@@ -12,8 +12,17 @@ use smoltcp::wire::{
     IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
 
-/// What the client asks for once connected; the sink answers with as many bytes.
+/// What the client asks for once connected.
 pub const REQUEST: &[u8] = b"openrelay-loadgen: hold this connection open\n";
+
+/// Where clients connect, and how many bytes the listener there answers each request with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// The listener.
+    pub addr: SocketAddr,
+    /// Bytes of each answer.
+    pub answer_len: usize,
+}
 /// The window the client advertises.
 const WINDOW: u16 = 65_535;
 /// The client's initial sequence number (one connection per client, never reused).
@@ -40,11 +49,18 @@ pub struct Conn {
     rcv_nxt: TcpSeqNumber,
     /// Reply bytes received in order.
     received: usize,
+    /// Reply bytes expected.
+    answer_len: usize,
 }
 
 impl Conn {
     /// A connection about to open; the SYN to send into the tunnel comes with it.
-    pub fn connect(local: SocketAddrV4, remote: SocketAddrV4) -> (Self, Vec<u8>) {
+    /// The whole answer is `answer_len` bytes.
+    pub fn connect(
+        local: SocketAddrV4,
+        remote: SocketAddrV4,
+        answer_len: usize,
+    ) -> (Self, Vec<u8>) {
         let conn = Self {
             local,
             remote,
@@ -52,6 +68,7 @@ impl Conn {
             snd_nxt: TcpSeqNumber(ISN) + 1,
             rcv_nxt: TcpSeqNumber(0),
             received: 0,
+            answer_len,
         };
         let syn = conn.segment(TcpControl::Syn, TcpSeqNumber(ISN), None, &[]);
         (conn, syn)
@@ -64,7 +81,7 @@ impl Conn {
 
     /// Whether the whole reply to the request has arrived.
     pub fn replied(&self) -> bool {
-        self.received >= REQUEST.len()
+        self.received >= self.answer_len
     }
 
     /// Takes an IP packet out of the tunnel; returns the segment to send back, if any.
@@ -197,6 +214,7 @@ mod tests {
             snd_nxt: TcpSeqNumber(seq),
             rcv_nxt: TcpSeqNumber(ack),
             received: 0,
+            answer_len: 0,
         };
         server.segment(control, TcpSeqNumber(seq), Some(TcpSeqNumber(ack)), payload)
     }
@@ -222,7 +240,7 @@ mod tests {
 
     #[test]
     fn a_connection_opens_sends_its_request_acks_the_answer_and_probes() {
-        let (mut conn, syn) = Conn::connect(CLIENT, SERVER);
+        let (mut conn, syn) = Conn::connect(CLIENT, SERVER, REQUEST.len());
         assert_eq!(read(&syn), (ISN, None, 0, TcpControl::Syn));
         // Not this connection's: another port.
         let mut other = from_server(TcpControl::Syn, 5_000, ISN + 1, &[]);

@@ -307,9 +307,11 @@ async fn sessions_with_a_tcp_sink_hold_one_open_connection_each() {
     let key = StaticSecret::generate();
     let egress = start_egress(&key).await;
     let sink = Sink::start().await.unwrap();
-    let tcp = loadgen::TcpSink::start().await.unwrap();
+    let tcp = loadgen::TcpSink::start(loadgen::tcp::REQUEST.len())
+        .await
+        .unwrap();
     let mut plan = plan(&egress, &key, &sink, N, 0);
-    plan.traffic.tcp_sink = Some(tcp.addr());
+    plan.traffic.tcp_sink = Some(tcp.target());
 
     let (outcome, mut clients) = drive(&plan).await.unwrap();
     assert_eq!((outcome.admitted, outcome.failed), (N, 0), "{outcome:?}");
@@ -322,4 +324,26 @@ async fn sessions_with_a_tcp_sink_hold_one_open_connection_each() {
     let c = egress.current();
     assert_eq!(c.stacks_started - c.stacks_stopped, N as u64, "{c}");
     assert_eq!(c.udp_flows_opened, 0);
+}
+
+/// A large answer (more than the egress's 256 KiB send buffer) reaches every client in
+/// order through the generator's minimal TCP, which acknowledges each segment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_get_an_answer_larger_than_the_egress_buffer() {
+    const N: usize = 6;
+    const ANSWER: usize = 300 * 1024;
+    let key = StaticSecret::generate();
+    let egress = start_egress(&key).await;
+    let sink = Sink::start().await.unwrap();
+    let tcp = loadgen::TcpSink::start(ANSWER).await.unwrap();
+    let mut plan = plan(&egress, &key, &sink, N, 0);
+    plan.traffic.tcp_sink = Some(tcp.target());
+
+    let (outcome, mut clients) = drive(&plan).await.unwrap();
+    assert_eq!((outcome.admitted, outcome.failed), (N, 0), "{outcome:?}");
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    while clients.tcp_replied() < N && tokio::time::Instant::now() < end {
+        clients.keep_for(Duration::from_millis(100)).await;
+    }
+    assert_eq!(clients.tcp_replied(), N, "clients with all {ANSWER} bytes");
 }
