@@ -298,28 +298,34 @@ async fn a_slow_quote_does_not_hold_up_other_sessions() {
     assert_eq!(counted, 1);
 }
 
+/// Drives `n` sessions, each opening one connection through the egress's userspace stack to
+/// a TCP sink that answers with `answer` bytes, and waits until every client has the whole
+/// answer (they then keep the connection open). Returns the egress and the sink.
+async fn tcp_sessions(n: usize, answer: usize) -> (relay::run::RelayHandle, loadgen::TcpSink) {
+    let key = StaticSecret::generate();
+    let egress = start_egress(&key).await;
+    let sink = Sink::start().await.unwrap();
+    let tcp = loadgen::TcpSink::start(answer).await.unwrap();
+    let mut plan = plan(&egress, &key, &sink, n, 0);
+    plan.traffic.tcp_sink = Some(tcp.target());
+
+    let (outcome, mut clients) = drive(&plan).await.unwrap();
+    assert_eq!((outcome.admitted, outcome.failed), (n, 0), "{outcome:?}");
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    while clients.tcp_replied() < n && tokio::time::Instant::now() < end {
+        clients.keep_for(Duration::from_millis(100)).await;
+    }
+    assert_eq!(clients.tcp_replied(), n, "clients with all {answer} bytes");
+    (egress, tcp)
+}
+
 /// With a TCP sink, every admitted session opens one connection through the egress's
 /// userspace stack, gets the whole answer to its request and keeps the connection open;
 /// without UDP packets, it opens no UDP flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_with_a_tcp_sink_hold_one_open_connection_each() {
     const N: usize = 50;
-    let key = StaticSecret::generate();
-    let egress = start_egress(&key).await;
-    let sink = Sink::start().await.unwrap();
-    let tcp = loadgen::TcpSink::start(loadgen::tcp::REQUEST.len())
-        .await
-        .unwrap();
-    let mut plan = plan(&egress, &key, &sink, N, 0);
-    plan.traffic.tcp_sink = Some(tcp.target());
-
-    let (outcome, mut clients) = drive(&plan).await.unwrap();
-    assert_eq!((outcome.admitted, outcome.failed), (N, 0), "{outcome:?}");
-    let end = tokio::time::Instant::now() + Duration::from_secs(10);
-    while clients.tcp_replied() < N && tokio::time::Instant::now() < end {
-        clients.keep_for(Duration::from_millis(100)).await;
-    }
-    assert_eq!(clients.tcp_replied(), N, "clients with their answer");
+    let (egress, tcp) = tcp_sessions(N, loadgen::tcp::REQUEST.len()).await;
     assert_eq!(tcp.accepted(), N as u64);
     let c = egress.current();
     assert_eq!(c.stacks_started - c.stacks_stopped, N as u64, "{c}");
@@ -330,20 +336,5 @@ async fn sessions_with_a_tcp_sink_hold_one_open_connection_each() {
 /// order through the generator's minimal TCP, which acknowledges each segment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_get_an_answer_larger_than_the_egress_buffer() {
-    const N: usize = 6;
-    const ANSWER: usize = 300 * 1024;
-    let key = StaticSecret::generate();
-    let egress = start_egress(&key).await;
-    let sink = Sink::start().await.unwrap();
-    let tcp = loadgen::TcpSink::start(ANSWER).await.unwrap();
-    let mut plan = plan(&egress, &key, &sink, N, 0);
-    plan.traffic.tcp_sink = Some(tcp.target());
-
-    let (outcome, mut clients) = drive(&plan).await.unwrap();
-    assert_eq!((outcome.admitted, outcome.failed), (N, 0), "{outcome:?}");
-    let end = tokio::time::Instant::now() + Duration::from_secs(60);
-    while clients.tcp_replied() < N && tokio::time::Instant::now() < end {
-        clients.keep_for(Duration::from_millis(100)).await;
-    }
-    assert_eq!(clients.tcp_replied(), N, "clients with all {ANSWER} bytes");
+    tcp_sessions(6, 300 * 1024).await;
 }
