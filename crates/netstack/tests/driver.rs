@@ -17,9 +17,18 @@ const MIB: usize = 1024 * 1024;
 
 /// Start both stacks, wired back to back.
 fn pair() -> (StackHandle, StackHandle) {
+    pair_with(|_| {})
+}
+
+/// [`pair`] with both stacks' configs adjusted by `tweak`.
+fn pair_with(tweak: impl Fn(&mut StackConfig)) -> (StackHandle, StackHandle) {
     let now = std::time::Instant::now();
-    let client = Stack::new(StackConfig::new(Mode::Client, vec![CLIENT]), now).expect("config");
-    let server = Stack::new(StackConfig::new(Mode::Terminate, vec![EGRESS]), now).expect("config");
+    let mut client_config = StackConfig::new(Mode::Client, vec![CLIENT]);
+    tweak(&mut client_config);
+    let mut server_config = StackConfig::new(Mode::Terminate, vec![EGRESS]);
+    tweak(&mut server_config);
+    let client = Stack::new(client_config, now).expect("config");
+    let server = Stack::new(server_config, now).expect("config");
     let (c2s_tx, c2s_rx) = mpsc::channel(512);
     let (s2c_tx, s2c_rx) = mpsc::channel(512);
     (
@@ -203,6 +212,56 @@ async fn fin_gives_eof_and_dropped_flows_are_freed() {
     })
     .await
     .expect("both sides free the flow");
+}
+
+/// A quiet flow's stacks wake by themselves to give its buffers' pages back (no packet
+/// arrives to make them poll), and the flow carries data as before afterwards.
+#[tokio::test]
+async fn quiet_flows_give_their_buffers_back_on_their_own() {
+    let (client, relay) = pair_with(|c| c.idle_buffers_after = Some(Duration::from_millis(200)));
+    let mut incoming = relay.incoming().expect("terminate mode");
+    let echo = tokio::spawn(async move {
+        let flow = incoming
+            .recv()
+            .await
+            .expect("flow")
+            .accept()
+            .await
+            .expect("accept");
+        let (mut r, mut w) = tokio::io::split(flow);
+        tokio::io::copy(&mut r, &mut w).await.expect("echo")
+    });
+    let flow = client
+        .connect("198.51.100.1:7".parse().expect("literal"))
+        .await
+        .expect("connect");
+    let (mut r, mut w) = tokio::io::split(flow);
+    for (round, len) in [(1, 300 * 1024), (2, 100 * 1024)] {
+        let data = pattern(len, round);
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            w.write_all(&sent).await.expect("write");
+            w
+        });
+        let mut back = vec![0; len];
+        r.read_exact(&mut back).await.expect("echoed");
+        w = writer.await.expect("writer");
+        assert!(back == data, "round {round}: the echo matches");
+        let given_back = u64::from(round);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while client.stats().buffers_given_back < given_back
+                || relay.stats().buffers_given_back < given_back
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("both stacks give the quiet flow's buffers back");
+    }
+    w.shutdown().await.expect("shutdown");
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).await.expect("eof");
+    assert_eq!(echo.await.expect("echo"), 400 * 1024);
 }
 
 /// Like [`pair`], with the way into the terminate stack through a task of the test's:
