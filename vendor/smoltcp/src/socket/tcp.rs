@@ -2427,7 +2427,17 @@ impl<'a> Socket<'a> {
             // now for whatever reason (like zero window), this avoids an
             // infinite polling loop where `poll_at` returns `Now` but `dispatch`
             // can't actually do anything.
-            self.timer.set_for_idle(cx.now(), self.keep_alive);
+            //
+            // OpenRelay patch: but a zero window with data waiting is probed. The
+            // window update that reopens it may have come only on segments we
+            // dropped as old duplicates, and then nothing else would ever make us
+            // send: the connection sat idle until its timeout aborted it.
+            if self.remote_win_len == 0 && !self.tx_buffer.is_empty() {
+                let delay = self.rtte.retransmission_timeout();
+                self.timer.set_for_zero_window_probe(cx.now(), delay);
+            } else {
+                self.timer.set_for_idle(cx.now(), self.keep_alive);
+            }
 
             // Inform RTTE, so that it can avoid bogus measurements.
             self.rtte.on_retransmit();
@@ -2554,9 +2564,14 @@ impl<'a> Socket<'a> {
                     0
                 };
 
-                // To send a zero-window-probe, force the window limit to at least 1 byte.
+                // OpenRelay patch: a zero-window probe carries no new data; it goes out
+                // as a keep-alive does (below), one octet the peer already has, which it
+                // answers with its window. A probe of the next new octet could be taken
+                // by a peer whose window had just reopened, while this side went on as if
+                // it had not been sent: its next segments came one below what the peer
+                // expected and were dropped, ACKs included. Two sides probing each other
+                // at once then waited for each other's ACKs until the timeout.
                 if win_limit == 0 && self.timer.should_zero_window_probe(cx.now()) {
-                    win_limit = 1;
                     is_zero_window_probe = true;
                 }
 
@@ -2595,7 +2610,7 @@ impl<'a> Socket<'a> {
         // sequence space will elicit an ACK, we only need to send an explicit packet if we
         // couldn't fill the sequence space with anything.
         let is_keep_alive;
-        if self.timer.should_keep_alive(cx.now()) && repr.is_empty() {
+        if (is_zero_window_probe || self.timer.should_keep_alive(cx.now())) && repr.is_empty() {
             repr.seq_number = repr.seq_number - 1;
             repr.payload = b"\x00"; // RFC 1122 says we should do this
             is_keep_alive = true;
@@ -7540,9 +7555,9 @@ mod test {
             s,
             time 1000,
             [TcpRepr {
-                seq_number: LOCAL_SEQ + 1,
+                seq_number: LOCAL_SEQ,
                 ack_number: Some(REMOTE_SEQ + 1),
-                payload: &b"a"[..],
+                payload: &b"\x00"[..],
                 ..RECV_TEMPL
             }]
         );
@@ -7552,7 +7567,7 @@ mod test {
             time 1010,
             TcpRepr {
                 seq_number: REMOTE_SEQ + 1,
-                ack_number: Some(LOCAL_SEQ + 2),
+                ack_number: Some(LOCAL_SEQ + 1),
                 window_len: 6,
                 ..SEND_TEMPL
             }
@@ -7562,9 +7577,9 @@ mod test {
             s,
             time 1010,
             [TcpRepr {
-                seq_number: LOCAL_SEQ + 2,
+                seq_number: LOCAL_SEQ + 1,
                 ack_number: Some(REMOTE_SEQ + 1),
-                payload: &b"bcdef1"[..],
+                payload: &b"abcdef"[..],
                 ..RECV_TEMPL
             }]
         );
@@ -7589,9 +7604,9 @@ mod test {
             s,
             time 1000,
             [TcpRepr {
-                seq_number: LOCAL_SEQ + 1,
+                seq_number: LOCAL_SEQ,
                 ack_number: Some(REMOTE_SEQ + 1),
-                payload: &b"a"[..],
+                payload: &b"\x00"[..],
                 ..RECV_TEMPL
             }]
         );
@@ -7611,9 +7626,9 @@ mod test {
             s,
             time 3000,
             [TcpRepr {
-                seq_number: LOCAL_SEQ + 1,
+                seq_number: LOCAL_SEQ,
                 ack_number: Some(REMOTE_SEQ + 1),
-                payload: &b"a"[..],
+                payload: &b"\x00"[..],
                 ..RECV_TEMPL
             }]
         );
@@ -7633,9 +7648,9 @@ mod test {
             s,
             time 7000,
             [TcpRepr {
-                seq_number: LOCAL_SEQ + 1,
+                seq_number: LOCAL_SEQ,
                 ack_number: Some(REMOTE_SEQ + 1),
-                payload: &b"a"[..],
+                payload: &b"\x00"[..],
                 ..RECV_TEMPL
             }]
         );
@@ -7660,9 +7675,9 @@ mod test {
             s,
             time 1000,
             [TcpRepr {
-                seq_number: LOCAL_SEQ + 1,
+                seq_number: LOCAL_SEQ,
                 ack_number: Some(REMOTE_SEQ + 1),
-                payload: &b"a"[..],
+                payload: &b"\x00"[..],
                 ..RECV_TEMPL
             }]
         );
@@ -7672,11 +7687,83 @@ mod test {
             s,
             time 3000,
             [TcpRepr {
-                seq_number: LOCAL_SEQ + 1,
+                seq_number: LOCAL_SEQ,
                 ack_number: Some(REMOTE_SEQ + 1),
-                payload: &b"a"[..],
+                payload: &b"\x00"[..],
                 ..RECV_TEMPL
             }]
+        );
+    }
+
+    /// OpenRelay patch: a retransmission timeout that finds the peer's window closed
+    /// starts zero-window probing; it left the socket idle, and nothing else made it send
+    /// again (a window update that came only on segments dropped as old duplicates was
+    /// lost for good, and the connection timed out).
+    #[test]
+    fn test_zero_window_at_retransmit_timeout_is_probed() {
+        let mut s = socket_established();
+        s.set_timeout(Some(Duration::from_secs(120)));
+        s.send_slice(b"abcdef").unwrap();
+        recv!(
+            s,
+            time 0,
+            Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..RECV_TEMPL
+            })
+        );
+        // The peer acknowledges nothing and closes its window, with data in flight: the
+        // retransmission timer runs, no probe yet.
+        send!(
+            s,
+            time 10,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 0,
+                ..SEND_TEMPL
+            }
+        );
+        // Past the retransmission timeout, something goes out before the connection's
+        // timeout: a one-byte probe.
+        let mut first = None;
+        for t in (20..119_000).step_by(10) {
+            s.cx.set_now(Instant::from_millis(t));
+            let _ = s.socket.dispatch(&mut s.cx, |_, (_, repr)| {
+                if first.is_none() {
+                    first = Some((t, repr.seq_number, repr.payload.to_vec()));
+                }
+                Ok::<(), ()>(())
+            });
+            if first.is_some() {
+                break;
+            }
+        }
+        let (at, seq, payload) = first.expect("a zero-window probe before the timeout");
+        assert_eq!((seq, &payload[..]), (LOCAL_SEQ, &b"\x00"[..]), "probe at {at} ms");
+        assert!(at <= 10_000, "probe at {at} ms");
+        // The peer's answer reopens the window; the rest goes out.
+        send!(
+            s,
+            time at,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 64,
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            time at,
+            Ok(TcpRepr {
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..RECV_TEMPL
+            })
         );
     }
 
@@ -7700,9 +7787,9 @@ mod test {
             s,
             time 1000,
             [TcpRepr {
-                seq_number: LOCAL_SEQ + 1,
+                seq_number: LOCAL_SEQ,
                 ack_number: Some(REMOTE_SEQ + 1),
-                payload: &b"a"[..],
+                payload: &b"\x00"[..],
                 ..RECV_TEMPL
             }]
         );
@@ -7712,39 +7799,40 @@ mod test {
             s,
             time 3000,
             [TcpRepr {
-                seq_number: LOCAL_SEQ + 1,
+                seq_number: LOCAL_SEQ,
                 ack_number: Some(REMOTE_SEQ + 1),
-                payload: &b"a"[..],
+                payload: &b"\x00"[..],
                 ..RECV_TEMPL
             }]
         );
 
-        // ack the ZWP byte, but still advertise zero window.
-        // this should restart the ZWP timer.
+        // OpenRelay patch: the probe is answered with the same ACK and still a zero
+        // window; no octet was taken, so the timer keeps its backed-off delay and the
+        // next probe comes 4 s after the last.
         send!(
             s,
             time 3100,
             TcpRepr {
                 seq_number: REMOTE_SEQ + 1,
-                ack_number: Some(LOCAL_SEQ + 2),
+                ack_number: Some(LOCAL_SEQ + 1),
                 window_len: 0,
                 ..SEND_TEMPL
             }
         );
 
-        // ZWP should be sent at 3100+1000 = 4100
-        recv_nothing!(s, time 4099);
+        recv_nothing!(s, time 6999);
         recv!(
             s,
-            time 4100,
+            time 7000,
             [TcpRepr {
-                seq_number: LOCAL_SEQ + 2,
+                seq_number: LOCAL_SEQ,
                 ack_number: Some(REMOTE_SEQ + 1),
-                payload: &b"b"[..],
+                payload: &b"\x00"[..],
                 ..RECV_TEMPL
             }]
         );
     }
+
 
     // =========================================================================================//
     // Tests for timeouts.
