@@ -1,13 +1,14 @@
 //! Two stacks over a link that loses and reorders packets: property test over writes,
-//! reads, waits, and packets lost or held back between them. Every byte read must be the
-//! byte written at that offset, and everything written must arrive and be acknowledged
-//! before the flows' 120 s timeout.
+//! reads, closes, waits, and packets lost or held back between them. Every byte read must
+//! be the byte written at that offset, everything written must arrive and be acknowledged
+//! before the flows' 120 s timeout, and once both sides have closed the flow must end at
+//! both.
 //!
 //! Each case runs twice, with idle flows' buffers given back (after a short 50 ms, so
 //! that waits cross it often, including while the receiver holds data that came out of
 //! order, which an empty-looking buffer must not give away) and with them kept.
 //!
-//! The property found two ways in which smoltcp 0.13.1 as published let a connection sit
+//! The property found three ways in which smoltcp 0.13.1 as published let a connection sit
 //! until its timeout reset it (vendor/smoltcp/PATCHES.md); each has its case below.
 
 mod support;
@@ -37,6 +38,8 @@ enum Step {
     },
     /// The clock moves on (retransmissions, delayed ACKs, giving back).
     Wait { ms: u64 },
+    /// The app on one side is done writing: FIN after its data.
+    Close { up: bool },
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -49,6 +52,7 @@ fn step() -> impl Strategy<Value = Step> {
         )
             .prop_map(|(hold, drop)| Step::Cross { hold, drop }),
         (0..400u64).prop_map(|ms| Step::Wait { ms }),
+        any::<bool>().prop_map(|up| Step::Close { up }),
     ]
 }
 
@@ -63,6 +67,10 @@ fn byte(up: bool, offset: usize) -> u8 {
 struct Stream {
     written: usize,
     read: usize,
+    /// The writer closed (sent FIN after its data).
+    closed: bool,
+    /// The reader saw the end of the stream, after every byte.
+    ended: bool,
 }
 
 struct World {
@@ -117,6 +125,9 @@ impl World {
 
     fn write(&mut self, up: bool, len: usize) {
         let (tx, flow, _, _, stream) = self.ends(up);
+        if stream.closed {
+            return;
+        }
         let data: Vec<u8> = (stream.written..stream.written + len)
             .map(|i| byte(up, i))
             .collect();
@@ -130,11 +141,22 @@ impl World {
     /// Reads what has arrived and checks every byte.
     fn read(&mut self, up: bool) -> Result<(), TestCaseError> {
         let (_, _, rx, flow, stream) = self.ends(up);
+        if stream.ended {
+            return Ok(());
+        }
         let mut buf = [0u8; 8192];
         loop {
             match rx.recv(flow, &mut buf) {
                 Ok(0) => {
-                    self.broken = true;
+                    prop_assert!(
+                        stream.closed && stream.read == stream.written,
+                        "end of stream {} after {} of {} bytes, closed: {}",
+                        if up { "up" } else { "down" },
+                        stream.read,
+                        stream.written,
+                        stream.closed
+                    );
+                    stream.ended = true;
                     return Ok(());
                 }
                 Ok(n) => {
@@ -197,6 +219,13 @@ impl World {
         }
     }
 
+    fn close(&mut self, up: bool) {
+        let (tx, flow, _, _, stream) = self.ends(up);
+        let failed = tx.close(flow).is_err();
+        stream.closed = true;
+        self.broken |= failed;
+    }
+
     fn wait(&mut self, ms: u64) {
         self.pair.now += Duration::from_millis(ms);
         let now = self.pair.now;
@@ -210,13 +239,19 @@ impl World {
 struct Outcome {
     /// Everything written was read and acknowledged, both ways.
     delivered: bool,
-    /// Times each end (client, server) gave its buffers back.
+    /// Times each end (client, server) gave its buffers back while the flow was open.
     given_back: (u64, u64),
+    /// A side closed during the steps.
+    closed_early: bool,
+    /// Once both sides closed: both readers saw the end after every byte, and the flow
+    /// ended at both ends.
+    finished: bool,
 }
 
 /// Plays `steps`, then a clean link for up to 150 s (past the flows' 120 s timeout) until
 /// everything written has been read and acknowledged both ways (a lost ACK waits for a
-/// retransmission); every byte read is checked on the way.
+/// retransmission), then a quiet time, then both sides close and the link runs until the
+/// flow has ended at both ends; every byte read is checked on the way.
 fn play(steps: &[Step], give_back: bool) -> Result<Outcome, TestCaseError> {
     let mut world = World::new(give_back);
     for step in steps {
@@ -225,17 +260,49 @@ fn play(steps: &[Step], give_back: bool) -> Result<Outcome, TestCaseError> {
             Step::Read { up } => world.read(up)?,
             Step::Cross { hold, drop } => world.cross(hold, drop),
             Step::Wait { ms } => world.wait(ms),
+            Step::Close { up } => world.close(up),
         }
     }
+    let closed_early = world.up.closed || world.down.closed;
     let (c, s) = world.flows;
-    let done = |w: &World| {
+    let delivered = run_until(&mut world, |w| {
         w.up.read == w.up.written
             && w.down.read == w.down.written
             && w.pair.client.send_queue(c) == 0
             && w.pair.server.send_queue(s) == 0
-    };
+    })?;
+    // Quiet now: the ends give their buffers back (once the last ACKs have crossed).
+    for _ in 0..4 {
+        world.cross(None, None);
+        world.wait(2 * IDLE.as_millis() as u64);
+    }
+    let given_back = (
+        world.pair.client.stats().buffers_given_back,
+        world.pair.server.stats().buffers_given_back,
+    );
+    for up in [true, false] {
+        if !world.ends(up).4.closed {
+            world.close(up);
+        }
+    }
+    let finished = run_until(&mut world, |w| {
+        w.up.ended
+            && w.down.ended
+            && w.pair.client.state(c).is_some_and(|t| t.is_closed())
+            && w.pair.server.state(s).is_some_and(|t| t.is_closed())
+    })?;
+    Ok(Outcome {
+        delivered,
+        given_back,
+        closed_early,
+        finished,
+    })
+}
+
+/// Runs a clean link, reading both ways, for up to 150 s until `done`; whether it came.
+fn run_until(world: &mut World, done: impl Fn(&World) -> bool) -> Result<bool, TestCaseError> {
     for _ in 0..1_500 {
-        if done(&world) || world.broken {
+        if done(world) || world.broken {
             break;
         }
         world.cross(None, None);
@@ -243,26 +310,14 @@ fn play(steps: &[Step], give_back: bool) -> Result<Outcome, TestCaseError> {
         world.read(false)?;
         world.wait(100);
     }
-    let delivered = done(&world) && !world.broken;
-    // Quiet now: the ends give their buffers back (once the last ACKs have crossed).
-    for _ in 0..4 {
-        world.cross(None, None);
-        world.wait(2 * IDLE.as_millis() as u64);
-    }
-    Ok(Outcome {
-        delivered,
-        given_back: (
-            world.pair.client.stats().buffers_given_back,
-            world.pair.server.stats().buffers_given_back,
-        ),
-    })
+    Ok(done(world) && !world.broken)
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
-    fn every_byte_arrives_intact_with_buffers_given_back_or_kept(
+    fn every_byte_arrives_intact_and_the_flow_ends_with_buffers_given_back_or_kept(
         steps in proptest::collection::vec(step(), 1..60)
     ) {
         let kept = play(&steps, false)?;
@@ -270,7 +325,11 @@ proptest! {
         prop_assert_eq!(kept.given_back, (0, 0));
         prop_assert!(kept.delivered, "stalled with the buffers kept");
         prop_assert!(given.delivered, "stalled with the buffers given back");
-        prop_assert!(given.given_back.0 >= 1 && given.given_back.1 >= 1, "{:?}", given);
+        prop_assert!(kept.finished, "did not end with the buffers kept: {:?}", kept);
+        prop_assert!(given.finished, "did not end with the buffers given back: {:?}", given);
+        if !given.closed_early {
+            prop_assert!(given.given_back.0 >= 1 && given.given_back.1 >= 1, "{:?}", given);
+        }
     }
 }
 
@@ -370,5 +429,46 @@ fn ends_probing_each_others_closed_window_at_once_recover() {
     for give_back in [false, true] {
         let outcome = play(&steps, give_back).expect("bytes intact");
         assert!(outcome.delivered, "give_back {give_back}: {outcome:?}");
+    }
+}
+
+/// The server closes; the client then fills the server's window, closes too (LAST-ACK
+/// with data still to send) and probes. Published smoltcp answered every ACK that
+/// acknowledged nothing new in LAST-ACK with a challenge ACK and went no further, so the
+/// window update that answered the probe was dropped each time.
+#[test]
+fn a_side_that_closed_with_data_waiting_takes_window_updates() {
+    use Step::*;
+    let steps = [
+        Write {
+            up: true,
+            len: 12421,
+        },
+        Cross {
+            hold: None,
+            drop: Some(1),
+        },
+        Close { up: false },
+        Cross {
+            hold: None,
+            drop: None,
+        },
+        Wait { ms: 0 },
+        Write {
+            up: true,
+            len: 3964,
+        },
+        Close { up: true },
+        Cross {
+            hold: None,
+            drop: None,
+        },
+    ];
+    for give_back in [false, true] {
+        let outcome = play(&steps, give_back).expect("bytes intact");
+        assert!(
+            outcome.delivered && outcome.finished,
+            "give_back {give_back}: {outcome:?}"
+        );
     }
 }

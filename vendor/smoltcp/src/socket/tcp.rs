@@ -2007,9 +2007,15 @@ impl<'a> Socket<'a> {
                     // Clear the remote endpoint, or we'll send an RST there.
                     self.set_state(State::Closed);
                     self.tuple = None;
-                } else if ack_len == 0 {
+                } else if ack_len == 0 && self.tx_buffer.is_empty() {
                     // Duplicate ACK; our FIN has not been acknowledged.
                     // Per RFC 9293 (3.10.7.4), send a challenge ACK.
+                    //
+                    // OpenRelay patch: only when the FIN is all that is outstanding.
+                    // With data still to send, an ACK that acknowledges nothing new is
+                    // how the peer's window update (the answer to a zero-window probe)
+                    // arrives; answering it with a challenge ACK dropped the update, and
+                    // the data waited for the timeout.
                     return self.challenge_ack_reply(cx, ip_repr, repr);
                 }
                 // Partial ACK: fall through to advance SND.UNA normally.
@@ -7761,6 +7767,50 @@ mod test {
             Ok(TcpRepr {
                 seq_number: LOCAL_SEQ + 1,
                 ack_number: Some(REMOTE_SEQ + 1),
+                payload: &b"abcdef"[..],
+                ..RECV_TEMPL
+            })
+        );
+    }
+
+    /// OpenRelay patch: in LAST-ACK with data still to send into a closed window, an ACK
+    /// that acknowledges nothing new but reopens the window is taken (it was answered with
+    /// a challenge ACK and dropped, and the data waited for the timeout).
+    #[test]
+    fn test_last_ack_with_data_waiting_takes_a_window_update() {
+        let mut s = socket_close_wait();
+        // The peer's window closes before anything is sent.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 0,
+                ..SEND_TEMPL
+            }
+        );
+        s.send_slice(b"abcdef").unwrap();
+        s.close();
+        assert_eq!(s.state, State::LastAck);
+        recv_nothing!(s, time 0);
+        // The window reopens on an ACK that acknowledges nothing new.
+        send!(
+            s,
+            time 10,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 64,
+                ..SEND_TEMPL
+            }
+        );
+        recv!(
+            s,
+            time 10,
+            Ok(TcpRepr {
+                control: TcpControl::Fin,
+                seq_number: LOCAL_SEQ + 1,
+                ack_number: Some(REMOTE_SEQ + 1 + 1),
                 payload: &b"abcdef"[..],
                 ..RECV_TEMPL
             })
