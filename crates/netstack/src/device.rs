@@ -20,6 +20,16 @@ pub(crate) struct Queues {
 }
 
 impl Queues {
+    /// Gives back the memory of an empty queue (see [`Stack::shrink_idle`](crate::Stack)).
+    pub(crate) fn shrink_idle(&mut self) {
+        if self.rx.is_empty() {
+            self.rx.shrink_to_fit();
+        }
+        if self.tx.is_empty() {
+            self.tx.shrink_to_fit();
+        }
+    }
+
     pub(crate) fn new(mtu: usize, tx_limit: usize) -> Self {
         Self {
             rx: VecDeque::new(),

@@ -1,7 +1,8 @@
 //! Idle flows give their buffers' pages back: a flow that has moved no data for
 //! [`StackConfig::idle_buffers_after`](crate::StackConfig::idle_buffers_after) and holds none
 //! hands its two buffers to [`pages::give_back`]. One deadline for the whole stack, the
-//! earliest a flow could be due, keeps the check off the per-packet path.
+//! earliest a flow could be due, keeps the check off the per-packet path. Once every flow
+//! has, the stack's empty queues give their memory back too.
 
 use std::time::Instant;
 
@@ -78,5 +79,27 @@ impl Stack {
             next = Some(next.map_or(due, |n| n.min(due)));
         }
         self.idle_check_at = next;
+        if next.is_none() {
+            self.shrink_idle();
+        }
+    }
+
+    /// Every flow is quiet: the queues that grew for their traffic (to four entries or
+    /// more on first use, and kept) give their memory back if empty, and grow again with
+    /// the next packet. An egress keeps such a stack for every session holding a quiet
+    /// connection.
+    pub(crate) fn shrink_idle(&mut self) {
+        if self.events.is_empty() {
+            self.events.shrink_to_fit();
+        }
+        if self.woken.is_empty() {
+            self.woken.shrink_to_fit();
+        }
+        if self.reap.is_empty() {
+            self.reap.shrink_to_fit();
+        }
+        self.pending.shrink_idle();
+        self.dev.shrink_idle();
+        self.ready.shrink_idle();
     }
 }

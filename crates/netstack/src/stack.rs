@@ -40,7 +40,8 @@ pub struct Stack {
     epoch: Instant,
     /// The latest `now` given to [`poll`](Self::poll).
     pub(crate) now: Instant,
-    pub(crate) flows: HashMap<FlowId, Flow>,
+    /// Boxed: a table with one flow has four slots, and a flow is 160 bytes.
+    pub(crate) flows: HashMap<FlowId, Box<Flow>>,
     /// (remote, local) endpoints to flow, so a packet finds its flow without a scan.
     pub(crate) tuples: HashMap<(SocketAddr, SocketAddr), FlowId>,
     pub(crate) pending: Pending,

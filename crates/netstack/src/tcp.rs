@@ -65,6 +65,14 @@ impl ReadyList {
             .push(entry);
     }
 
+    /// Gives back the list's memory if it is empty (see [`Stack::shrink_idle`]).
+    pub(crate) fn shrink_idle(&self) {
+        let mut list = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if list.is_empty() {
+            list.shrink_to_fit();
+        }
+    }
+
     /// Moves the flows that woke into `out`, which must be empty; the list keeps `out`'s
     /// allocation, so neither side allocates again once both have grown.
     pub(crate) fn swap_into(&self, out: &mut Vec<(FlowId, Direction)>) {
@@ -129,7 +137,7 @@ impl Stack {
         let id = self.next_flow_id();
         self.flows.insert(
             id,
-            Flow {
+            Box::new(Flow {
                 socket: Some(handle),
                 local,
                 remote: dst,
@@ -138,7 +146,7 @@ impl Stack {
                 released: false,
                 quiet: Quiet::new(self.now),
                 wakers: None,
-            },
+            }),
         );
         self.tuples.insert((dst, local), id);
         self.register_wakers(id, handle);
@@ -201,12 +209,10 @@ impl Stack {
     /// Close the sending half: FIN goes out after the queued data. Reading continues until
     /// the peer's FIN. Closing twice does nothing.
     pub fn close(&mut self, flow: FlowId) -> Result<(), FlowError> {
-        let handle = match self.flows.get(&flow) {
+        let handle = match self.flows.get(&flow).map(|f| f.socket) {
             None => return Err(FlowError::UnknownFlow(flow)),
-            Some(Flow { socket: None, .. }) => return Ok(()),
-            Some(Flow {
-                socket: Some(h), ..
-            }) => *h,
+            Some(None) => return Ok(()),
+            Some(Some(h)) => h,
         };
         let socket = self.sockets.get_mut::<tcp::Socket>(handle);
         let was_connecting = matches!(socket.state(), tcp::State::SynSent);
@@ -220,12 +226,10 @@ impl Stack {
 
     /// Abort the flow: RST goes out on the next poll and buffered data is discarded.
     pub fn abort(&mut self, flow: FlowId) -> Result<(), FlowError> {
-        let handle = match self.flows.get(&flow) {
+        let handle = match self.flows.get(&flow).map(|f| f.socket) {
             None => return Err(FlowError::UnknownFlow(flow)),
-            Some(Flow { socket: None, .. }) => return Ok(()),
-            Some(Flow {
-                socket: Some(h), ..
-            }) => *h,
+            Some(None) => return Ok(()),
+            Some(Some(h)) => h,
         };
         let socket = self.sockets.get_mut::<tcp::Socket>(handle);
         if socket.state() != tcp::State::Closed {

@@ -32,6 +32,19 @@ struct PendingSyn {
 }
 
 impl Pending {
+    /// Gives back the memory of whatever is empty (see [`Stack::shrink_idle`]).
+    pub(crate) fn shrink_idle(&mut self) {
+        if self.waiting.is_empty() {
+            self.waiting.shrink_to_fit();
+        }
+        if self.deadlines.is_empty() {
+            self.deadlines.shrink_to_fit();
+        }
+        if self.accepted.is_empty() {
+            self.accepted.shrink_to_fit();
+        }
+    }
+
     pub(crate) fn contains(&self, flow: FlowId) -> bool {
         self.waiting.contains_key(&flow)
     }
@@ -134,7 +147,7 @@ impl Stack {
         let flow = self.next_flow_id();
         self.flows.insert(
             flow,
-            Flow {
+            Box::new(Flow {
                 socket: None,
                 local: dst,
                 remote: src,
@@ -143,7 +156,7 @@ impl Stack {
                 released: false,
                 quiet: Quiet::new(self.now),
                 wakers: None,
-            },
+            }),
         );
         self.tuples.insert((src, dst), flow);
         self.pending.waiting.insert(
