@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use netstack::driver::{self, StackHandle};
+use netstack::driver::{self, Incoming, IncomingTcp, StackHandle, TcpFlow};
 use netstack::{Mode, Stack, StackConfig};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,6 +35,17 @@ fn pair_with(tweak: impl Fn(&mut StackConfig)) -> (StackHandle, StackHandle) {
         driver::spawn(client, s2c_rx, c2s_tx),
         driver::spawn(server, c2s_rx, s2c_tx),
     )
+}
+
+/// Accepts the next flow the terminate stack reports.
+async fn accept_next(incoming: &mut Incoming<IncomingTcp>) -> TcpFlow {
+    incoming
+        .recv()
+        .await
+        .expect("flow")
+        .accept()
+        .await
+        .expect("accept")
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -181,13 +192,7 @@ async fn fin_gives_eof_and_dropped_flows_are_freed() {
     let (client, relay) = pair();
     let mut incoming = relay.incoming().expect("terminate mode");
     let relay_side = tokio::spawn(async move {
-        let mut flow = incoming
-            .recv()
-            .await
-            .expect("flow")
-            .accept()
-            .await
-            .expect("accept");
+        let mut flow = accept_next(&mut incoming).await;
         let mut got = Vec::new();
         flow.read_to_end(&mut got).await.expect("read");
         flow.write_all(b"bye").await.expect("write");
@@ -221,13 +226,7 @@ async fn quiet_flows_give_their_buffers_back_on_their_own() {
     let (client, relay) = pair_with(|c| c.idle_buffers_after = Some(Duration::from_millis(200)));
     let mut incoming = relay.incoming().expect("terminate mode");
     let echo = tokio::spawn(async move {
-        let flow = incoming
-            .recv()
-            .await
-            .expect("flow")
-            .accept()
-            .await
-            .expect("accept");
+        let flow = accept_next(&mut incoming).await;
         let (mut r, mut w) = tokio::io::split(flow);
         tokio::io::copy(&mut r, &mut w).await.expect("echo")
     });

@@ -333,6 +333,17 @@ proptest! {
     }
 }
 
+/// Plays a case with buffers kept and given back: both runs deliver every byte and end.
+fn completes(steps: &[Step]) {
+    for give_back in [false, true] {
+        let outcome = play(steps, give_back).expect("bytes intact");
+        assert!(
+            outcome.delivered && outcome.finished,
+            "give_back {give_back}: {outcome:?}"
+        );
+    }
+}
+
 /// The client's last byte goes out; a retransmission from the server then tells the
 /// client that the server's window is closed, and the server's window update and its ACK
 /// of that byte come only on further retransmissions the client already has, which it
@@ -388,10 +399,7 @@ fn a_window_reopened_only_on_old_duplicates_is_probed() {
             drop: None,
         },
     ];
-    for give_back in [false, true] {
-        let outcome = play(&steps, give_back).expect("bytes intact");
-        assert!(outcome.delivered, "give_back {give_back}: {outcome:?}");
-    }
+    completes(&steps);
 }
 
 /// Both ends fill each other's window, have one more byte to send, and read just as their
@@ -426,10 +434,7 @@ fn ends_probing_each_others_closed_window_at_once_recover() {
         Read { up: true },
         Read { up: false },
     ];
-    for give_back in [false, true] {
-        let outcome = play(&steps, give_back).expect("bytes intact");
-        assert!(outcome.delivered, "give_back {give_back}: {outcome:?}");
-    }
+    completes(&steps);
 }
 
 /// The server closes; the client then fills the server's window, closes too (LAST-ACK
@@ -464,11 +469,5 @@ fn a_side_that_closed_with_data_waiting_takes_window_updates() {
             drop: None,
         },
     ];
-    for give_back in [false, true] {
-        let outcome = play(&steps, give_back).expect("bytes intact");
-        assert!(
-            outcome.delivered && outcome.finished,
-            "give_back {give_back}: {outcome:?}"
-        );
-    }
+    completes(&steps);
 }
