@@ -1,8 +1,8 @@
 //! Two stacks over a link that loses and reorders packets: property test over writes,
 //! reads, closes, waits, and packets lost or held back between them. Every byte read must
 //! be the byte written at that offset, everything written must arrive and be acknowledged
-//! before the flows' 120 s timeout, and once both sides have closed the flow must end at
-//! both.
+//! before the flows' 120 s timeout, once both sides have closed the flow must end at both,
+//! and once both have released it neither stack may keep anything of it.
 //!
 //! Each case runs twice, with idle flows' buffers given back (after a short 50 ms, so
 //! that waits cross it often, including while the receiver holds data that came out of
@@ -246,12 +246,15 @@ struct Outcome {
     /// Once both sides closed: both readers saw the end after every byte, and the flow
     /// ended at both ends.
     finished: bool,
+    /// Once released at both ends: flows and sockets left in each stack (0, 0 both).
+    left: ((usize, usize), (usize, usize)),
 }
 
 /// Plays `steps`, then a clean link for up to 150 s (past the flows' 120 s timeout) until
 /// everything written has been read and acknowledged both ways (a lost ACK waits for a
 /// retransmission), then a quiet time, then both sides close and the link runs until the
-/// flow has ended at both ends; every byte read is checked on the way.
+/// flow has ended at both ends, then both release it; every byte read is checked on the
+/// way.
 fn play(steps: &[Step], give_back: bool) -> Result<Outcome, TestCaseError> {
     let mut world = World::new(give_back);
     for step in steps {
@@ -291,11 +294,17 @@ fn play(steps: &[Step], give_back: bool) -> Result<Outcome, TestCaseError> {
             && w.pair.client.state(c).is_some_and(|t| t.is_closed())
             && w.pair.server.state(s).is_some_and(|t| t.is_closed())
     })?;
+    world.pair.client.release(c);
+    world.pair.server.release(s);
+    world.cross(None, None);
+    let count = |stack: &Stack| (stack.flow_count(), stack.socket_count());
+    let left = (count(&world.pair.client), count(&world.pair.server));
     Ok(Outcome {
         delivered,
         given_back,
         closed_early,
         finished,
+        left,
     })
 }
 
@@ -327,6 +336,8 @@ proptest! {
         prop_assert!(given.delivered, "stalled with the buffers given back");
         prop_assert!(kept.finished, "did not end with the buffers kept: {:?}", kept);
         prop_assert!(given.finished, "did not end with the buffers given back: {:?}", given);
+        prop_assert_eq!(kept.left, ((0, 0), (0, 0)), "released flows are freed");
+        prop_assert_eq!(given.left, ((0, 0), (0, 0)), "released flows are freed");
         if !given.closed_early {
             prop_assert!(given.given_back.0 >= 1 && given.given_back.1 >= 1, "{:?}", given);
         }
@@ -338,7 +349,7 @@ fn completes(steps: &[Step]) {
     for give_back in [false, true] {
         let outcome = play(steps, give_back).expect("bytes intact");
         assert!(
-            outcome.delivered && outcome.finished,
+            outcome.delivered && outcome.finished && outcome.left == ((0, 0), (0, 0)),
             "give_back {give_back}: {outcome:?}"
         );
     }
