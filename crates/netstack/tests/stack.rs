@@ -506,3 +506,37 @@ fn idle_buffers_stay_when_giving_back_is_off() {
     assert_eq!(pair.client.stats().buffers_given_back, 0);
     assert_eq!(pair.server.stats().buffers_given_back, 0);
 }
+
+#[test]
+fn a_quiet_flow_gives_its_buffers_back_while_another_stays_busy() {
+    let after = StackConfig::DEFAULT_IDLE_BUFFERS_AFTER;
+    let mut pair = Pair::new();
+    let (busy_c, busy_s) = pair.open(dst());
+    let (quiet_c, quiet_s) = pair.open(dst());
+    let data = pattern(1000, 9);
+    assert_eq!(transfer(&mut pair, true, quiet_c, quiet_s, &data), data);
+    // The busy flow moves a little every second for three idle periods.
+    let given_back = |pair: &Pair| {
+        (
+            pair.client.stats().buffers_given_back,
+            pair.server.stats().buffers_given_back,
+        )
+    };
+    let mut seen = Vec::new();
+    for second in 0..(3 * after.as_secs()) {
+        let chunk = pattern(100, second as u8);
+        assert_eq!(transfer(&mut pair, false, busy_s, busy_c, &chunk), chunk);
+        pair.advance(Duration::from_secs(1));
+        seen.push(given_back(&pair));
+    }
+    assert_eq!(
+        seen.last(),
+        Some(&(1, 1)),
+        "only the quiet flow, at both ends: {seen:?}"
+    );
+    let first = seen.iter().position(|g| *g == (1, 1)).expect("given back");
+    assert_eq!(first as u64 + 1, after.as_secs(), "{seen:?}");
+    // The busy flow gives back once it goes quiet too.
+    pair.advance(after + Duration::from_millis(100));
+    assert_eq!(given_back(&pair), (2, 2));
+}
