@@ -57,8 +57,9 @@ pub struct StackConfig {
     /// Send TCP keep-alives after this much idle time, so that dead peers are found.
     pub tcp_keep_alive: Option<Duration>,
     /// Give a TCP flow's buffer pages back to the system once it has moved no data for this
-    /// long and holds none (counted in [`Stats::buffers_given_back`](crate::Stats::buffers_given_back)). `None` keeps
-    /// them resident.
+    /// long and holds none (counted in
+    /// [`Stats::buffers_given_back`](crate::Stats::buffers_given_back)). `None` keeps them
+    /// resident.
     pub idle_buffers_after: Option<Duration>,
     /// Congestion control for TCP flows.
     pub congestion: Congestion,

@@ -106,9 +106,9 @@ impl<T> Lane<T> {
     }
 }
 
-/// The receiving end of a lane: new TCP flows ([`IncomingTcp`]) or datagrams
-/// ([`UdpDatagram`]) in the order the stack saw them. Dropping it refuses the flows still
-/// waiting, and later ones.
+/// The receiving end of a lane: new TCP flows ([`IncomingTcp`](super::IncomingTcp)) or
+/// datagrams ([`UdpDatagram`](crate::UdpDatagram)) in the order the stack saw them. Dropping
+/// it refuses the flows still waiting, and later ones.
 pub struct Incoming<T> {
     inner: Arc<Inner>,
     /// Where the items wait in the shared state.
