@@ -4,7 +4,7 @@
 //! earliest a flow could be due, keeps the check off the per-packet path. Once every flow
 //! has, the stack's empty queues give their memory back too.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use smoltcp::socket::tcp;
 
@@ -28,29 +28,44 @@ impl Quiet {
     }
 }
 
-impl Stack {
-    /// `flow` moved data (or got its socket): its buffers are in use again.
-    pub(crate) fn note_activity(&mut self, flow: FlowId) {
-        let Some(after) = self.config.idle_buffers_after else {
+/// When a stack next looks for quiet flows: the earliest a flow could be due, kept as
+/// flows move data so that nothing on the packet path scans them.
+#[derive(Debug, Default)]
+pub(crate) struct IdleCheck {
+    at: Option<Instant>,
+}
+
+impl IdleCheck {
+    /// The flow whose `quiet` this is moved data (or got its socket) at `now`; with
+    /// `after` set, it is due that much later.
+    pub(crate) fn moved(&mut self, quiet: &mut Quiet, after: Option<Duration>, now: Instant) {
+        let Some(after) = after else {
             return;
         };
-        let now = self.now;
-        if let Some(entry) = self.flows.get_mut(&flow) {
-            entry.quiet = Quiet::new(now);
-            let due = now + after;
-            self.idle_check_at = Some(self.idle_check_at.map_or(due, |at| at.min(due)));
-        }
+        *quiet = Quiet::new(now);
+        let due = now + after;
+        self.at = Some(self.at.map_or(due, |at| at.min(due)));
     }
 
-    /// When [`give_back_idle`](Self::give_back_idle) has work, if ever.
-    pub(crate) fn idle_check_at(&self) -> Option<Instant> {
-        self.idle_check_at
+    /// When [`Stack::give_back_idle`] has work, if ever.
+    pub(crate) fn at(&self) -> Option<Instant> {
+        self.at
+    }
+}
+
+impl Stack {
+    /// `flow` got its socket: its buffers are in use from now on.
+    pub(crate) fn note_activity(&mut self, flow: FlowId) {
+        if let Some(entry) = self.flows.get_mut(&flow) {
+            self.idle
+                .moved(&mut entry.quiet, self.config.idle_buffers_after, self.now);
+        }
     }
 
     /// Gives back the buffers of every flow quiet for long enough that holds no data, once
     /// the deadline has come; flows still holding data are looked at again a period later.
     pub(crate) fn give_back_idle(&mut self) {
-        let (Some(after), Some(at)) = (self.config.idle_buffers_after, self.idle_check_at) else {
+        let (Some(after), Some(at)) = (self.config.idle_buffers_after, self.idle.at) else {
             return;
         };
         if self.now < at {
@@ -78,7 +93,7 @@ impl Stack {
             }
             next = Some(next.map_or(due, |n| n.min(due)));
         }
-        self.idle_check_at = next;
+        self.idle.at = next;
         if next.is_none() {
             self.shrink_idle();
         }

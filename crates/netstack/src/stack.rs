@@ -11,6 +11,7 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use crate::device::Queues;
 use crate::error::ConfigError;
 use crate::event::{Event, Stats};
+use crate::idle::IdleCheck;
 use crate::tcp::{Direction, Flow, ReadyList};
 use crate::terminate::Pending;
 use crate::wire::{self, Parsed};
@@ -57,8 +58,8 @@ pub struct Stack {
     pub(crate) tcp_ports: HashSet<u16>,
     pub(crate) udp_ports: HashSet<u16>,
     pub(crate) stats: Stats,
-    /// The earliest a flow's idle buffers may be given back ([`crate::idle`]).
-    pub(crate) idle_check_at: Option<Instant>,
+    /// When to look for flows whose idle buffers can be given back ([`crate::idle`]).
+    pub(crate) idle: IdleCheck,
 }
 
 impl Stack {
@@ -117,7 +118,7 @@ impl Stack {
             tcp_ports: HashSet::new(),
             udp_ports: HashSet::new(),
             stats: Stats::default(),
-            idle_check_at: None,
+            idle: IdleCheck::default(),
             config,
         })
     }
@@ -178,7 +179,7 @@ impl Stack {
             .iface
             .poll_at(ts, &self.sockets)
             .map(|at| self.epoch + Duration::from_micros(at.total_micros().max(0).unsigned_abs()));
-        [smol, self.pending.next_deadline(), self.idle_check_at()]
+        [smol, self.pending.next_deadline(), self.idle.at()]
             .into_iter()
             .flatten()
             .min()

@@ -35,6 +35,17 @@ pub(crate) struct Flow {
     pub(crate) wakers: Option<[Waker; 2]>,
 }
 
+impl Flow {
+    /// The flow's socket, or why it has none to read or write.
+    fn open_socket(&self) -> Result<SocketHandle, FlowError> {
+        match (self.socket, self.state) {
+            (Some(handle), _) => Ok(handle),
+            (None, TcpState::Closed(reason)) => Err(reason_error(reason)),
+            (None, _) => Err(FlowError::NotConnected),
+        }
+    }
+}
+
 /// Which half of a socket woke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Direction {
@@ -158,12 +169,17 @@ impl Stack {
     /// Queue `data` for sending; returns how much fitted in the send buffer.
     /// [`FlowError::WouldBlock`] means the buffer is full: wait for [`Event::TcpWritable`].
     pub fn send(&mut self, flow: FlowId, data: &[u8]) -> Result<usize, FlowError> {
-        let handle = self.open_socket(flow)?;
+        let entry = self
+            .flows
+            .get_mut(&flow)
+            .ok_or(FlowError::UnknownFlow(flow))?;
+        let handle = entry.open_socket()?;
         match self.sockets.get_mut::<tcp::Socket>(handle).send_slice(data) {
             Ok(0) if !data.is_empty() => Err(FlowError::WouldBlock),
             Ok(n) => {
                 if n > 0 {
-                    self.note_activity(flow);
+                    self.idle
+                        .moved(&mut entry.quiet, self.config.idle_buffers_after, self.now);
                 }
                 Ok(n)
             }
@@ -175,7 +191,11 @@ impl Stack {
     /// the peer sent FIN. [`FlowError::WouldBlock`] means nothing has arrived yet: wait for
     /// [`Event::TcpReadable`]. Call [`poll`](Self::poll) afterwards so the window reopens.
     pub fn recv(&mut self, flow: FlowId, buf: &mut [u8]) -> Result<usize, FlowError> {
-        let handle = match self.open_socket(flow) {
+        let entry = self
+            .flows
+            .get_mut(&flow)
+            .ok_or(FlowError::UnknownFlow(flow))?;
+        let handle = match entry.open_socket() {
             Ok(handle) => handle,
             Err(FlowError::Closed) => return Ok(0),
             Err(e) => return Err(e),
@@ -184,7 +204,8 @@ impl Stack {
             Ok(0) if !buf.is_empty() => Err(FlowError::WouldBlock),
             Ok(n) => {
                 if n > 0 {
-                    self.note_activity(flow);
+                    self.idle
+                        .moved(&mut entry.quiet, self.config.idle_buffers_after, self.now);
                 }
                 Ok(n)
             }
@@ -489,15 +510,6 @@ impl Stack {
     }
 
     /// The socket of a flow that has one.
-    fn open_socket(&self, flow: FlowId) -> Result<SocketHandle, FlowError> {
-        let entry = self.flows.get(&flow).ok_or(FlowError::UnknownFlow(flow))?;
-        match (entry.socket, entry.state) {
-            (Some(handle), _) => Ok(handle),
-            (None, TcpState::Closed(reason)) => Err(reason_error(reason)),
-            (None, _) => Err(FlowError::NotConnected),
-        }
-    }
-
     fn socket(&self, flow: FlowId) -> Option<&tcp::Socket<'static>> {
         let handle = self.flows.get(&flow)?.socket?;
         Some(self.sockets.get::<tcp::Socket>(handle))
