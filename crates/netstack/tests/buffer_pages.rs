@@ -46,8 +46,7 @@ fn idle_flows_give_their_buffer_pages_back() {
     );
 
     pair.advance(StackConfig::DEFAULT_IDLE_BUFFERS_AFTER + Duration::from_millis(100));
-    assert_eq!(pair.client.stats().buffers_given_back, FLOWS as u64);
-    assert_eq!(pair.server.stats().buffers_given_back, FLOWS as u64);
+    assert_eq!(pair.given_back(), (FLOWS as u64, FLOWS as u64));
     let idle = resident();
     assert!(
         idle <= before + FLOWS * MIB / 16,

@@ -224,6 +224,30 @@ impl World {
         }
     }
 
+    fn apply(&mut self, step: &Step) -> Result<(), TestCaseError> {
+        match *step {
+            Step::Write { up, len } => self.write(up, len),
+            Step::Read { up } => self.read(up)?,
+            Step::Cross { hold, drop } => self.cross(hold, drop),
+            Step::Wait { ms } => self.wait(ms),
+            Step::Close { up } => self.close(up),
+        }
+        Ok(())
+    }
+
+    /// Both sides give the flow up.
+    fn release(&mut self) {
+        let (c, s) = self.flows;
+        self.pair.client.release(c);
+        self.pair.server.release(s);
+    }
+
+    /// Flows and sockets each stack still holds.
+    fn left(&self) -> Left {
+        let count = |stack: &Stack| (stack.flow_count(), stack.socket_count());
+        (count(&self.pair.client), count(&self.pair.server))
+    }
+
     /// The writer of one direction aborts the flow: RST, buffered data discarded.
     fn abort(&mut self, up: bool) {
         let (tx, flow, _, _, _) = self.ends(up);
@@ -273,13 +297,7 @@ struct Outcome {
 fn play(steps: &[Step], give_back: bool) -> Result<Outcome, TestCaseError> {
     let mut world = World::new(give_back);
     for step in steps {
-        match *step {
-            Step::Write { up, len } => world.write(up, len),
-            Step::Read { up } => world.read(up)?,
-            Step::Cross { hold, drop } => world.cross(hold, drop),
-            Step::Wait { ms } => world.wait(ms),
-            Step::Close { up } => world.close(up),
-        }
+        world.apply(step)?;
     }
     let closed_early = world.up.closed || world.down.closed;
     let (c, s) = world.flows;
@@ -294,10 +312,7 @@ fn play(steps: &[Step], give_back: bool) -> Result<Outcome, TestCaseError> {
         world.cross(None, None);
         world.wait(2 * IDLE.as_millis() as u64);
     }
-    let given_back = (
-        world.pair.client.stats().buffers_given_back,
-        world.pair.server.stats().buffers_given_back,
-    );
+    let given_back = world.pair.given_back();
     for up in [true, false] {
         if !world.ends(up).4.closed {
             world.close(up);
@@ -309,11 +324,9 @@ fn play(steps: &[Step], give_back: bool) -> Result<Outcome, TestCaseError> {
             && w.pair.client.state(c).is_some_and(|t| t.is_closed())
             && w.pair.server.state(s).is_some_and(|t| t.is_closed())
     })?;
-    world.pair.client.release(c);
-    world.pair.server.release(s);
+    world.release();
     world.cross(None, None);
-    let count = |stack: &Stack| (stack.flow_count(), stack.socket_count());
-    let left = (count(&world.pair.client), count(&world.pair.server));
+    let left = world.left();
     Ok(Outcome {
         delivered,
         given_back,
@@ -368,29 +381,20 @@ fn play_reset(steps: &[Step], at: usize, up: bool, give_back: bool) -> Result<Le
         if i == at {
             world.abort(up);
         }
-        match *step {
-            Step::Write { up, len } => world.write(up, len),
-            Step::Read { up } => world.read(up)?,
-            Step::Cross { hold, drop } => world.cross(hold, drop),
-            Step::Wait { ms } => world.wait(ms),
-            Step::Close { up } => world.close(up),
-        }
+        world.apply(step)?;
     }
     if at >= steps.len() {
         world.abort(up);
     }
-    let (c, s) = world.flows;
-    world.pair.client.release(c);
-    world.pair.server.release(s);
-    let count = |stack: &Stack| (stack.flow_count(), stack.socket_count());
+    world.release();
     for _ in 0..1_500 {
-        if count(&world.pair.client) == (0, 0) && count(&world.pair.server) == (0, 0) {
+        if world.left() == ((0, 0), (0, 0)) {
             break;
         }
         world.cross(None, None);
         world.wait(100);
     }
-    Ok((count(&world.pair.client), count(&world.pair.server)))
+    Ok(world.left())
 }
 
 proptest! {

@@ -434,24 +434,18 @@ fn idle_flows_give_their_buffers_back_and_carry_data_after() {
     assert_eq!(transfer(&mut pair, true, c, s, &up), up);
     let down = pattern(600 * 1024, 2);
     assert_eq!(transfer(&mut pair, false, s, c, &down), down);
-    let given_back = |pair: &Pair| {
-        (
-            pair.client.stats().buffers_given_back,
-            pair.server.stats().buffers_given_back,
-        )
-    };
 
     pair.advance(after - Duration::from_millis(100));
     assert_eq!(
-        given_back(&pair),
+        pair.given_back(),
         (0, 0),
         "not before the flow was quiet for {after:?}"
     );
     pair.advance(Duration::from_millis(200));
-    assert_eq!(given_back(&pair), (1, 1), "both ends, once each");
+    assert_eq!(pair.given_back(), (1, 1), "both ends, once each");
     pair.advance(after * 3);
     assert_eq!(
-        given_back(&pair),
+        pair.given_back(),
         (1, 1),
         "nothing moved since: nothing more to give"
     );
@@ -462,7 +456,7 @@ fn idle_flows_give_their_buffers_back_and_carry_data_after() {
     let down = pattern(300 * 1024, 4);
     assert_eq!(transfer(&mut pair, false, s, c, &down), down);
     pair.advance(after + Duration::from_millis(100));
-    assert_eq!(given_back(&pair), (2, 2));
+    assert_eq!(pair.given_back(), (2, 2));
 }
 
 #[test]
@@ -503,8 +497,7 @@ fn idle_buffers_stay_when_giving_back_is_off() {
     let data = pattern(64 * 1024, 6);
     assert_eq!(transfer(&mut pair, true, c, s, &data), data);
     pair.advance(StackConfig::DEFAULT_IDLE_BUFFERS_AFTER * 4);
-    assert_eq!(pair.client.stats().buffers_given_back, 0);
-    assert_eq!(pair.server.stats().buffers_given_back, 0);
+    assert_eq!(pair.given_back(), (0, 0));
 }
 
 #[test]
@@ -516,18 +509,12 @@ fn a_quiet_flow_gives_its_buffers_back_while_another_stays_busy() {
     let data = pattern(1000, 9);
     assert_eq!(transfer(&mut pair, true, quiet_c, quiet_s, &data), data);
     // The busy flow moves a little every second for three idle periods.
-    let given_back = |pair: &Pair| {
-        (
-            pair.client.stats().buffers_given_back,
-            pair.server.stats().buffers_given_back,
-        )
-    };
     let mut seen = Vec::new();
     for second in 0..(3 * after.as_secs()) {
         let chunk = pattern(100, second as u8);
         assert_eq!(transfer(&mut pair, false, busy_s, busy_c, &chunk), chunk);
         pair.advance(Duration::from_secs(1));
-        seen.push(given_back(&pair));
+        seen.push(pair.given_back());
     }
     assert_eq!(
         seen.last(),
@@ -538,5 +525,5 @@ fn a_quiet_flow_gives_its_buffers_back_while_another_stays_busy() {
     assert_eq!(first as u64 + 1, after.as_secs(), "{seen:?}");
     // The busy flow gives back once it goes quiet too.
     pair.advance(after + Duration::from_millis(100));
-    assert_eq!(given_back(&pair), (2, 2));
+    assert_eq!(pair.given_back(), (2, 2));
 }

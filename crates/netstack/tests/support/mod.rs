@@ -106,6 +106,14 @@ impl Pair {
         out
     }
 
+    /// Times each end (client, server) gave an idle flow's buffers back.
+    pub(crate) fn given_back(&self) -> (u64, u64) {
+        (
+            self.client.stats().buffers_given_back,
+            self.server.stats().buffers_given_back,
+        )
+    }
+
     /// Connect and accept one flow; returns (client flow, server flow).
     pub(crate) fn open(&mut self, to: SocketAddr) -> (FlowId, FlowId) {
         let c = self.client.connect(to).expect("connect");
