@@ -95,17 +95,12 @@ impl TcpSink {
             while let Ok((mut stream, _)) = listener.accept().await {
                 counter.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    use tokio::io::AsyncReadExt;
                     let mut request = vec![0u8; tcp::REQUEST.len()];
                     if stream.read_exact(&mut request).await.is_ok() {
-                        let chunk = [b'.'; 16 * 1024];
-                        let mut left = answer_len;
-                        while left > 0 {
-                            let n = left.min(chunk.len());
-                            if stream.write_all(&chunk[..n]).await.is_err() {
-                                return;
-                            }
-                            left -= n;
+                        let mut answer = tokio::io::repeat(b'.').take(answer_len as u64);
+                        if tokio::io::copy(&mut answer, &mut stream).await.is_err() {
+                            return;
                         }
                     }
                     let mut rest = [0u8; 64];
