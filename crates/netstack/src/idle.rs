@@ -116,5 +116,12 @@ impl Stack {
         self.pending.shrink_idle();
         self.dev.shrink_idle();
         self.ready.shrink_idle();
+        self.rested = true;
+    }
+
+    /// Whether the stack has come to rest ([`shrink_idle`](Self::shrink_idle)) since the
+    /// last call: the driver then shrinks its own queues.
+    pub(crate) fn take_rested(&mut self) -> bool {
+        std::mem::take(&mut self.rested)
     }
 }

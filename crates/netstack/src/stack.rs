@@ -60,6 +60,8 @@ pub struct Stack {
     pub(crate) stats: Stats,
     /// When to look for flows whose idle buffers can be given back ([`crate::idle`]).
     pub(crate) idle: IdleCheck,
+    /// Came to rest since the driver last looked ([`Stack::take_rested`]).
+    pub(crate) rested: bool,
 }
 
 impl Stack {
@@ -119,6 +121,7 @@ impl Stack {
             udp_ports: HashSet::new(),
             stats: Stats::default(),
             idle: IdleCheck::default(),
+            rested: false,
             config,
         })
     }

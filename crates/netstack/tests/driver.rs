@@ -154,6 +154,63 @@ async fn refused_connect_is_connection_refused_promptly() {
 }
 
 #[tokio::test]
+async fn take_incoming_hands_every_flow_to_its_function() {
+    let (client, relay) = pair();
+    // A flow that arrives before the function is given waits and is handed over with it.
+    let early = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .connect("198.51.100.1:7".parse().expect("literal"))
+                .await
+        })
+    };
+    // One thread: once the SYN is in, a few turns let the stack's task report the flow.
+    while relay.stats().packets_in == 0 {
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..4 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !client.take_incoming(|_| {}),
+        "client mode has no incoming flows"
+    );
+    // Port 7 is echoed by a task per flow; any other port is refused by the function itself,
+    // which takes the stack's lock: it must be called without it held.
+    assert!(relay.take_incoming(|flow| {
+        if flow.dst().port() != 7 {
+            return flow.refuse();
+        }
+        tokio::spawn(async move {
+            let (mut r, mut w) = tokio::io::split(flow.accept().await.expect("accept"));
+            tokio::io::copy(&mut r, &mut w).await.expect("echo");
+        });
+    }));
+    assert!(relay.incoming().is_none(), "the flows are the function's");
+    assert!(!relay.take_incoming(|_| {}), "only one function takes them");
+
+    let late = client
+        .connect("198.51.100.2:7".parse().expect("literal"))
+        .await
+        .expect("connect");
+    let early = early.await.expect("task").expect("connect");
+    for (n, flow) in [early, late].into_iter().enumerate() {
+        let data = pattern(10_000, n as u8);
+        let (mut r, mut w) = tokio::io::split(flow);
+        w.write_all(&data).await.expect("write");
+        let mut back = vec![0; data.len()];
+        r.read_exact(&mut back).await.expect("echoed");
+        assert!(back == data, "flow {n}: the echo matches");
+    }
+    let err = client
+        .connect("198.51.100.3:25".parse().expect("literal"))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+#[tokio::test]
 async fn unheard_incoming_flows_are_refused() {
     let (client, relay) = pair();
     drop(relay.incoming());

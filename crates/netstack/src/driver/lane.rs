@@ -80,6 +80,28 @@ impl<T> Lane<T> {
         !mem::replace(&mut self.taken, true)
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Everything waiting, with the queue's storage.
+    pub(super) fn take_all(&mut self) -> VecDeque<T> {
+        mem::take(&mut self.items)
+    }
+
+    /// Items the queue has room for without growing.
+    #[cfg(test)]
+    pub(super) fn capacity(&self) -> usize {
+        self.items.capacity()
+    }
+
+    /// Gives back the queue's memory if it is empty.
+    pub(super) fn shrink_idle(&mut self) {
+        if self.items.is_empty() {
+            self.items.shrink_to_fit();
+        }
+    }
+
     /// The next item if one is waiting.
     pub(super) fn pop(&mut self) -> Option<T> {
         self.items.pop_front()

@@ -105,6 +105,29 @@ impl StackHandle {
             .then(|| Incoming::new(Arc::clone(&self.inner), |s| &mut s.incoming_tcp))
     }
 
+    /// Terminate mode: hand each new TCP flow to `take` as it arrives, instead of through
+    /// [`incoming`](Self::incoming), so that no task of the caller's waits for them (an
+    /// egress runs a stack per session). `take` runs on the stack's task, without the
+    /// stack's lock held; it should hand the flow on (spawn a task for it) rather than wait.
+    /// Returns false in client mode or when the flows are already taken.
+    pub fn take_incoming<F>(&self, take: F) -> bool
+    where
+        F: FnMut(IncomingTcp) + Send + 'static,
+    {
+        if self.inner.mode != Mode::Terminate {
+            return false;
+        }
+        let mut shared = self.inner.lock();
+        if !shared.incoming_tcp.take_receiver() {
+            return false;
+        }
+        shared.take_incoming = Some(Box::new(take));
+        drop(shared);
+        // Flows that came before are handed over on the task's next turn.
+        self.inner.notify.notify_one();
+        true
+    }
+
     /// Terminate mode: the stream of UDP datagrams to any destination. Returns `None` in
     /// client mode or after the first call. Datagrams beyond the channel depth are dropped.
     pub fn incoming_udp(&self) -> Option<Incoming<UdpDatagram>> {
@@ -169,6 +192,7 @@ impl Inner {
                 udp_sockets: HashMap::new(),
                 input: Lane::with_depth(depth),
                 incoming_tcp: Lane::default(),
+                take_incoming: None,
                 incoming_udp: Lane::default(),
                 stopped: false,
             }),
@@ -203,13 +227,19 @@ pub(crate) struct Shared {
     udp_sockets: HashMap<u16, mpsc::Sender<(SocketAddr, Vec<u8>)>>,
     /// Packets from the tunnel pushed through a [`StackInput`] ([`spawn_fed`]).
     input: Lane<Vec<u8>>,
-    /// New TCP flows for [`StackHandle::incoming`] (terminate mode).
+    /// New TCP flows for [`StackHandle::incoming`] (terminate mode), or on their way to
+    /// [`StackHandle::take_incoming`]'s function.
     incoming_tcp: Lane<IncomingTcp>,
+    /// Where new TCP flows go, if the caller gave a function for them.
+    take_incoming: Option<TakeIncoming>,
     /// Datagrams for [`StackHandle::incoming_udp`] (terminate mode).
     incoming_udp: Lane<UdpDatagram>,
     /// The task has ended; nothing will make progress any more.
     stopped: bool,
 }
+
+/// The function [`StackHandle::take_incoming`] was given.
+type TakeIncoming = Box<dyn FnMut(IncomingTcp) + Send>;
 
 /// Tasks waiting on one flow.
 #[derive(Default)]
@@ -282,6 +312,17 @@ impl Shared {
         }
     }
 
+    /// The stack has come to rest (every flow quiet, its queues given back): give back the
+    /// memory of the task's empty queues and tables too. Done once per rest, not whenever a
+    /// queue empties, so that traffic outside TCP flows costs no allocation per packet.
+    fn shrink_idle(&mut self) {
+        self.input.shrink_idle();
+        self.incoming_tcp.shrink_idle();
+        self.incoming_udp.shrink_idle();
+        self.wakers.shrink_to_fit();
+        self.udp_sockets.shrink_to_fit();
+    }
+
     /// Wake everything: the task has stopped.
     fn stop(&mut self) {
         self.stopped = true;
@@ -297,6 +338,11 @@ impl Shared {
         self.incoming_udp.close();
         for flow in self.incoming_tcp.unclaimed() {
             flow.disarm();
+        }
+        if self.take_incoming.take().is_some() {
+            for flow in self.incoming_tcp.drain() {
+                flow.disarm();
+            }
         }
         for datagram in self.incoming_udp.unclaimed() {
             spare::give(datagram.payload);
@@ -332,12 +378,16 @@ where
                 shared.dispatch_events(&inner);
                 hand_over(&mut shared.stack, &ip_out, &tag);
             }
+            if shared.stack.take_rested() {
+                shared.shrink_idle();
+            }
             (
                 shared.stack.poll_at(Instant::now()),
                 shared.stack.transmit_queue_len() > 0,
                 shared.stack.transmit_has_room(),
             )
         };
+        hand_incoming(&inner);
         // While the tunnel is full, smoltcp's deadline may be "now" for data it cannot send;
         // wait for room instead of spinning.
         let deadline = deadline.filter(|_| tx_room || !has_tx);
@@ -370,6 +420,26 @@ where
         }
     }
     inner.lock().stop();
+}
+
+/// Gives new TCP flows to [`StackHandle::take_incoming`]'s function, outside the lock (the
+/// function may accept or refuse a flow at once, which takes the lock). The queue's storage
+/// goes with them, so a stack holds none while no flow is arriving.
+fn hand_incoming(inner: &Inner) {
+    let (mut take, flows) = {
+        let mut shared = inner.lock();
+        if shared.incoming_tcp.is_empty() {
+            return;
+        }
+        let Some(take) = shared.take_incoming.take() else {
+            return;
+        };
+        (take, shared.incoming_tcp.take_all())
+    };
+    for flow in flows {
+        take(flow);
+    }
+    inner.lock().take_incoming = Some(take);
 }
 
 /// Hands the stack's packets to the tunnel, tagged, as many as it takes without waiting.
@@ -405,5 +475,90 @@ impl Input {
             Input::Channel(rx) => rx.try_recv().ok(),
             Input::Lane => shared.input.pop(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::StackConfig;
+
+    #[tokio::test]
+    async fn a_resting_stack_gives_back_its_tasks_queues() {
+        let now = Instant::now();
+        let quiet = Some(Duration::from_millis(50));
+        let mut config =
+            StackConfig::new(Mode::Client, vec![IpAddr::V4(Ipv4Addr::new(100, 64, 0, 2))]);
+        config.idle_buffers_after = quiet;
+        let client = Stack::new(config, now).expect("config");
+        let mut config = StackConfig::new(
+            Mode::Terminate,
+            vec![IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1))],
+        );
+        config.idle_buffers_after = quiet;
+        let server = Stack::new(config, now).expect("config");
+        let (c2s_tx, mut c2s_rx) = mpsc::channel(512);
+        let (s2c_tx, s2c_rx) = mpsc::channel(512);
+        let (out_tx, mut out_rx) = mpsc::channel::<((), Vec<u8>)>(512);
+        let client = spawn(client, s2c_rx, c2s_tx);
+        let (server, input) = spawn_fed(server, 1024, out_tx, |p| ((), p));
+        tokio::spawn(async move {
+            while let Some(p) = c2s_rx.recv().await {
+                let _ = input.push(p);
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(((), p)) = out_rx.recv().await {
+                if s2c_tx.send(p).await.is_err() {
+                    return;
+                }
+            }
+        });
+        assert!(server.take_incoming(|flow| {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tokio::io::split(flow.accept().await.expect("accept"));
+                tokio::io::copy(&mut r, &mut w).await.expect("echo");
+            });
+        }));
+        let flow = client
+            .connect("198.51.100.1:7".parse().expect("literal"))
+            .await
+            .expect("connect");
+        let (mut r, mut w) = tokio::io::split(flow);
+        let data = vec![7; 200 * 1024];
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            w.write_all(&sent).await.expect("write");
+            w
+        });
+        let mut back = vec![0; data.len()];
+        r.read_exact(&mut back).await.expect("echoed");
+        let _w = writer.await.expect("writer");
+        assert!(back == data);
+        assert!(
+            server.inner.lock().input.capacity() > 0,
+            "the input queue grew for the traffic"
+        );
+
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while server.stats().buffers_given_back == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the quiet flow gives its buffers back");
+        // The stack came to rest under the lock that also shrank the task's queues.
+        let shared = server.inner.lock();
+        assert_eq!(shared.input.capacity(), 0, "input queue given back");
+        assert_eq!(
+            shared.incoming_tcp.capacity(),
+            0,
+            "incoming queue given back"
+        );
     }
 }

@@ -1,15 +1,16 @@
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netstack::driver::{IncomingTcp, StackInput};
+use netstack::driver::{IncomingTcp, StackInput, TcpFlow};
 use netstack::{Mode, Stack, StackConfig};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
 
 use super::flows::{FlowSettings, Sealer, UdpFlows};
 use super::{EgressSettings, Observation, Observer, RelayHandle};
@@ -42,10 +43,9 @@ struct Slot {
     last_packet: Instant,
 }
 
-/// One admitted session's userspace stack and the task that takes its TCP flows.
+/// One admitted session's userspace stack (its task spawns one per TCP flow).
 struct SessionStack {
     input: StackInput,
-    acceptor: Option<JoinHandle<()>>,
     /// Every open TCP flow holds a clone: one reference means none is open.
     busy: Arc<()>,
 }
@@ -53,14 +53,6 @@ struct SessionStack {
 impl SessionStack {
     fn is_idle(&self) -> bool {
         Arc::strong_count(&self.busy) == 1
-    }
-}
-
-impl Drop for SessionStack {
-    fn drop(&mut self) {
-        if let Some(t) = &self.acceptor {
-            t.abort();
-        }
     }
 }
 
@@ -335,35 +327,49 @@ fn start_stack(
     // channel into it 1.3 KiB more.
     let (handle, input) =
         netstack::driver::spawn_fed(stack, STACK_QUEUE, out_tx, move |ip| (id, ip));
-    let acceptor = handle.incoming().map(|mut incoming| {
-        let busy = Arc::downgrade(&busy);
-        tokio::spawn(async move {
-            while let Some(flow) = incoming.recv().await {
-                let Some(busy) = busy.upgrade() else { return };
-                tokio::spawn(relay_tcp(flow, ctx.clone(), busy));
-            }
-        })
+    // Each new flow gets a task of its own, started by the stack's task: no task waits for
+    // them (it was 256 bytes of every running session, and its queue up to 352 more).
+    let open_flows = Arc::downgrade(&busy);
+    handle.take_incoming(move |flow| {
+        if let Some(busy) = open_flows.upgrade() {
+            tokio::spawn(relay_tcp(Box::pin(open(flow, ctx.clone())), busy));
+        }
     });
-    Ok(SessionStack {
-        input,
-        acceptor,
-        busy,
-    })
+    Ok(SessionStack { input, busy })
 }
 
-/// One TCP flow: policy, a real connection, then bytes both ways. `_busy` keeps the stack
-/// running while the flow is open, however long it stays quiet.
-async fn relay_tcp(flow: IncomingTcp, ctx: FlowContext, _busy: Arc<()>) {
+/// One TCP flow: `open` (policy, a real connection), then bytes both ways. `_busy` keeps
+/// the stack running while the flow is open, however long it stays quiet.
+///
+/// `open` comes boxed: its futures (the connect's, the timer's) are larger than all the rest,
+/// a task keeps the size of its largest state for as long as it lives, and a task's arguments
+/// stay in it throughout. An egress holds a task for every open connection, most of them
+/// quiet: boxed, the task is 512 bytes instead of about 900 (heaptrack, 2,000 sessions).
+async fn relay_tcp(
+    open: Pin<Box<impl Future<Output = Option<(TcpFlow, TcpStream)>>>>,
+    _busy: Arc<()>,
+) {
+    let Some((mut tunnel_side, mut stream)) = open.await else {
+        return;
+    };
+    let _ = super::splice::both_ways(&mut tunnel_side, &mut stream).await;
+}
+
+/// Checks the flow's destination, connects to it and accepts the flow; refuses the flow
+/// (the client gets RST) when either fails.
+async fn open(flow: IncomingTcp, ctx: FlowContext) -> Option<(TcpFlow, TcpStream)> {
     let dst = flow.dst();
     if ctx.policy.check(dst).is_err() {
         ctx.flows.refused_policy.fetch_add(1, Ordering::Relaxed);
-        return flow.refuse();
+        flow.refuse();
+        return None;
     }
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dst)).await {
         Ok(Ok(s)) => s,
         _ => {
             ctx.flows.connect_failed.fetch_add(1, Ordering::Relaxed);
-            return flow.refuse();
+            flow.refuse();
+            return None;
         }
     };
     if let Some((obs, peer)) = &ctx.observer {
@@ -373,9 +379,6 @@ async fn relay_tcp(flow: IncomingTcp, ctx: FlowContext, _busy: Arc<()>) {
         });
     }
     let _ = stream.set_nodelay(true);
-    let Ok(mut tunnel_side) = flow.accept().await else {
-        return;
-    };
-    let mut stream = stream;
-    let _ = super::splice::both_ways(&mut tunnel_side, &mut stream).await;
+    let tunnel_side = flow.accept().await.ok()?;
+    Some((tunnel_side, stream))
 }
