@@ -10,7 +10,7 @@ mod lane;
 mod tcp;
 mod udp;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -312,6 +312,18 @@ impl Shared {
         }
     }
 
+    /// New TCP flows for [`StackHandle::take_incoming`]'s function, with the function, to
+    /// be called once the lock is released (it may accept or refuse a flow at once, which
+    /// takes the lock). The queue's storage goes with them, so a stack holds none while no
+    /// flow is arriving.
+    fn arrived(&mut self) -> Option<(TakeIncoming, VecDeque<IncomingTcp>)> {
+        if self.incoming_tcp.is_empty() {
+            return None;
+        }
+        let take = self.take_incoming.take()?;
+        Some((take, self.incoming_tcp.take_all()))
+    }
+
     /// The stack has come to rest (every flow quiet, its queues given back): give back the
     /// memory of the task's empty queues and tables too. Done once per rest, not whenever a
     /// queue empties, so that traffic outside TCP flows costs no allocation per packet.
@@ -366,7 +378,7 @@ where
     F: Fn(Vec<u8>) -> T,
 {
     loop {
-        let (deadline, has_tx, tx_room) = {
+        let (deadline, has_tx, tx_room, arrived) = {
             let mut shared = inner.lock();
             let now = Instant::now();
             shared.stack.poll(now);
@@ -385,9 +397,13 @@ where
                 shared.stack.poll_at(Instant::now()),
                 shared.stack.transmit_queue_len() > 0,
                 shared.stack.transmit_has_room(),
+                shared.arrived(),
             )
         };
-        hand_incoming(&inner);
+        if let Some((mut take, flows)) = arrived {
+            flows.into_iter().for_each(&mut take);
+            inner.lock().take_incoming = Some(take);
+        }
         // While the tunnel is full, smoltcp's deadline may be "now" for data it cannot send;
         // wait for room instead of spinning.
         let deadline = deadline.filter(|_| tx_room || !has_tx);
@@ -420,26 +436,6 @@ where
         }
     }
     inner.lock().stop();
-}
-
-/// Gives new TCP flows to [`StackHandle::take_incoming`]'s function, outside the lock (the
-/// function may accept or refuse a flow at once, which takes the lock). The queue's storage
-/// goes with them, so a stack holds none while no flow is arriving.
-fn hand_incoming(inner: &Inner) {
-    let (mut take, flows) = {
-        let mut shared = inner.lock();
-        if shared.incoming_tcp.is_empty() {
-            return;
-        }
-        let Some(take) = shared.take_incoming.take() else {
-            return;
-        };
-        (take, shared.incoming_tcp.take_all())
-    };
-    for flow in flows {
-        take(flow);
-    }
-    inner.lock().take_incoming = Some(take);
 }
 
 /// Hands the stack's packets to the tunnel, tagged, as many as it takes without waiting.
