@@ -19,6 +19,7 @@ mod event;
 mod idle;
 mod pages;
 mod stack;
+mod table;
 mod tcp;
 mod terminate;
 mod udp;

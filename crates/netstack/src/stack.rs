@@ -1,6 +1,6 @@
 //! The sans-IO core: a smoltcp interface over two packet queues, driven by the caller's clock.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use crate::device::Queues;
 use crate::error::ConfigError;
 use crate::event::{Event, Stats};
 use crate::idle::IdleCheck;
+use crate::table::Table;
 use crate::tcp::{Direction, Flow, ReadyList};
 use crate::terminate::Pending;
 use crate::wire::{self, Parsed};
@@ -41,10 +42,10 @@ pub struct Stack {
     epoch: Instant,
     /// The latest `now` given to [`poll`](Self::poll).
     pub(crate) now: Instant,
-    /// Boxed: a table with one flow has four slots, and a flow is 160 bytes.
-    pub(crate) flows: HashMap<FlowId, Box<Flow>>,
+    /// Boxed: a flow is 160 bytes, and moves when one before it goes.
+    pub(crate) flows: Table<FlowId, Box<Flow>>,
     /// (remote, local) endpoints to flow, so a packet finds its flow without a scan.
-    pub(crate) tuples: HashMap<(SocketAddr, SocketAddr), FlowId>,
+    pub(crate) tuples: Table<(SocketAddr, SocketAddr), FlowId>,
     pub(crate) pending: Pending,
     /// Flows whose smoltcp socket woke (data, space or state change) since the last poll.
     pub(crate) ready: Arc<ReadyList>,
@@ -108,8 +109,8 @@ impl Stack {
             dev,
             epoch: now,
             now,
-            flows: HashMap::new(),
-            tuples: HashMap::new(),
+            flows: Table::default(),
+            tuples: Table::default(),
             pending: Pending::default(),
             ready: Arc::default(),
             woken: Vec::new(),

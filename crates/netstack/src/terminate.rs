@@ -1,7 +1,7 @@
 //! Terminate mode: see each new SYN before smoltcp does, report it, and either hand it to a
 //! listening socket bound to exactly its destination (accept) or answer it with RST (refuse).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -11,6 +11,7 @@ use crate::error::StackError;
 use crate::event::{CloseReason, Event, TcpState};
 use crate::idle::Quiet;
 use crate::stack::is_unicast;
+use crate::table::Table;
 use crate::tcp::Flow;
 use crate::wire::{self, Syn};
 use crate::{FlowId, Mode, Stack};
@@ -18,7 +19,7 @@ use crate::{FlowId, Mode, Stack};
 /// SYNs that wait for the caller's decision, and those accepted but not yet given to smoltcp.
 #[derive(Debug, Default)]
 pub(crate) struct Pending {
-    waiting: HashMap<FlowId, PendingSyn>,
+    waiting: Table<FlowId, PendingSyn>,
     /// Deadlines in arrival order (so in deadline order); entries of decided flows are skipped.
     deadlines: VecDeque<(Instant, FlowId)>,
     accepted: Vec<(FlowId, Vec<u8>)>,

@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, Notify};
 
+use crate::table::Table;
 use crate::{Event, FlowId, Mode, Stack, StackError, Stats, UdpDatagram, Unreachable};
 use lane::Lane;
 
@@ -188,7 +189,7 @@ impl Inner {
         Arc::new(Inner {
             shared: Mutex::new(Shared {
                 stack,
-                wakers: HashMap::new(),
+                wakers: Table::default(),
                 udp_sockets: HashMap::new(),
                 input: Lane::with_depth(depth),
                 incoming_tcp: Lane::default(),
@@ -223,7 +224,7 @@ impl Inner {
 /// The stack and what the task needs to route its events.
 pub(crate) struct Shared {
     stack: Stack,
-    wakers: HashMap<FlowId, FlowWakers>,
+    wakers: Table<FlowId, FlowWakers>,
     udp_sockets: HashMap<u16, mpsc::Sender<(SocketAddr, Vec<u8>)>>,
     /// Packets from the tunnel pushed through a [`StackInput`] ([`spawn_fed`]).
     input: Lane<Vec<u8>>,
