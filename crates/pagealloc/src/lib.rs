@@ -60,6 +60,18 @@ fn map(len: usize) -> *mut u8 {
     }
 }
 
+/// A mapping for a large `layout`; for any other, or when the kernel refuses one, what
+/// `mimalloc` gives.
+fn map_or(layout: Layout, mimalloc: impl FnOnce() -> *mut u8) -> *mut u8 {
+    if mapped(layout) {
+        let p = map(layout.size());
+        if !p.is_null() {
+            return p;
+        }
+    }
+    mimalloc()
+}
+
 /// Whether mimalloc made the block at `p` (a large block it served when the kernel
 /// refused a mapping). mimalloc's own `mi_cfree` decides the same way.
 #[allow(unsafe_code)]
@@ -75,26 +87,16 @@ fn mimallocs(p: *mut u8) -> bool {
 // came from.
 unsafe impl GlobalAlloc for PageAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if mapped(layout) {
-            let p = map(layout.size());
-            if !p.is_null() {
-                return p;
-            }
-        }
         // SAFETY: the caller's layout, as GlobalAlloc::alloc requires.
-        unsafe { mimalloc::MiMalloc.alloc(layout) }
+        map_or(layout, || unsafe { mimalloc::MiMalloc.alloc(layout) })
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if mapped(layout) {
-            // A fresh mapping reads as zero: no page is touched until written.
-            let p = map(layout.size());
-            if !p.is_null() {
-                return p;
-            }
-        }
+        // A fresh mapping reads as zero: no page is touched until written.
         // SAFETY: the caller's layout, as GlobalAlloc::alloc_zeroed requires.
-        unsafe { mimalloc::MiMalloc.alloc_zeroed(layout) }
+        map_or(layout, || unsafe {
+            mimalloc::MiMalloc.alloc_zeroed(layout)
+        })
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
