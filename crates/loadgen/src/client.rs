@@ -165,6 +165,10 @@ impl Client {
             self.session.rest(now);
             return;
         }
+        if let Some(segment) = self.tcp.as_mut().and_then(|c| c.retransmit(now)) {
+            self.last_traffic = now;
+            self.encapsulate(now, &segment, out);
+        }
         let mut actions = Vec::new();
         if self.session.handle_timeout(now, &mut actions).is_ok() {
             push(actions, out);

@@ -2,10 +2,12 @@
 //! keep-alive connection is: SYN, then the ACK that carries a short request, then an ACK for
 //! each segment of the reply (and for keep-alive probes), nothing else. Just enough TCP to
 //! hold a connection open at the egress, sans-IO and built with smoltcp's wire types; the
-//! load generator is not a TCP stack (no retransmission: a lost segment leaves the
-//! connection unfinished, which the report counts).
+//! load generator is not a TCP stack. It sends the SYN and the request again until they are
+//! answered (a lost one left the connection unfinished, one or more of 2,000 connections
+//! in loaded runs); the egress's TCP sends the reply again itself.
 
 use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
@@ -27,6 +29,10 @@ pub struct Target {
 const WINDOW: u16 = 65_535;
 /// The client's initial sequence number (one connection per client, never reused).
 const ISN: i32 = 1_000;
+/// The first wait before the SYN or the request goes again (RFC 6298's initial RTO);
+/// doubled each time, up to [`MAX_RTO`].
+const RTO: Duration = Duration::from_secs(1);
+const MAX_RTO: Duration = Duration::from_secs(8);
 
 /// Where the connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +57,12 @@ pub struct Conn {
     received: usize,
     /// Reply bytes expected.
     answer_len: usize,
+    /// The peer has acknowledged the request.
+    request_acked: bool,
+    /// When the SYN or the request goes again if still unanswered; set by the first
+    /// [`retransmit`](Self::retransmit) call after it went.
+    retransmit_at: Option<Instant>,
+    rto: Duration,
 }
 
 impl Conn {
@@ -69,9 +81,42 @@ impl Conn {
             rcv_nxt: TcpSeqNumber(0),
             received: 0,
             answer_len,
+            request_acked: false,
+            retransmit_at: None,
+            rto: RTO,
         };
-        let syn = conn.segment(TcpControl::Syn, TcpSeqNumber(ISN), None, &[]);
+        let syn = conn.syn();
         (conn, syn)
+    }
+
+    fn syn(&self) -> Vec<u8> {
+        self.segment(TcpControl::Syn, TcpSeqNumber(ISN), None, &[])
+    }
+
+    fn request(&self) -> Vec<u8> {
+        self.segment(
+            TcpControl::Psh,
+            TcpSeqNumber(ISN) + 1,
+            Some(self.rcv_nxt),
+            REQUEST,
+        )
+    }
+
+    /// The SYN or the request again, when it is due and still unanswered. Call it now and
+    /// then (the client's timer does, every 250 ms).
+    pub fn retransmit(&mut self, now: Instant) -> Option<Vec<u8>> {
+        let segment = match self.state {
+            State::SynSent => self.syn(),
+            State::Established if !self.request_acked => self.request(),
+            _ => return None,
+        };
+        let due = *self.retransmit_at.get_or_insert(now + self.rto);
+        if now < due {
+            return None;
+        }
+        self.rto = (self.rto * 2).min(MAX_RTO);
+        self.retransmit_at = Some(now + self.rto);
+        Some(segment)
     }
 
     /// Where the connection is.
@@ -118,11 +163,15 @@ impl Conn {
                 }
                 self.rcv_nxt = repr.seq_number + 1;
                 self.state = State::Established;
-                let seq = self.snd_nxt;
                 self.snd_nxt += REQUEST.len();
-                Some(self.segment(TcpControl::Psh, seq, Some(self.rcv_nxt), REQUEST))
+                self.retransmit_at = None;
+                self.rto = RTO;
+                Some(self.request())
             }
             State::Established => {
+                if repr.ack_number.is_some_and(|ack| ack >= self.snd_nxt) {
+                    self.request_acked = true;
+                }
                 if repr.seq_number == self.rcv_nxt {
                     let fin = repr.control == TcpControl::Fin;
                     if repr.payload.is_empty() && !fin {
@@ -215,6 +264,9 @@ mod tests {
             rcv_nxt: TcpSeqNumber(ack),
             received: 0,
             answer_len: 0,
+            request_acked: false,
+            retransmit_at: None,
+            rto: RTO,
         };
         server.segment(control, TcpSeqNumber(seq), Some(TcpSeqNumber(ack)), payload)
     }
@@ -286,5 +338,57 @@ mod tests {
             None
         );
         assert_eq!(conn.state(), State::Closed);
+    }
+
+    #[test]
+    fn an_unanswered_syn_goes_again_ever_later() {
+        let t0 = Instant::now();
+        let (mut conn, syn) = Conn::connect(CLIENT, SERVER, REQUEST.len());
+        assert_eq!(conn.retransmit(t0), None, "the first call arms the timer");
+        assert_eq!(conn.retransmit(t0 + Duration::from_millis(999)), None);
+        let mut at = t0 + RTO;
+        for wait in [2, 4, 8, 8] {
+            assert_eq!(conn.retransmit(at), Some(syn.clone()), "the same SYN");
+            assert_eq!(
+                conn.retransmit(at + Duration::from_secs(wait) - Duration::from_millis(1)),
+                None
+            );
+            at += Duration::from_secs(wait);
+        }
+        conn.receive(&from_server(TcpControl::Syn, 5_000, ISN + 1, &[]))
+            .expect("the request");
+        assert_eq!(
+            conn.retransmit(at),
+            None,
+            "answered: the request's timer starts"
+        );
+    }
+
+    #[test]
+    fn an_unacknowledged_request_goes_again_until_acknowledged() {
+        let t0 = Instant::now();
+        let (mut conn, _) = Conn::connect(CLIENT, SERVER, REQUEST.len());
+        let request = conn
+            .receive(&from_server(TcpControl::Syn, 5_000, ISN + 1, &[]))
+            .expect("the request");
+        assert_eq!(conn.retransmit(t0), None);
+        assert_eq!(conn.retransmit(t0 + RTO), Some(request.clone()));
+        // The SYN-ACK again (our ACK was lost with the request): acknowledged with a bare
+        // ACK, and the request keeps its timer.
+        let ack = conn
+            .receive(&from_server(TcpControl::Syn, 5_000, ISN + 1, &[]))
+            .expect("an ACK");
+        assert_eq!(read(&ack).2, 0);
+        assert_eq!(conn.retransmit(t0 + RTO * 3), Some(request));
+        let sent = ISN + 1 + REQUEST.len() as i32;
+        assert_eq!(
+            conn.receive(&from_server(TcpControl::None, 5_001, sent, &[])),
+            None
+        );
+        assert_eq!(
+            conn.retransmit(t0 + RTO * 60),
+            None,
+            "acknowledged: nothing more"
+        );
     }
 }
