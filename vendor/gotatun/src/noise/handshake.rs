@@ -288,21 +288,29 @@ impl std::fmt::Debug for HandshakeInitSentState {
     }
 }
 
+/// OpenRelay patch: both in-progress states are boxed, so that a `Handshake` with none in
+/// progress (an established session's, nearly always) holds two pointers' worth, not two
+/// 128-byte states. A relay keeps a `Tunn` for every client session.
 #[derive(Debug)]
 enum HandshakeState {
     /// No handshake in process
     None,
     /// We initiated the handshake
-    InitSent(HandshakeInitSentState),
+    InitSent(Box<HandshakeInitSentState>),
     /// Handshake initiated by peer
-    InitReceived {
-        hash: [u8; KEY_LEN],
-        chaining_key: [u8; KEY_LEN],
-        peer_ephemeral_public: x25519::PublicKey,
-        peer_index: u32,
-    },
+    InitReceived(Box<HandshakeInitReceivedState>),
     /// Handshake was established too long ago (implies no handshake is in progress)
     Expired,
+}
+
+/// What a received handshake initiation leaves for the response (OpenRelay patch: was the
+/// fields of `HandshakeState::InitReceived`).
+#[derive(Debug)]
+struct HandshakeInitReceivedState {
+    hash: [u8; KEY_LEN],
+    chaining_key: [u8; KEY_LEN],
+    peer_ephemeral_public: x25519::PublicKey,
+    peer_index: u32,
 }
 
 /// WireGuard handshake state machine.
@@ -472,8 +480,8 @@ impl Handshake {
     }
 
     pub(crate) fn timer(&self) -> Option<Instant> {
-        match self.state {
-            HandshakeState::InitSent(HandshakeInitSentState { time_sent, .. }) => Some(time_sent),
+        match &self.state {
+            HandshakeState::InitSent(state) => Some(state.time_sent),
             _ => None,
         }
     }
@@ -597,12 +605,12 @@ impl Handshake {
 
         self.previous = std::mem::replace(
             &mut self.state,
-            HandshakeState::InitReceived {
+            HandshakeState::InitReceived(Box::new(HandshakeInitReceivedState {
                 chaining_key,
                 hash,
                 peer_ephemeral_public,
                 peer_index: peer_index.get(),
-            },
+            })),
         );
 
         Ok(self.format_handshake_response(packet.into_bytes()))
@@ -825,13 +833,13 @@ impl Handshake {
         let time_now = Instant::now();
         self.previous = std::mem::replace(
             &mut self.state,
-            HandshakeState::InitSent(HandshakeInitSentState {
+            HandshakeState::InitSent(Box::new(HandshakeInitSentState {
                 local_index,
                 chaining_key,
                 hash,
                 ephemeral_private,
                 time_sent: time_now,
-            }),
+            })),
         );
 
         self.init_mac1_and_mac2(&mut handshake, local_index_val);
@@ -845,12 +853,12 @@ impl Handshake {
     ) -> (crate::packet::Packet<WgHandshakeResp>, Session) {
         let state = std::mem::replace(&mut self.state, HandshakeState::None);
         let (mut chaining_key, mut hash, peer_ephemeral_public, peer_index) = match state {
-            HandshakeState::InitReceived {
-                chaining_key,
-                hash,
-                peer_ephemeral_public,
-                peer_index,
-            } => (chaining_key, hash, peer_ephemeral_public, peer_index),
+            HandshakeState::InitReceived(state) => (
+                state.chaining_key,
+                state.hash,
+                state.peer_ephemeral_public,
+                state.peer_index,
+            ),
             _ => {
                 panic!("Unexpected attempt to call send_handshake_response");
             }

@@ -1126,6 +1126,41 @@ mod tests {
         );
     }
 
+    /// OpenRelay patch 5: a `Tunn` keeps timer ranges only when they are not the
+    /// defaults, and its handshake states only while a handshake is in progress, so that an
+    /// established session's `Tunn` is small; what it reports and does is unchanged.
+    #[test]
+    fn defaults_and_idle_handshakes_take_no_room() {
+        let (mut my_tun, mut their_tun) = create_two_tuns();
+        assert!(my_tun.timers.params.is_none());
+        assert_eq!(*my_tun.timer_params(), TimerParams::default());
+        let custom = TimerParams {
+            rekey_timeout: Duration::from_secs(7)..=Duration::from_secs(9),
+            ..TimerParams::default()
+        };
+        my_tun.dangerously_set_timer_params(custom.clone());
+        assert_eq!(*my_tun.timer_params(), custom);
+        assert!(my_tun.timers.params.is_some());
+        my_tun.dangerously_set_timer_params(TimerParams::default());
+        assert!(
+            my_tun.timers.params.is_none(),
+            "the defaults again: nothing kept"
+        );
+
+        complete_handshake(&mut my_tun, &mut their_tun);
+        assert!(!my_tun.handshake.is_in_progress());
+        assert!(
+            std::mem::size_of::<handshake::Handshake>() <= 352,
+            "a Handshake is {} bytes (336 with both states boxed, 560 inline)",
+            std::mem::size_of::<handshake::Handshake>()
+        );
+        assert!(
+            std::mem::size_of::<Tunn<StdRng>>() <= 1_232,
+            "a Tunn is {} bytes (1,216 so; 1,592 with its handshake states and timer ranges inline)",
+            std::mem::size_of::<Tunn<StdRng>>()
+        );
+    }
+
     /// Verify that custom [`TimerParams`] move the rekey-after-time and passive keepalive
     /// deadlines.
     #[test]

@@ -388,14 +388,23 @@ mod tests {
         let table: IndexTable = IndexTable::from_os_rng();
         let key = [7u8; 32];
         let rx = Session::new(table.new_index(), 0, key, [0u8; 32]);
-        let tx = Session::new(table.new_index(), rx.receiving_index.value(), [0u8; 32], key);
+        let tx = Session::new(
+            table.new_index(),
+            rx.receiving_index.value(),
+            [0u8; 32],
+            key,
+        );
         let payload: Vec<u8> = (0..100u8).collect();
 
         let mut roomy = BytesMut::with_capacity(payload.len() + WgData::OVERHEAD);
         roomy.extend_from_slice(&payload);
         let start = roomy.as_ptr();
         let in_place = tx.format_packet_data(Packet::from_bytes(roomy)).unwrap();
-        assert_eq!(in_place.as_bytes().as_ptr(), start, "sealed where the packet was");
+        assert_eq!(
+            in_place.as_bytes().as_ptr(),
+            start,
+            "sealed where the packet was"
+        );
 
         let tight = Packet::from_bytes(BytesMut::from(&payload[..]));
         let copied = tx.format_packet_data(tight).unwrap();

@@ -92,6 +92,12 @@ pub struct TimerParams {
     pub rekey_after_time: RangeInclusive<Duration>,
 }
 
+/// The default timer deadline ranges, made once (OpenRelay patch, see `Timers::params`).
+fn default_params() -> &'static TimerParams {
+    static DEFAULT: std::sync::OnceLock<TimerParams> = std::sync::OnceLock::new();
+    DEFAULT.get_or_init(TimerParams::default)
+}
+
 impl Default for TimerParams {
     fn default() -> Self {
         TimerParams {
@@ -119,8 +125,10 @@ pub struct Timers {
     want_handshake: Option<Duration>,
     persistent_keepalive: Option<Duration>,
     persistent_keepalive_due: bool,
-    /// Timer deadline ranges that the sampled deadlines below are drawn from.
-    pub(super) params: TimerParams,
+    /// Timer deadline ranges that the sampled deadlines below are drawn from; `None` for
+    /// the defaults. OpenRelay patch: boxed, and only when set, as nearly every `Tunn` runs
+    /// with the defaults and the ranges are 160 bytes (a relay keeps a `Tunn` per client).
+    pub(super) params: Option<Box<TimerParams>>,
     /// Current passive keepalive deadline.
     /// Sampled from [`TimerParams::keepalive_timeout`] when `want_keepalive` is armed.
     keepalive_timeout: Duration,
@@ -149,7 +157,7 @@ impl Timers {
             want_handshake: Default::default(),
             persistent_keepalive,
             persistent_keepalive_due: persistent_keepalive.is_some(),
-            params: TimerParams::default(),
+            params: None,
             keepalive_timeout: Duration::ZERO,
             new_handshake_timeout: Duration::ZERO,
             rekey_timeout: Duration::ZERO,
@@ -167,7 +175,15 @@ impl Timers {
         self.new_handshake_timeout = *params.new_handshake_timeout.start();
         self.rekey_timeout = *params.rekey_timeout.start();
         self.rekey_after_time = *params.rekey_after_time.end();
-        self.params = params;
+        self.params = (params != *default_params()).then(|| Box::new(params));
+    }
+
+    /// The timer deadline ranges in use.
+    pub(super) fn params(&self) -> &TimerParams {
+        match self.params.as_deref() {
+            Some(params) => params,
+            None => default_params(),
+        }
     }
 
     fn is_initiator(&self) -> bool {
@@ -184,7 +200,7 @@ impl Timers {
         self.want_handshake = None;
         self.want_keepalive = None;
         self.persistent_keepalive_due = self.persistent_keepalive.is_some();
-        self.dangerously_set_params(self.params.clone());
+        self.dangerously_set_params(self.params().clone());
     }
 
     /// Compute the time elapsed since [`Self::time_started`] based on [`Instant::now`].
@@ -255,7 +271,7 @@ impl<R: rand::RngCore + Send> Tunn<R> {
         &mut self,
         range: impl FnOnce(&TimerParams) -> &RangeInclusive<Duration>,
     ) -> Duration {
-        let range = range(&self.timers.params).clone();
+        let range = range(self.timers.params()).clone();
         if range.start() >= range.end() {
             // Avoid consuming randomness for fixed deadlines.
             *range.start()
@@ -490,7 +506,7 @@ impl<R: rand::RngCore + Send> Tunn<R> {
 
     /// Get the timer params for this tunnel.
     pub fn timer_params(&self) -> &TimerParams {
-        &self.timers.params
+        self.timers.params()
     }
 
     /// Set the timer params for this tunnel, controlling when WireGuard timers fire.
