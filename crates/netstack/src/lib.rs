@@ -18,6 +18,7 @@ mod error;
 mod event;
 mod idle;
 mod pages;
+mod ports;
 mod stack;
 mod table;
 mod tcp;
