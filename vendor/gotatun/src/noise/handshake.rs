@@ -475,6 +475,11 @@ impl Handshake {
         }
     }
 
+    /// The peer's static public key (OpenRelay patch, for `Tunn::peer_static_public`).
+    pub(crate) fn peer_static_public(&self) -> x25519::PublicKey {
+        self.params.peer_static_public
+    }
+
     pub(crate) fn is_in_progress(&self) -> bool {
         !matches!(self.state, HandshakeState::None | HandshakeState::Expired)
     }

@@ -200,6 +200,12 @@ impl<R: RngCore + Send> Tunn<R> {
         self.handshake.preshared_key()
     }
 
+    /// The peer's static public key, as given to [`Tunn::new`] (OpenRelay patch: its owner
+    /// need not keep a copy).
+    pub fn peer_static_public(&self) -> x25519::PublicKey {
+        self.handshake.peer_static_public()
+    }
+
     /// Encapsulate a single packet.
     ///
     /// If there's an active session, return the encapsulated packet. Otherwise, if needed, return
@@ -1124,6 +1130,22 @@ mod tests {
             matches!(my_tun.update_timers(), Ok(Some(WgKind::HandshakeInit(..)))),
             "retry should fire at REKEY_TIMEOUT + jitter"
         );
+    }
+
+    /// OpenRelay patch 6: a `Tunn` tells the peer key it was made for, so that its owner
+    /// need not keep a copy.
+    #[test]
+    fn a_tunn_tells_its_peers_key() {
+        let peer = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::random_from_rng(
+            rand_core::OsRng,
+        ));
+        let mine = x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng);
+        let limiter = Arc::new(RateLimiter::new(
+            &x25519_dalek::PublicKey::from(&mine),
+            HANDSHAKE_RATE_LIMIT,
+        ));
+        let tun = Tunn::new(mine, peer, None, None, IndexTable::from_os_rng(), limiter);
+        assert_eq!(tun.peer_static_public(), peer);
     }
 
     /// OpenRelay patch 5: a `Tunn` keeps timer ranges only when they are not the
