@@ -18,7 +18,6 @@ mod error;
 mod event;
 mod idle;
 mod pages;
-mod ports;
 mod stack;
 mod table;
 mod tcp;

@@ -1,6 +1,6 @@
 //! The sans-IO core: a smoltcp interface over two packet queues, driven by the caller's clock.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +12,6 @@ use crate::device::Queues;
 use crate::error::ConfigError;
 use crate::event::{Event, Stats};
 use crate::idle::IdleCheck;
-use crate::ports::{Ports, EPHEMERAL_COUNT, EPHEMERAL_START};
 use crate::table::Table;
 use crate::tcp::{Direction, Flow, ReadyList};
 use crate::terminate::Pending;
@@ -22,6 +21,11 @@ use crate::{FlowId, Mode, StackConfig};
 /// Most smoltcp poll rounds per [`Stack::poll`]; each round sends at most one segment per
 /// socket, so this bounds the work done in one call. More work is signalled by `poll_at`.
 const MAX_POLL_ROUNDS: usize = 1024;
+
+/// First port of the ephemeral range (RFC 6335).
+const EPHEMERAL_START: u16 = 49_152;
+/// Number of ephemeral ports.
+const EPHEMERAL_COUNT: u16 = 16_384;
 
 /// A userspace TCP/IP stack for one tunnel session.
 ///
@@ -51,9 +55,9 @@ pub struct Stack {
     pub(crate) reap: Vec<FlowId>,
     pub(crate) events: VecDeque<Event>,
     next_flow: u64,
-    pub(crate) next_port: u16,
-    /// Client mode's ports in use ([`crate::ports`]), made on first use.
-    pub(crate) ports: Option<Box<Ports>>,
+    next_port: u16,
+    pub(crate) tcp_ports: HashSet<u16>,
+    pub(crate) udp_ports: HashSet<u16>,
     pub(crate) stats: Stats,
     /// When to look for flows whose idle buffers can be given back ([`crate::idle`]).
     pub(crate) idle: IdleCheck,
@@ -114,7 +118,8 @@ impl Stack {
             events: VecDeque::new(),
             next_flow: 1,
             next_port,
-            ports: None,
+            tcp_ports: HashSet::new(),
+            udp_ports: HashSet::new(),
             stats: Stats::default(),
             idle: IdleCheck::default(),
             rested: false,
@@ -250,6 +255,27 @@ impl Stack {
             .iter()
             .copied()
             .find(|a| a.is_ipv4() == dst.is_ipv4())
+    }
+
+    /// An unused ephemeral TCP or UDP port, marked as used.
+    pub(crate) fn allocate_port(&mut self, udp: bool) -> Option<u16> {
+        for _ in 0..EPHEMERAL_COUNT {
+            let port = self.next_port;
+            self.next_port = if port == u16::MAX {
+                EPHEMERAL_START
+            } else {
+                port + 1
+            };
+            let used = if udp {
+                &mut self.udp_ports
+            } else {
+                &mut self.tcp_ports
+            };
+            if used.insert(port) {
+                return Some(port);
+            }
+        }
+        None
     }
 
     /// Queue an IP packet built outside smoltcp; counts it if dropped.

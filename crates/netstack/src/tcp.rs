@@ -141,7 +141,7 @@ impl Stack {
         let local = SocketAddr::new(src_ip, port);
         let mut socket = self.new_socket();
         if socket.connect(self.iface.context(), dst, local).is_err() {
-            self.release_port(false, port);
+            self.tcp_ports.remove(&port);
             return Err(StackError::InvalidDestination(dst));
         }
         let handle = self.sockets.add(socket);
@@ -443,7 +443,7 @@ impl Stack {
             self.tuples.remove(&key);
         }
         if self.config.mode == Mode::Client {
-            self.release_port(false, entry.local.port());
+            self.tcp_ports.remove(&entry.local.port());
         }
         self.stats.flows_released += 1;
     }

@@ -23,7 +23,7 @@ impl Stack {
         if port == 0 {
             return self.allocate_port(true).ok_or(StackError::PortsExhausted);
         }
-        if self.bind_port(true, port) {
+        if self.udp_ports.insert(port) {
             Ok(port)
         } else {
             Err(StackError::UdpPortInUse(port))
@@ -32,7 +32,7 @@ impl Stack {
 
     /// Client mode: release a port reserved with [`udp_bind`](Self::udp_bind).
     pub fn udp_unbind(&mut self, port: u16) {
-        self.release_port(true, port);
+        self.udp_ports.remove(&port);
     }
 
     /// Largest UDP payload that fits one packet to `dst`.
@@ -110,7 +110,7 @@ impl Stack {
                     self.stats.unsupported_dropped += 1;
                     return;
                 }
-                self.port_in_use(true, dst.port())
+                self.udp_ports.contains(&dst.port())
             }
             Mode::Terminate => {
                 if self.source_for(dst.ip()).is_none() {
@@ -144,7 +144,7 @@ impl Stack {
     pub(crate) fn receive_udp_unreachable(&mut self, local: SocketAddr, remote: SocketAddr) {
         if self.config.mode == Mode::Client
             && self.is_local(local.ip())
-            && self.port_in_use(true, local.port())
+            && self.udp_ports.contains(&local.port())
             && self.events.len() < self.config.max_events
         {
             self.events

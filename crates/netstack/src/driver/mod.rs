@@ -485,24 +485,6 @@ mod tests {
     use super::*;
     use crate::StackConfig;
 
-    /// An egress holds this for every session with a stack, in an `Arc` (16 bytes more).
-    /// The relay image's allocator (mimalloc) serves it from its 1,280-byte size class only
-    /// while the whole fits; the next class is 1,536. As the relay image builds smoltcp
-    /// (IP medium only) its interface is 256 bytes and the whole 1,272 bytes (1,360 before
-    /// client mode's port sets were boxed, 1,456 before the flow tables were sorted
-    /// vectors). Under `cargo test --workspace` the test bed turns smoltcp's ethernet medium
-    /// on, which makes the interface larger, so the bound is on the rest.
-    #[test]
-    fn a_stacks_shared_state_fits_the_1280_byte_size_class() {
-        const INTERFACE_IP_ONLY: usize = 256;
-        let interface = std::mem::size_of::<smoltcp::iface::Interface>();
-        let rest = std::mem::size_of::<Inner>() + 2 * std::mem::size_of::<usize>() - interface;
-        assert!(
-            rest + INTERFACE_IP_ONLY <= 1_280,
-            "{rest} bytes with the Arc's counts beside smoltcp's interface ({interface} here)"
-        );
-    }
-
     #[tokio::test]
     async fn a_resting_stack_gives_back_its_tasks_queues() {
         let now = Instant::now();
