@@ -4,6 +4,8 @@
 use std::collections::VecDeque;
 
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
+
+use crate::idle::ShrinkIfEmpty;
 use smoltcp::time::Instant;
 
 /// Packets from the tunnel waiting for smoltcp, and packets from smoltcp waiting for the tunnel.
@@ -22,12 +24,8 @@ pub(crate) struct Queues {
 impl Queues {
     /// Gives back the memory of an empty queue (see [`Stack::shrink_idle`](crate::Stack)).
     pub(crate) fn shrink_idle(&mut self) {
-        if self.rx.is_empty() {
-            self.rx.shrink_to_fit();
-        }
-        if self.tx.is_empty() {
-            self.tx.shrink_to_fit();
-        }
+        self.rx.shrink_if_empty();
+        self.tx.shrink_if_empty();
     }
 
     pub(crate) fn new(mtu: usize, tx_limit: usize) -> Self {

@@ -104,15 +104,9 @@ impl Stack {
     /// the next packet. An egress keeps such a stack for every session holding a quiet
     /// connection.
     pub(crate) fn shrink_idle(&mut self) {
-        if self.events.is_empty() {
-            self.events.shrink_to_fit();
-        }
-        if self.woken.is_empty() {
-            self.woken.shrink_to_fit();
-        }
-        if self.reap.is_empty() {
-            self.reap.shrink_to_fit();
-        }
+        self.events.shrink_if_empty();
+        self.woken.shrink_if_empty();
+        self.reap.shrink_if_empty();
         self.pending.shrink_idle();
         self.dev.shrink_idle();
         self.ready.shrink_idle();
@@ -123,5 +117,27 @@ impl Stack {
     /// last call: the driver then shrinks its own queues.
     pub(crate) fn take_rested(&mut self) -> bool {
         std::mem::take(&mut self.rested)
+    }
+}
+
+/// A queue or table that gives its memory back once it holds nothing, for the stack and its
+/// task at rest ([`Stack::shrink_idle`]); it grows again with the next entry.
+pub(crate) trait ShrinkIfEmpty {
+    fn shrink_if_empty(&mut self);
+}
+
+impl<T> ShrinkIfEmpty for Vec<T> {
+    fn shrink_if_empty(&mut self) {
+        if self.is_empty() {
+            self.shrink_to_fit();
+        }
+    }
+}
+
+impl<T> ShrinkIfEmpty for std::collections::VecDeque<T> {
+    fn shrink_if_empty(&mut self) {
+        if self.is_empty() {
+            self.shrink_to_fit();
+        }
     }
 }

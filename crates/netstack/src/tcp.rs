@@ -12,7 +12,7 @@ use smoltcp::time::Duration as SmolDuration;
 
 use crate::error::{FlowError, StackError};
 use crate::event::{CloseReason, Event, TcpState};
-use crate::idle::Quiet;
+use crate::idle::{Quiet, ShrinkIfEmpty};
 use crate::wire::Syn;
 use crate::{Congestion, FlowId, Mode, Stack};
 
@@ -78,10 +78,10 @@ impl ReadyList {
 
     /// Gives back the list's memory if it is empty (see [`Stack::shrink_idle`]).
     pub(crate) fn shrink_idle(&self) {
-        let mut list = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if list.is_empty() {
-            list.shrink_to_fit();
-        }
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .shrink_if_empty();
     }
 
     /// Moves the flows that woke into `out`, which must be empty; the list keeps `out`'s

@@ -9,7 +9,7 @@ use smoltcp::socket::tcp;
 
 use crate::error::StackError;
 use crate::event::{CloseReason, Event, TcpState};
-use crate::idle::Quiet;
+use crate::idle::{Quiet, ShrinkIfEmpty};
 use crate::stack::is_unicast;
 use crate::table::Table;
 use crate::tcp::Flow;
@@ -35,15 +35,9 @@ struct PendingSyn {
 impl Pending {
     /// Gives back the memory of whatever is empty (see [`Stack::shrink_idle`]).
     pub(crate) fn shrink_idle(&mut self) {
-        if self.waiting.is_empty() {
-            self.waiting.shrink_to_fit();
-        }
-        if self.deadlines.is_empty() {
-            self.deadlines.shrink_to_fit();
-        }
-        if self.accepted.is_empty() {
-            self.accepted.shrink_to_fit();
-        }
+        self.waiting.shrink_if_empty();
+        self.deadlines.shrink_if_empty();
+        self.accepted.shrink_if_empty();
     }
 
     pub(crate) fn contains(&self, flow: FlowId) -> bool {

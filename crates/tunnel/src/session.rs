@@ -331,7 +331,8 @@ pub struct Responder {
     /// decryption (it did: half of an egress's CPU).
     public: x25519::PublicKey,
     clock: SessionClock,
-    cfg: SessionConfig,
+    /// Each session's tunnel MTU (the keepalive setting is in `origin`).
+    mtu: u16,
 }
 
 impl Responder {
@@ -347,7 +348,7 @@ impl Responder {
             }),
             clock: SessionClock::new(now),
             public,
-            cfg,
+            mtu: cfg.mtu,
         }
     }
 
@@ -409,7 +410,7 @@ impl Responder {
 
     /// A new session for a client whose handshake initiation was just classified.
     pub fn session(&self, now: Instant, peer: PublicKey) -> Session {
-        Session::build(now, self.origin.clone(), peer, self.cfg.mtu)
+        Session::build(now, self.origin.clone(), peer, self.mtu)
     }
 }
 

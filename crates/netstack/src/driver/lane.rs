@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use super::{Inner, Shared, CHANNEL_DEPTH};
+use crate::idle::ShrinkIfEmpty;
 
 /// Items waiting for the receiver, and how to wake it.
 pub(crate) struct Lane<T> {
@@ -97,9 +98,7 @@ impl<T> Lane<T> {
 
     /// Gives back the queue's memory if it is empty.
     pub(super) fn shrink_idle(&mut self) {
-        if self.items.is_empty() {
-            self.items.shrink_to_fit();
-        }
+        self.items.shrink_if_empty();
     }
 
     /// The next item if one is waiting.
