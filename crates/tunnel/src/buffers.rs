@@ -1,27 +1,36 @@
 //! Packet buffers reused per thread ([`spare`]), so that the data path does not allocate
 //! per packet:
 //!
-//! - an outgoing IP packet is written into a spare with room for WireGuard's header, tag and
-//!   padding, and gotatun (as patched in vendor/gotatun) encrypts it there: the message
-//!   leaves in the packet's own buffer, and the caller gives it back once sent;
-//! - the next datagram to decrypt is copied into a spare, decrypted in place and handed out
-//!   as the packet.
+//! - an outgoing IP packet is written into a spare behind room for WireGuard's header, with
+//!   room after it for padding and tag, and gotatun (as patched in vendor/gotatun) encrypts
+//!   it where it sits: the message leaves in the packet's own buffer, and the caller gives it
+//!   back once sent;
+//! - the next datagram to decrypt is copied into a spare and decrypted to the start of it
+//!   (over its header), and handed out as the packet.
 
 use bytes::BytesMut;
-use gotatun::packet::{Packet, WgData};
+use gotatun::packet::{Packet, WgData, WgDataHeader};
 
-/// Room a packet of `len` bytes needs to become a data message in its own buffer: padding to
-/// a multiple of 16, then the header and tag.
+/// Room a packet of `len` bytes needs to become a data message in its own buffer: the
+/// header, padding to a multiple of 16, and the tag.
 pub(crate) const fn sealed_len(len: usize) -> usize {
     len.next_multiple_of(16) + WgData::OVERHEAD
 }
 
-/// An outgoing IP packet in a spare with room to be encrypted in place.
+/// An outgoing IP packet in a spare, placed to be encrypted where it sits.
 pub(crate) fn sealable(bytes: &[u8]) -> Packet {
-    sealable_with(bytes.len(), |buf| buf.copy_from_slice(bytes))
+    let mut buf = spare::take(sealed_len(bytes.len()));
+    // Appended, not written over zeros as `sealable_with` must: only the room around the
+    // packet is zeroed.
+    buf.resize(WgDataHeader::LEN, 0);
+    buf.extend_from_slice(bytes);
+    let len = buf.len();
+    Packet::from_bytes(owned(buf, len))
 }
 
-/// A spare of `len` bytes, written by `fill`, with room to be encrypted in place.
+/// A spare holding a packet of `len` bytes, written by `fill`, behind room for WireGuard's
+/// header (what gotatun's `Tunn::handle_outgoing_placed` takes), so that the packet is
+/// encrypted where it was written instead of moved up by the header's length first.
 pub(crate) fn sealable_with(len: usize, fill: impl FnOnce(&mut [u8])) -> Packet {
     // Taken with room for the whole message, so that a spare too small for it is not
     // taken and then grown (an allocation).
@@ -29,8 +38,8 @@ pub(crate) fn sealable_with(len: usize, fill: impl FnOnce(&mut [u8])) -> Packet 
     // Zeroed once, all of it (`owned` needs the whole capacity initialised); `fill` then
     // writes over the packet's part.
     buf.resize(buf.capacity(), 0);
-    fill(&mut buf[..len]);
-    Packet::from_bytes(owned(buf, len))
+    fill(&mut buf[WgDataHeader::LEN..WgDataHeader::LEN + len]);
+    Packet::from_bytes(owned(buf, WgDataHeader::LEN + len))
 }
 
 /// The packet's bytes as a `Vec` without copying them to a new allocation: gotatun's

@@ -158,10 +158,11 @@ impl Session {
         self.send(buffers::sealable_with(len, fill), out);
     }
 
+    /// Sends a packet placed by [`buffers::sealable_with`].
     fn send(&mut self, packet: Packet, out: &mut Vec<Action>) {
         if let Some(msg) = self
             .tunn
-            .handle_outgoing_packet(packet, Some(&mut self.mtu))
+            .handle_outgoing_placed(packet, Some(&mut self.mtu))
         {
             self.push_network(msg, out);
         }

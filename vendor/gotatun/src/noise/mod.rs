@@ -34,10 +34,13 @@ use crate::noise::rate_limiter::RateLimiter;
 use crate::noise::timers::{TimerName, Timers};
 
 pub use crate::noise::timers::TimerParams;
-use crate::packet::{Packet, WgCookieReply, WgData, WgHandshakeInit, WgHandshakeResp, WgKind};
+use crate::packet::{
+    Packet, WgCookieReply, WgData, WgDataHeader, WgHandshakeInit, WgHandshakeResp, WgKind,
+};
 use crate::tun::MtuWatcher;
 use crate::x25519;
 
+use bytes::Buf;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,18 +237,60 @@ impl<R: RngCore + Send> Tunn<R> {
         }
     }
 
+    /// Like [`Tunn::handle_outgoing_packet`] for a packet that sits behind
+    /// [`WgDataHeader::LEN`] bytes of room for the message's header (OpenRelay patch): the
+    /// session encrypts it where it is instead of moving it up by the header's length, a copy
+    /// of every packet. Without a usable session the room is cut off and the packet queued
+    /// as [`Tunn::handle_outgoing_packet`] queues it. Padding, if `tun_mtu` is `Some`, counts
+    /// the packet without the room.
+    ///
+    /// # Panics
+    ///
+    /// If `placed` is shorter than the room.
+    pub fn handle_outgoing_placed(
+        &mut self,
+        mut placed: Packet,
+        tun_mtu: Option<&mut MtuWatcher>,
+    ) -> Option<WgKind> {
+        assert!(
+            placed.len() >= WgDataHeader::LEN,
+            "a placed packet starts with room for the header"
+        );
+        if let Some(tun_mtu) = tun_mtu {
+            placed = pad_to_x16_after(placed, WgDataHeader::LEN, tun_mtu);
+        }
+
+        match self.encapsulate_using(placed, session::Session::format_placed_data) {
+            Ok(encapsulated_packet) => Some(encapsulated_packet.into()),
+            Err(mut placed) => {
+                placed.buf_mut().advance(WgDataHeader::LEN);
+                self.queue_packet(placed);
+                self.format_handshake_initiation(false).map(Into::into)
+            }
+        }
+    }
+
     /// Encapsulate a single packet into a [`WgData`].
     ///
     /// Returns `Err(original_packet)` if there is no active session, or if the active session's
     /// sending counter has reached `REJECT_AFTER_MESSAGES`.
     pub fn encapsulate_with_session(&mut self, packet: Packet) -> Result<Packet<WgData>, Packet> {
+        self.encapsulate_using(packet, session::Session::format_packet_data)
+    }
+
+    /// Encapsulates with the current session's `format`, or returns the packet as it came.
+    fn encapsulate_using(
+        &mut self,
+        packet: Packet,
+        format: fn(&session::Session, Packet) -> Result<Packet<WgData>, Packet>,
+    ) -> Result<Packet<WgData>, Packet> {
         let current = self.current;
         if self.unconfirmed[current % N_SESSIONS] {
             return Err(packet);
         }
         if let Some(ref session) = self.sessions[current % N_SESSIONS] {
             // Send the packet using an established session
-            let packet = session.format_packet_data(packet)?;
+            let packet = format(session, packet)?;
             self.timer_tick(TimerName::TimeLastPacketSent);
             // Exclude Keepalive packets from timer update.
             if !packet.is_keepalive() {
@@ -527,8 +572,15 @@ impl<R: RngCore + Send> Tunn<R> {
 /// A literal interpretation would imply keeping track of the route MTU for each peer.
 /// Using the MTU from the TUN device instead is a simpler, more reasonable, approach.
 /// `wireguard-go` uses this same method.
-fn pad_to_x16(mut packet: Packet, tun_mtu: &mut MtuWatcher) -> Packet {
-    if packet.len().is_multiple_of(16) {
+fn pad_to_x16(packet: Packet, tun_mtu: &mut MtuWatcher) -> Packet {
+    pad_to_x16_after(packet, 0, tun_mtu)
+}
+
+/// Pads the packet that follows `room` bytes of the buffer (OpenRelay patch: for
+/// [`Tunn::handle_outgoing_placed`]).
+fn pad_to_x16_after(mut packet: Packet, room: usize, tun_mtu: &mut MtuWatcher) -> Packet {
+    let len = packet.len() - room;
+    if len.is_multiple_of(16) {
         return packet;
     }
 
@@ -537,16 +589,16 @@ fn pad_to_x16(mut packet: Packet, tun_mtu: &mut MtuWatcher) -> Packet {
         let mtu = tun_mtu.get();
         let mtu = usize::from(mtu);
 
-        if cfg!(debug_assertions) && packet.len() > mtu {
-            tracing::debug!("Packet length exceeded MTU: {} > {mtu}", packet.len());
+        if cfg!(debug_assertions) && len > mtu {
+            tracing::debug!("Packet length exceeded MTU: {len} > {mtu}");
         }
 
         // Checking the mtu is inherently racey, so we need to be tolerant if packet.len() > mtu.
-        packet.len().next_multiple_of(16).min(mtu).max(packet.len())
+        len.next_multiple_of(16).min(mtu).max(len)
     };
 
-    debug_assert!(padded_packet_len >= packet.len());
-    packet.buf_mut().resize(padded_packet_len, 0);
+    debug_assert!(padded_packet_len >= len);
+    packet.buf_mut().resize(room + padded_packet_len, 0);
 
     packet
 }
@@ -970,6 +1022,56 @@ mod tests {
             panic!("session should decrypt the packet");
         };
         assert_eq!(sent.as_bytes(), received.as_bytes());
+    }
+
+    /// OpenRelay patch: a placed packet is padded without counting its room and arrives as
+    /// it was, with a session and after waiting in the queue for one.
+    #[test]
+    fn placed_packets_arrive_as_they_were_with_or_without_a_session() {
+        let placed = |ip: &Packet<Ipv4>| {
+            let mut buf = BytesMut::with_capacity(2048);
+            buf.resize(WgDataHeader::LEN, 0);
+            buf.extend_from_slice(ip.as_bytes());
+            Packet::from_bytes(buf)
+        };
+        let sent = create_ipv4_udp_packet();
+        let padded = sent.as_bytes().len().next_multiple_of(16);
+        let mut mtu = MtuWatcher::new(1420);
+
+        let (mut my_tun, mut their_tun) = create_two_tuns();
+        let init = my_tun
+            .handle_outgoing_placed(placed(&sent), Some(&mut mtu))
+            .expect("no session: a handshake starts");
+        assert!(matches!(init, WgKind::HandshakeInit(_)));
+        let WgKind::HandshakeInit(init) = init else {
+            unreachable!()
+        };
+        let resp = create_handshake_response(&mut their_tun, init);
+        let TunnResult::WriteToNetwork(_) =
+            my_tun.handle_incoming_packet(WgKind::HandshakeResp(resp))
+        else {
+            panic!("the response completes the handshake");
+        };
+        let queued: Vec<WgKind> = my_tun.get_queued_packets(&mut mtu).collect();
+        assert_eq!(queued.len(), 1, "the packet waited for the session");
+
+        let now = my_tun
+            .handle_outgoing_placed(placed(&sent), Some(&mut mtu))
+            .expect("a session seals it at once");
+        for msg in queued.into_iter().chain([now]) {
+            let WgKind::Data(data) = msg else {
+                panic!("a data message")
+            };
+            assert_eq!(data.as_bytes().len(), WgData::OVERHEAD + padded);
+            let TunnResult::WriteToTunnel(received) =
+                their_tun.handle_incoming_packet(WgKind::Data(data))
+            else {
+                panic!("the message opens");
+            };
+            assert_eq!(&received[..sent.as_bytes().len()], sent.as_bytes());
+            assert!(received[sent.as_bytes().len()..].iter().all(|&b| b == 0));
+            assert_eq!(received.len(), padded);
+        }
     }
 
     /// A handshake completes when both sides set the same preshared key.

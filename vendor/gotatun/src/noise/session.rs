@@ -16,7 +16,7 @@ use crate::{
     noise::index_table::Index,
     packet::{Packet, WgData, WgDataHeader, WgKind},
 };
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use zerocopy::FromBytes;
@@ -264,13 +264,9 @@ impl Session {
     /// reached `REJECT_AFTER_MESSAGES`: the session must then be replaced by a fresh handshake
     /// before more transport data can be sent, so the AEAD nonce can never wrap.
     pub(super) fn format_packet_data(&self, mut packet: Packet) -> Result<Packet<WgData>, Packet> {
-        // Check before incrementing so an exhausted counter is never advanced (and thus can never
-        // wrap back around to a previously used value).
-        if self.sending_key_counter.load(Ordering::Relaxed) >= REJECT_AFTER_MESSAGES {
+        if self.is_exhausted() {
             return Err(packet);
         }
-        let sending_key_counter = self.sending_key_counter.fetch_add(1, Ordering::Relaxed);
-
         let payload = packet.len();
         let len = WgData::OVERHEAD + payload;
 
@@ -278,16 +274,42 @@ impl Session {
         // tag (OpenRelay patch): the payload moves up by the header's length and is encrypted
         // where it lands, so a caller that hands in buffers with room allocates nothing per
         // message. Otherwise a buffer is allocated, as upstream does.
-        let mut buf = if packet.buf_mut().capacity() >= len {
+        let buf = if packet.buf_mut().capacity() >= len {
             let mut buf = packet;
-            buf.buf_mut().resize(len, 0);
+            buf.buf_mut().resize(WgDataHeader::LEN + payload, 0);
             buf.copy_within(..payload, WgDataHeader::LEN);
             buf
         } else {
-            let mut buf = Packet::from_bytes(BytesMut::zeroed(len));
-            buf[WgDataHeader::LEN..WgDataHeader::LEN + payload].copy_from_slice(&packet);
-            buf
+            let mut buf = BytesMut::with_capacity(len);
+            buf.resize(WgDataHeader::LEN, 0);
+            buf.extend_from_slice(&packet);
+            Packet::from_bytes(buf)
         };
+        Ok(self.seal(buf))
+    }
+
+    /// Like [`Session::format_packet_data`] for a packet that already sits behind
+    /// [`WgDataHeader::LEN`] bytes of room for the header (OpenRelay patch): it is encrypted
+    /// where it is, without moving. `Err` returns `placed` as it came.
+    pub(super) fn format_placed_data(&self, placed: Packet) -> Result<Packet<WgData>, Packet> {
+        if self.is_exhausted() {
+            return Err(placed);
+        }
+        Ok(self.seal(placed))
+    }
+
+    /// Whether the sending counter has reached `REJECT_AFTER_MESSAGES`. Checked before the
+    /// counter is incremented, so an exhausted counter is never advanced (and thus can never
+    /// wrap back around to a previously used value).
+    fn is_exhausted(&self) -> bool {
+        self.sending_key_counter.load(Ordering::Relaxed) >= REJECT_AFTER_MESSAGES
+    }
+
+    /// Seals the payload behind the header's room in `buf`, which grows by the tag.
+    fn seal(&self, mut buf: Packet) -> Packet<WgData> {
+        let sending_key_counter = self.sending_key_counter.fetch_add(1, Ordering::Relaxed);
+        let payload = buf.len() - WgDataHeader::LEN;
+        buf.buf_mut().resize(WgData::OVERHEAD + payload, 0);
 
         let data = WgData::mut_from_bytes(buf.buf_mut())
             .expect("buffer size is at least WgData::OVERHEAD");
@@ -319,14 +341,13 @@ impl Session {
         let WgKind::Data(packet) = packet else {
             unreachable!("is a wireguard data packet");
         };
-
-        Ok(packet)
+        packet
     }
 
     /// Decapsulate `packet` and return the decrypted data.
     pub(super) fn receive_packet_data(
         &self,
-        mut packet: Packet<WgData>,
+        packet: Packet<WgData>,
     ) -> Result<Packet, WireGuardError> {
         if packet.header.receiver_idx.get() != self.receiving_index.value() {
             return Err(WireGuardError::WrongIndex);
@@ -345,22 +366,23 @@ impl Session {
         let mut nonce = [0u8; 12];
         nonce[4..12].copy_from_slice(&packet.header.counter.to_bytes());
 
-        // decrypt the data in-place
+        // Decrypt to the start of the buffer, over the header (OpenRelay patch): the cipher
+        // writes each block where the one before it was read, so the packet starts where its
+        // buffer does and a caller taking the buffer over (`Vec::from`) moves no bytes.
+        // Upstream decrypted in place and advanced past the header.
+        let mut packet = packet.into_bytes();
+        let buf = packet.buf_mut();
         let decrypted_len = self
             .receiver
             .aead()
-            .open_in_place(
+            .open_within(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(&[]),
-                &mut packet.encrypted_encapsulated_packet_and_tag,
+                buf,
+                WgDataHeader::LEN..,
             )
             .map_err(|_| WireGuardError::InvalidAeadTag)?
             .len();
-
-        // shift the packet buffer slice onto the decrypted data
-        let mut packet = packet.into_bytes();
-        let buf = packet.buf_mut();
-        buf.advance(WgDataHeader::LEN);
         buf.truncate(decrypted_len);
 
         // After decryption is done, check counter again, and mark as received
@@ -414,6 +436,69 @@ mod tests {
             let opened = rx.receive_packet_data(sealed).unwrap();
             assert_eq!(&opened[..], &payload[..]);
         }
+    }
+
+    /// OpenRelay patch: a packet behind room for the header is sealed where it sits, to the
+    /// same message a moved packet becomes; a message opens to the start of its buffer.
+    #[test]
+    fn a_placed_packet_is_sealed_where_it_sits_and_opens_at_its_buffers_start() {
+        use zerocopy::IntoBytes;
+        let table: IndexTable = IndexTable::from_os_rng();
+        let key = [9u8; 32];
+        let rx = Session::new(table.new_index(), 0, key, [0u8; 32]);
+        // Two senders with the same key and counter: one is given the packet placed, the
+        // other moves it up itself.
+        let placing = Session::new(table.new_index(), rx.receiving_index.value(), [0; 32], key);
+        let moving = Session::new(table.new_index(), rx.receiving_index.value(), [0; 32], key);
+        let payload: Vec<u8> = (0..144u8).collect();
+
+        let mut placed = BytesMut::with_capacity(payload.len() + WgData::OVERHEAD);
+        placed.resize(WgDataHeader::LEN, 0xee);
+        placed.extend_from_slice(&payload);
+        let start = placed.as_ptr();
+        let sealed = placing
+            .format_placed_data(Packet::from_bytes(placed))
+            .unwrap();
+        assert_eq!(sealed.as_bytes().as_ptr(), start, "sealed where it sits");
+
+        let mut roomy = BytesMut::with_capacity(payload.len() + WgData::OVERHEAD);
+        roomy.extend_from_slice(&payload);
+        let moved = moving
+            .format_packet_data(Packet::from_bytes(roomy))
+            .unwrap();
+        assert_eq!(
+            sealed.as_bytes(),
+            moved.as_bytes(),
+            "the same message either way"
+        );
+
+        let message_start = sealed.as_bytes().as_ptr();
+        let opened = rx.receive_packet_data(sealed).unwrap();
+        assert_eq!(&opened[..], &payload[..]);
+        assert_eq!(
+            opened.as_ptr(),
+            message_start,
+            "the packet starts where its buffer does"
+        );
+        let mut opened = opened;
+        assert_eq!(
+            std::mem::take(opened.buf_mut()).capacity(),
+            payload.len() + WgData::OVERHEAD,
+            "no bytes cut off in front"
+        );
+    }
+
+    /// OpenRelay patch: a placed packet is refused, as it came, once the counter is spent.
+    #[test]
+    fn a_placed_packet_comes_back_unsealed_from_an_exhausted_session() {
+        let session = test_session();
+        session.set_sending_key_counter(REJECT_AFTER_MESSAGES);
+        let mut placed = BytesMut::zeroed(WgDataHeader::LEN);
+        placed.extend_from_slice(&[1, 2, 3, 4]);
+        let Err(back) = session.format_placed_data(Packet::from_bytes(placed.clone())) else {
+            panic!("an exhausted session seals nothing");
+        };
+        assert_eq!(&back[..], &placed[..]);
     }
 
     /// Build a `Session` with throwaway keys and a real receiving index.
