@@ -5,14 +5,14 @@
 //! egress from its own address, with a source port per session (the edge owns one socket
 //! per admitted session). Anything else is dropped and counted.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
 use tunnel::wire::{emit_udp, parse_udp, udp_packet_len, UdpChecksum};
 
 use crate::counters::{Counters, Drop};
-use crate::table::{AttestRequest, SessionId, SessionTable, TableEvent};
+use crate::table::{AttestRequest, OwnKeyMap, SessionId, SessionTable, TableEvent};
 
 /// What the ingress asks its edge to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +50,7 @@ struct Forwarding {
 pub struct Ingress {
     table: SessionTable,
     egresses: HashSet<SocketAddr>,
-    forwards: HashMap<SessionId, Forwarding>,
+    forwards: OwnKeyMap<SessionId, Forwarding>,
     /// Reused for every call, so the packet path does not allocate a list.
     events: Vec<TableEvent>,
 }
@@ -61,7 +61,7 @@ impl Ingress {
         Self {
             table,
             egresses: egresses.into_iter().collect(),
-            forwards: HashMap::new(),
+            forwards: OwnKeyMap::default(),
             events: Vec::new(),
         }
     }

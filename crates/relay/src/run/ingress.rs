@@ -1,4 +1,3 @@
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -12,7 +11,7 @@ use tokio::sync::{oneshot, watch};
 use super::ready::{Polled, Ready};
 use super::{IngressSettings, Observation, RelayHandle};
 use crate::ingress::{Ingress, IngressOutput};
-use crate::table::SessionId;
+use crate::table::{OwnKeyMap, SessionId};
 use crate::udp::BatchSocket;
 
 /// Starts an ingress on the current tokio runtime: one event loop per worker.
@@ -47,12 +46,12 @@ async fn event_loop(
     // egress's replies are sealed straight from the thread's receive buffers, with no
     // copy, channel or task per session in between.
     let ready = Arc::new(Ready::default());
-    let mut forwards: HashMap<SessionId, Arc<Forward>> = HashMap::new();
+    let mut forwards: OwnKeyMap<SessionId, Arc<Forward>> = OwnKeyMap::default();
     let mut woken = Vec::new();
     // Late drops on the sessions' forwarding sockets, together.
     let mut forward_late = 0;
     // Datagrams to egresses this turn, per session's socket, sent together.
-    let mut to_egress: HashMap<SessionId, Vec<(SocketAddr, Vec<u8>)>> = HashMap::new();
+    let mut to_egress: OwnKeyMap<SessionId, Vec<(SocketAddr, Vec<u8>)>> = OwnKeyMap::default();
     let mut observed = std::collections::HashSet::new();
     let mut out = Vec::new();
     let mut to_clients: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
