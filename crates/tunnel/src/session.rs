@@ -158,7 +158,7 @@ impl Session {
         self.send(buffers::sealable_with(len, fill), out);
     }
 
-    /// Sends a packet placed by [`buffers::sealable_with`].
+    /// Sends a packet placed behind room for its header ([`buffers::sealable`]).
     fn send(&mut self, packet: Packet, out: &mut Vec<Action>) {
         if let Some(msg) = self
             .tunn
