@@ -5,14 +5,15 @@
 //! egress from its own address, with a source port per session (the edge owns one socket
 //! per admitted session). Anything else is dropped and counted.
 
-use std::collections::HashSet;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
 use tunnel::wire::{emit_udp, parse_udp, udp_packet_len, UdpChecksum};
 
 use crate::counters::{Counters, Drop};
-use crate::table::{AttestRequest, OwnKeyMap, SessionId, SessionTable, TableEvent};
+use crate::table::{
+    AttestRequest, SessionId, SessionTable, TableEvent, TrustedKeyMap, TrustedKeySet,
+};
 
 /// What the ingress asks its edge to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,8 +50,8 @@ struct Forwarding {
 /// The ingress relay, sans-IO.
 pub struct Ingress {
     table: SessionTable,
-    egresses: HashSet<SocketAddr>,
-    forwards: OwnKeyMap<SessionId, Forwarding>,
+    egresses: TrustedKeySet<SocketAddr>,
+    forwards: TrustedKeyMap<SessionId, Forwarding>,
     /// Reused for every call, so the packet path does not allocate a list.
     events: Vec<TableEvent>,
 }
@@ -61,7 +62,7 @@ impl Ingress {
         Self {
             table,
             egresses: egresses.into_iter().collect(),
-            forwards: OwnKeyMap::default(),
+            forwards: TrustedKeyMap::default(),
             events: Vec::new(),
         }
     }

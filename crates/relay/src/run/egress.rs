@@ -15,7 +15,7 @@ use super::flows::{FlowSettings, Sealer, UdpFlows};
 use super::{EgressSettings, Observation, Observer, RelayHandle};
 use crate::counters::Counters;
 use crate::policy::DestinationPolicy;
-use crate::table::{OwnKeyMap, SessionId, SessionTable, TableEvent};
+use crate::table::{SessionId, SessionTable, TableEvent, TrustedKeyMap};
 
 /// Packets taken from the stacks' queue per turn of the loop, to send together.
 const BATCH: usize = 64;
@@ -96,7 +96,7 @@ async fn event_loop(
     let flows = Arc::new(FlowCounters::default());
     let idle = settings.idle;
     let (out_tx, mut out_rx) = mpsc::channel::<(SessionId, Vec<u8>)>(4096);
-    let mut slots: OwnKeyMap<SessionId, Slot> = OwnKeyMap::default();
+    let mut slots: TrustedKeyMap<SessionId, Slot> = TrustedKeyMap::default();
     let (mut udp, mut answers) = UdpFlows::new(FlowSettings {
         policy: policy.clone(),
         mtu: c.admit.mtu,
@@ -220,7 +220,7 @@ async fn event_loop(
 /// allocation per packet.
 #[allow(clippy::too_many_arguments)]
 fn packet(
-    slots: &mut OwnKeyMap<SessionId, Slot>,
+    slots: &mut TrustedKeyMap<SessionId, Slot>,
     udp: &mut UdpFlows,
     table: &mut SessionTable,
     out_tx: &mpsc::Sender<(SessionId, Vec<u8>)>,
@@ -281,7 +281,7 @@ fn slot_stack<'a>(
 /// Stops the stacks that have had no open flow and no packet for `after`; the session stays
 /// admitted and its next packet starts a new stack.
 fn stop_idle(
-    slots: &mut OwnKeyMap<SessionId, Slot>,
+    slots: &mut TrustedKeyMap<SessionId, Slot>,
     now: Instant,
     after: Duration,
     table: &mut SessionTable,

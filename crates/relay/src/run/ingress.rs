@@ -11,7 +11,7 @@ use tokio::sync::{oneshot, watch};
 use super::ready::{Polled, Ready};
 use super::{IngressSettings, Observation, RelayHandle};
 use crate::ingress::{Ingress, IngressOutput};
-use crate::table::{OwnKeyMap, SessionId};
+use crate::table::{SessionId, TrustedKeyMap, TrustedKeySet};
 use crate::udp::BatchSocket;
 
 /// Starts an ingress on the current tokio runtime: one event loop per worker.
@@ -46,13 +46,15 @@ async fn event_loop(
     // egress's replies are sealed straight from the thread's receive buffers, with no
     // copy, channel or task per session in between.
     let ready = Arc::new(Ready::default());
-    let mut forwards: OwnKeyMap<SessionId, Arc<Forward>> = OwnKeyMap::default();
+    let mut forwards: TrustedKeyMap<SessionId, Arc<Forward>> = TrustedKeyMap::default();
     let mut woken = Vec::new();
     // Late drops on the sessions' forwarding sockets, together.
     let mut forward_late = 0;
     // Datagrams to egresses this turn, per session's socket, sent together.
-    let mut to_egress: OwnKeyMap<SessionId, Vec<(SocketAddr, Vec<u8>)>> = OwnKeyMap::default();
-    let mut observed = std::collections::HashSet::new();
+    let mut to_egress: TrustedKeyMap<SessionId, Vec<(SocketAddr, Vec<u8>)>> =
+        TrustedKeyMap::default();
+    // Sessions the demo's observer has been told about; kept only when there is one.
+    let mut observed = TrustedKeySet::default();
     let mut out = Vec::new();
     let mut to_clients: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     let mut attester = super::Attester::new(ingress.table().evidence_source());
@@ -108,9 +110,11 @@ async fn event_loop(
                 },
                 IngressOutput::Forward { id, to, payload } => {
                     if forwards.contains_key(&id) {
-                        if let (Some(obs), true) = (&c.observer, observed.insert(id)) {
-                            if let Some(client) = ingress.table().peer_addr(id) {
-                                let _ = obs.send(Observation::Ingress { client, egress: to });
+                        if let Some(obs) = &c.observer {
+                            if observed.insert(id) {
+                                if let Some(client) = ingress.table().peer_addr(id) {
+                                    let _ = obs.send(Observation::Ingress { client, egress: to });
+                                }
                             }
                         }
                         to_egress.entry(id).or_default().push((to, payload));
@@ -118,6 +122,7 @@ async fn event_loop(
                 }
                 IngressOutput::CloseForward(id) => {
                     forwards.remove(&id);
+                    observed.remove(&id);
                 }
                 IngressOutput::Attest(req) => attester.start(req),
             }
