@@ -8,6 +8,7 @@ use std::time::Instant;
 use tokio::net::UdpSocket;
 use tokio::sync::{oneshot, watch};
 
+use super::outbound::Outbound;
 use super::ready::{Polled, Ready};
 use super::{IngressSettings, Observation, RelayHandle};
 use crate::ingress::{Ingress, IngressOutput};
@@ -51,8 +52,7 @@ async fn event_loop(
     // Late drops on the sessions' forwarding sockets, together.
     let mut forward_late = 0;
     // Datagrams to egresses this turn, per session's socket, sent together.
-    let mut to_egress: TrustedKeyMap<SessionId, Vec<(SocketAddr, Vec<u8>)>> =
-        TrustedKeyMap::default();
+    let mut to_egress = Outbound::default();
     // Sessions the demo's observer has been told about; kept only when there is one.
     let mut observed = TrustedKeySet::default();
     let mut out = Vec::new();
@@ -117,7 +117,7 @@ async fn event_loop(
                                 }
                             }
                         }
-                        to_egress.entry(id).or_default().push((to, payload));
+                        to_egress.push(id, to, payload);
                     }
                 }
                 IngressOutput::CloseForward(id) => {
@@ -131,7 +131,8 @@ async fn event_loop(
         for (_, d) in to_clients.drain(..) {
             spare::give(d);
         }
-        for (id, batch) in to_egress.iter_mut() {
+        let mut turn = to_egress.take();
+        for (id, batch) in turn.iter_mut() {
             if let Some(fwd) = forwards.get(id) {
                 fwd.send_all(batch).await;
             }
@@ -139,7 +140,7 @@ async fn event_loop(
                 spare::give(d);
             }
         }
-        to_egress.retain(|id, _| forwards.contains_key(id));
+        to_egress.recycle(turn);
         let mut c = *ingress.counters();
         c.dropped_late = socket.late.load(Ordering::Relaxed) + forward_late;
         counters_tx.send_replace(c);

@@ -5,6 +5,7 @@ mod egress;
 mod exit;
 mod flows;
 mod ingress;
+mod outbound;
 mod ready;
 mod resolve;
 mod splice;
