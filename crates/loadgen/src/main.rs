@@ -1,9 +1,11 @@
-//! `openrelay-loadgen`: opens many client sessions against one egress relay process and
-//! reports handshakes per CPU-second of the relay and its resident memory per idle session.
+//! `openrelay-loadgen`: opens many client sessions against one egress (or, with `--role
+//! ingress`, one ingress) relay process and reports handshakes per CPU-second of the relay
+//! and its resident memory per idle session.
 //!
 //! ```text
 //! cargo build --release -p openrelay-relay -p openrelay-loadgen
 //! target/release/openrelay-loadgen --sessions 10000
+//! target/release/openrelay-loadgen --sessions 10000 --role ingress
 //! ```
 
 use std::io::Write;
@@ -19,26 +21,27 @@ use loadgen::proc::{self, Sample};
 use loadgen::{drive, IdleOutcome, Outcome, Plan, Sink, TcpSink};
 use tunnel::{PublicKey, StaticSecret};
 
-/// Opens client sessions against one egress (handshake, admission, a few UDP packets, then
-/// idle) and reports handshakes per CPU-second and resident memory per idle session.
+/// Opens client sessions against one egress, or one ingress (handshake, admission, a few UDP
+/// packets, then idle), and reports handshakes per CPU-second and resident memory per idle
+/// session.
 #[derive(Debug, Parser)]
 #[command(name = "openrelay-loadgen", version)]
 struct Args {
     /// Client sessions to open.
     #[arg(long, default_value_t = 10_000)]
     sessions: usize,
-    /// The relay executable whose `egress` is measured: `openrelay-relay` (the relay
-    /// image), or `openrelay` (its `relay` subcommand).
+    /// The relay executable measured (in --role): `openrelay-relay` (the relay image), or
+    /// `openrelay` (its `relay` subcommand).
     #[arg(long, default_value = "target/release/openrelay-relay")]
     relay: PathBuf,
-    /// Measure a running egress with this process id instead of starting one (needs
-    /// --endpoint and --relay-key; its config must allow 127.0.0.1 destinations).
+    /// Measure a running relay with this process id instead of starting one (needs
+    /// --endpoint and --relay-key; an egress's config must allow 127.0.0.1 destinations).
     #[arg(long, requires_all = ["endpoint", "relay_key"])]
     attach_pid: Option<u32>,
-    /// The running egress's UDP endpoint (with --attach-pid).
+    /// The running relay's UDP endpoint (with --attach-pid).
     #[arg(long)]
     endpoint: Option<SocketAddr>,
-    /// The running egress's WireGuard public key, base64 (with --attach-pid).
+    /// The running relay's WireGuard public key, base64 (with --attach-pid).
     #[arg(long)]
     relay_key: Option<String>,
     /// UDP sockets the sessions share.
@@ -81,9 +84,30 @@ struct Args {
     /// Seconds without progress before a session retries.
     #[arg(long, default_value_t = 2)]
     retry_secs: u64,
-    /// Keep the started egress's directory (config, key, log) instead of removing it.
+    /// Keep the started relay's directory (config, key, log) instead of removing it.
     #[arg(long)]
     keep: bool,
+    /// The relay role measured. An ingress lists the UDP sink as its one egress and
+    /// forwards each session's packets to it from a socket of the session's own.
+    #[arg(long, value_enum, default_value_t = Role::Egress)]
+    role: Role,
+}
+
+/// Which of the relay's roles runs and is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Role {
+    Egress,
+    Ingress,
+}
+
+impl Role {
+    /// The role as the relay's command line and log name it.
+    fn name(self) -> &'static str {
+        match self {
+            Role::Egress => "egress",
+            Role::Ingress => "ingress",
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,13 +129,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
         false => None,
     };
+    if args.tcp && args.role == Role::Ingress {
+        bail!("--tcp needs --role egress: an ingress forwards only datagrams to egresses");
+    }
     let ticks = proc::ticks_per_sec();
-    let mut egress = match (args.attach_pid, args.endpoint, &args.relay_key) {
-        (Some(pid), Some(endpoint), Some(key)) => Egress::attached(pid, endpoint, key)?,
-        _ => Egress::spawn(&args.relay, args.sessions)?,
+    let mut relay = match (args.attach_pid, args.endpoint, &args.relay_key) {
+        (Some(pid), Some(endpoint), Some(key)) => Relay::attached(pid, endpoint, key, args.role)?,
+        _ => Relay::spawn(&args.relay, args.sessions, args.role, sink.addr())?,
     };
-    let result = measure(&args, &sink, tcp_sink.as_ref(), &mut egress, ticks).await;
-    egress.stop(args.keep);
+    let result = measure(&args, &sink, tcp_sink.as_ref(), &mut relay, ticks).await;
+    relay.stop(args.keep);
     result
 }
 
@@ -119,14 +146,14 @@ async fn measure(
     args: &Args,
     sink: &Sink,
     tcp_sink: Option<&TcpSink>,
-    egress: &mut Egress,
+    relay: &mut Relay,
     ticks: u64,
 ) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = proc::sample(egress.pid, ticks).context("cannot read the egress's /proc")?;
+    let before = proc::sample(relay.pid, ticks).context("cannot read the relay's /proc")?;
     let plan = Plan {
-        target: egress.endpoint,
-        relay_key: egress.key,
+        target: relay.endpoint,
+        relay_key: relay.key,
         sessions: args.sessions,
         sockets: args.sockets,
         rate: args.rate,
@@ -145,14 +172,14 @@ async fn measure(
     };
     eprintln!(
         "opening {} sessions against {} (pid {}) at up to {}/s, at most {} pending, over {} sockets",
-        args.sessions, egress.endpoint, egress.pid, args.rate, args.window, args.sockets
+        args.sessions, relay.endpoint, relay.pid, args.rate, args.window, args.sockets
     );
     let (outcome, mut clients) = drive(&plan).await.context("load generation failed")?;
-    let loaded = proc::sample(egress.pid, ticks)?;
+    let loaded = proc::sample(relay.pid, ticks)?;
     let settle = Duration::from_secs(args.settle_secs);
     let clients_idle = clients.keep_for(settle).await;
-    let idle = proc::sample(egress.pid, ticks)?;
-    let counters = egress.counters();
+    let idle = proc::sample(relay.pid, ticks)?;
+    let counters = relay.counters();
     print_report(&Report {
         args,
         outcome: &outcome,
@@ -200,9 +227,11 @@ fn print_report(r: &Report<'_>) {
     let idle_cpu = r.idle.cpu.saturating_sub(r.loaded.cpu).as_secs_f64();
     let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
     println!(
-        "openrelay-loadgen: {} sessions, one egress",
-        r.args.sessions
+        "openrelay-loadgen: {} sessions, one {}",
+        r.args.sessions,
+        r.args.role.name()
     );
+    let role = r.args.role.name();
     println!(
         "  admitted         {} (failed {}; retried: {} handshakes, {} Hellos; cookie replies {}, refused {}, bad datagrams {}, unrouted {}, send errors {})",
         o.admitted, o.failed, o.handshake_retries, o.hello_retries, o.cookie_replies, o.refused, o.bad_datagrams, o.unrouted, o.send_errors
@@ -216,16 +245,16 @@ fn print_report(r: &Report<'_>) {
         ms(o.latency(1.0)),
     );
     println!(
-        "  egress CPU       {cpu:.2} s over the setup ({:.0}% of one core): {per_cpu} handshakes+admissions per CPU-second (per core)",
+        "  {role:<7} CPU      {cpu:.2} s over the setup ({:.0}% of one core): {per_cpu} handshakes+admissions per CPU-second (per core)",
         100.0 * cpu / secs.max(1e-9)
     );
     println!(
-        "  egress idle CPU  {idle_cpu:.2} s over {} s idle ({:.1}% of one core)",
+        "  {role:<7} idle CPU {idle_cpu:.2} s over {} s idle ({:.1}% of one core)",
         r.settle.as_secs(),
         100.0 * idle_cpu / r.settle.as_secs_f64().max(1e-9)
     );
     println!(
-        "  egress RSS       {:.1} MiB before, {:.1} MiB right after, {:.1} MiB idle after {} s: {:.1} KiB per idle session ({:.1} MiB per 10,000)",
+        "  {role:<7} RSS      {:.1} MiB before, {:.1} MiB right after, {:.1} MiB idle after {} s: {:.1} KiB per idle session ({:.1} MiB per 10,000)",
         mib(r.before.rss),
         mib(r.loaded.rss),
         mib(r.idle.rss),
@@ -234,7 +263,7 @@ fn print_report(r: &Report<'_>) {
         per_session * 10_000.0 / 1024.0
     );
     println!(
-        "  clients idle     {} datagrams from the egress answered with {}",
+        "  clients idle     {} datagrams from the {role} answered with {}",
         r.clients_idle.received, r.clients_idle.sent
     );
     println!(
@@ -249,32 +278,35 @@ fn print_report(r: &Report<'_>) {
         );
     }
     if let Some(c) = &r.counters {
-        println!("  egress counters  {c}");
+        println!("  {role:<7} counters {c}");
     }
 }
 
-/// The egress being measured: a child process this program started, or one it attached to.
-struct Egress {
+/// The relay being measured: a child process this program started, or one it attached to.
+struct Relay {
     pid: u32,
     endpoint: SocketAddr,
     key: PublicKey,
+    role: Role,
     child: Option<(Child, PathBuf)>,
 }
 
-impl Egress {
-    fn attached(pid: u32, endpoint: SocketAddr, key: &str) -> anyhow::Result<Self> {
+impl Relay {
+    fn attached(pid: u32, endpoint: SocketAddr, key: &str, role: Role) -> anyhow::Result<Self> {
         let key = PublicKey::from_base64(key).context("--relay-key is not a WireGuard key")?;
         Ok(Self {
             pid,
             endpoint,
             key,
+            role,
             child: None,
         })
     }
 
-    /// Writes a key and config to a new directory and starts the relay's `egress`,
-    /// waiting until it listens.
-    fn spawn(relay: &Path, sessions: usize) -> anyhow::Result<Self> {
+    /// Writes a key and config to a new directory and starts the relay in `role`, waiting
+    /// until it listens. An egress may reach loopback destinations (the sinks); an ingress
+    /// lists `sink` as its one egress.
+    fn spawn(relay: &Path, sessions: usize, role: Role, sink: SocketAddr) -> anyhow::Result<Self> {
         if !relay.is_file() {
             bail!(
                 "{} not found; build it with `cargo build --release -p openrelay-relay` or pass --relay",
@@ -285,29 +317,30 @@ impl Egress {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let secret = StaticSecret::generate();
-        let key_file = dir.join("egress.key");
+        let key_file = dir.join("relay.key");
         write_private(&key_file, &secret.to_base64())?;
         let port = free_udp_port()?;
         let endpoint: SocketAddr = ([127, 0, 0, 1], port).into();
-        let config = dir.join("egress.toml");
+        let config = dir.join("relay.toml");
+        let reach = match role {
+            Role::Egress => "allow_destinations = [\"127.0.0.1/32\"]".to_string(),
+            Role::Ingress => format!("egresses = [\"{sink}\"]"),
+        };
         std::fs::write(
             &config,
             format!(
                 "private_key_file = {key:?}\nlisten = \"{endpoint}\"\nmax_sessions = {max}\n\
-                 report_interval_secs = 1\nallow_destinations = [\"127.0.0.1/32\"]\n",
+                 report_interval_secs = 1\n{reach}\n",
                 key = key_file.display().to_string(),
                 max = (sessions * 2).max(20_000),
             ),
         )?;
-        let log = dir.join("egress.log");
+        let log = dir.join("relay.log");
         // `openrelay` takes the role after `relay`; `openrelay-relay` takes it first.
         let tool = relay.file_name().is_some_and(|n| n == "openrelay");
         let child = Command::new(relay)
-            .args(if tool {
-                &["relay", "egress", "--config"][..]
-            } else {
-                &["egress", "--config"][..]
-            })
+            .args(if tool { &["relay"][..] } else { &[][..] })
+            .args([role.name(), "--config"])
             .arg(&config)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -315,50 +348,63 @@ impl Egress {
             .stderr(std::fs::File::create(&log)?)
             .spawn()
             .with_context(|| format!("cannot start {}", relay.display()))?;
-        let mut egress = Self {
+        let mut relay = Self {
             pid: child.id(),
             endpoint,
             key: secret.public_key(),
+            role,
             child: Some((child, dir)),
         };
-        egress.wait_listening()?;
-        Ok(egress)
+        relay.wait_listening()?;
+        Ok(relay)
     }
 
     fn log(&self) -> String {
         self.child
             .as_ref()
-            .and_then(|(_, dir)| std::fs::read_to_string(dir.join("egress.log")).ok())
+            .and_then(|(_, dir)| std::fs::read_to_string(dir.join("relay.log")).ok())
             .unwrap_or_default()
     }
 
     fn wait_listening(&mut self) -> anyhow::Result<()> {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
-            if self.log().contains("egress listening") {
+            if self
+                .log()
+                .contains(&format!("{} listening", self.role.name()))
+            {
                 return Ok(());
             }
             if let Some((child, _)) = &mut self.child {
                 if let Some(status) = child.try_wait()? {
-                    bail!("the egress exited ({status}):\n{}", self.log());
+                    bail!(
+                        "the {} exited ({status}):\n{}",
+                        self.role.name(),
+                        self.log()
+                    );
                 }
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("the egress did not start listening:\n{}", self.log())
+        bail!(
+            "the {} did not start listening:\n{}",
+            self.role.name(),
+            self.log()
+        )
     }
 
-    /// The latest counters line the started egress logged (it reports every second).
+    /// The latest counters line the started relay logged (it reports every second).
     fn counters(&self) -> Option<String> {
         self.child.as_ref()?;
         std::thread::sleep(Duration::from_millis(1100));
         let log = self.log();
-        let line = log.lines().rev().find(|l| l.contains("egress counters:"))?;
-        let (_, counters) = line.split_once("egress counters:")?;
+        let tag = format!("{} counters:", self.role.name());
+        let line = log.lines().rev().find(|l| l.contains(&tag))?;
+        let (_, counters) = line.split_once(&tag)?;
         Some(counters.trim().to_string())
     }
 
-    /// Stops a started egress (SIGTERM, then kill) and removes its directory.
+    /// Stops a started relay (SIGTERM, then kill) and removes its directory.
     fn stop(&mut self, keep: bool) {
         let Some((mut child, dir)) = self.child.take() else {
             return;
@@ -376,15 +422,15 @@ impl Egress {
         let _ = child.kill();
         let _ = child.wait();
         if keep {
-            eprintln!("egress files kept in {}", dir.display());
+            eprintln!("relay files kept in {}", dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
 }
 
-impl Drop for Egress {
-    /// A started egress never outlives the generator, even when measuring failed.
+impl Drop for Relay {
+    /// A started relay never outlives the generator, even when measuring failed.
     fn drop(&mut self) {
         self.stop(false);
     }

@@ -1,5 +1,5 @@
-//! The load generator against an egress in this process: every session is admitted and its
-//! packets reach the sink.
+//! The load generator against an egress, and an ingress, in this process: every session is
+//! admitted and its packets reach the sink.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use loadgen::client::Traffic;
 use loadgen::{drive, Plan, Sink};
 use relay::config::RelayConfig;
-use relay::run::run_egress;
+use relay::run::{run_egress, run_ingress};
 use tunnel::StaticSecret;
 
 const SESSIONS: usize = 300;
@@ -114,6 +114,47 @@ async fn three_hundred_sessions_are_admitted_and_send_their_packets() {
         sink.received(),
         egress.current()
     );
+}
+
+/// `openrelay-loadgen --role ingress`: an ingress that lists the sink as its one egress
+/// admits every session and forwards each one's packets to the sink, from a socket of the
+/// session's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingress_admits_every_session_and_forwards_its_packets() {
+    let key = StaticSecret::generate();
+    let sink = Sink::start().await.unwrap();
+    let config = format!(
+        "private_key = \"{}\"\nlisten = \"127.0.0.1:0\"\nmax_sessions = 1000\n\
+         report_interval_secs = 3600\negresses = [\"{}\"]\nworkers = 2\n",
+        key.to_base64(),
+        sink.addr()
+    );
+    let settings = RelayConfig::parse(&config, Path::new("loadgen-test.toml"))
+        .unwrap()
+        .ingress()
+        .unwrap();
+    let ingress = run_ingress(settings).await.unwrap();
+    let plan = plan(&ingress, &key, &sink, SESSIONS, PACKETS);
+
+    let (outcome, _) = drive(&plan).await.unwrap();
+    assert_eq!(outcome.admitted, SESSIONS, "{outcome:?}");
+    assert_eq!(outcome.failed, 0);
+    let want = (SESSIONS * PACKETS) as u64;
+    let arrived = tokio::time::timeout(Duration::from_secs(10), async {
+        while sink.received() < want {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        arrived.is_ok(),
+        "{} of {want} datagrams reached the sink; {outcome:?}; {}",
+        sink.received(),
+        ingress.current()
+    );
+    let c = ingress.current();
+    assert_eq!(c.forwarded, want, "{c}");
+    assert_eq!(c.dropped_not_egress, 0, "{c}");
 }
 
 /// Idle clients keep their tunnels running: each answers `Admitted` with WireGuard's
