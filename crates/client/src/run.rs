@@ -668,7 +668,7 @@ async fn connect_once(
 /// The runtime a client runs on: one worker thread. The TUN edge's tasks and the
 /// connection loop then wake each other on one thread, which costs less per packet than
 /// handing batches between two (more throughput and fewer CPU seconds per GB in the
-/// README's benchmark), and one core carries more than most links.
+/// benchmark, bench/NOTES.md), and one core carries more than most links.
 pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

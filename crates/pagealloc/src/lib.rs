@@ -7,7 +7,7 @@
 //! (`netstack::StackConfig::idle_buffers_after`). From mimalloc such a block came with
 //! resident memory of the allocator's own: 10,000 sessions each holding one quiet
 //! connection took about 0.9 KiB per session more than with the buffers mapped on their
-//! own (README, "Relay scale"). A mapping of its own starts and ends on a page boundary,
+//! own (bench/NOTES.md, "Relay scale"). A mapping of its own starts and ends on a page boundary,
 //! so every page of the buffer can go back, and its pages are zero until written, so a
 //! zeroed buffer costs nothing until used.
 //!

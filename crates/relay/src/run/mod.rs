@@ -225,7 +225,7 @@ impl Common {
 /// threads, 10,000 sessions' stopped stacks gave back nothing of 377 MiB; on one thread,
 /// 132 MiB came back), a socket whose readiness wakes the loop on the same thread costs no
 /// cross-thread wake-up (the ingress's forwarding sockets), and tokio does not move the loop between
-/// threads (the TUN egress's loop did, both threads busy; see the README's benchmark).
+/// threads (the TUN egress's loop did, both threads busy; bench/NOTES.md).
 fn spawn_workers<F, Fut>(
     role: &'static str,
     local_addr: std::net::SocketAddr,
