@@ -148,6 +148,10 @@ pub struct RelayConfig {
     /// drivers whose offloads misbehave.
     #[serde(default = "yes")]
     pub offload: bool,
+    /// KiB of kernel buffer each way on the relay's UDP sockets. More loses fewer datagrams
+    /// to bursts and holds a longer queue, so more round-trip time, behind a saturating flow.
+    #[serde(default = "default_socket_buffer_kib")]
+    pub socket_buffer_kib: usize,
     /// Event loops (each with its own socket on the port and its own sessions); 0, the
     /// default, runs one per core.
     #[serde(default)]
@@ -157,6 +161,14 @@ pub struct RelayConfig {
 fn yes() -> bool {
     true
 }
+
+fn default_socket_buffer_kib() -> usize {
+    crate::udp::SOCKET_BUFFER >> 10
+}
+
+/// The socket buffers a config may ask for, in KiB: below 64 a burst of one GRO receive
+/// overflows them; above 64 MiB a queue would hold seconds of a slow link.
+const SOCKET_BUFFER_KIB: std::ops::RangeInclusive<usize> = 64..=65_536;
 
 impl RelayConfig {
     /// A config with the defaults, listening on `listen` with the key in
@@ -180,6 +192,7 @@ impl RelayConfig {
             sim_vendor_key_file: None,
             collateral_file: None,
             offload: true,
+            socket_buffer_kib: default_socket_buffer_kib(),
             workers: 0,
         }
     }
@@ -238,6 +251,12 @@ impl RelayConfig {
                 problem: "must be between 1280 and 9000",
             });
         }
+        if !SOCKET_BUFFER_KIB.contains(&self.socket_buffer_kib) {
+            return Err(ConfigError::Invalid {
+                field: "socket_buffer_kib",
+                problem: "must be from 64 to 65536 (KiB; 256 if left out)",
+            });
+        }
         if self.lifetime_secs == 0 || self.report_interval_secs == 0 || self.max_sessions == 0 {
             return Err(ConfigError::Invalid {
                 field: "lifetime_secs/report_interval_secs/max_sessions",
@@ -267,6 +286,7 @@ impl RelayConfig {
             } else {
                 crate::udp::Offload::Off
             },
+            socket_buffer: self.socket_buffer_kib << 10,
             workers: self.workers,
         })
     }
@@ -338,5 +358,65 @@ impl RelayConfig {
             ),
             idle: crate::run::Idle::default(),
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn common(extra: &str) -> Result<Common, ConfigError> {
+        let text = format!(
+            "private_key = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\"\n\
+             listen = \"127.0.0.1:0\"\n{extra}"
+        );
+        RelayConfig::parse(&text, Path::new("relay.toml"))
+            .unwrap()
+            .common_settings()
+    }
+
+    #[test]
+    fn the_socket_buffers_are_the_default_unless_the_config_sets_them() {
+        let default = common("").unwrap();
+        assert_eq!(default.udp().buffer, crate::udp::SOCKET_BUFFER);
+        assert_eq!(default.udp().offload, crate::udp::Offload::On);
+        let set = common("socket_buffer_kib = 1024\noffload = false\n").unwrap();
+        assert_eq!(set.udp().buffer, 1 << 20);
+        assert_eq!(set.udp().offload, crate::udp::Offload::Off);
+    }
+
+    #[test]
+    fn socket_buffers_out_of_range_are_refused_with_the_range() {
+        for kib in [0, 63, 65_537] {
+            let e = common(&format!("socket_buffer_kib = {kib}\n"))
+                .err()
+                .unwrap()
+                .to_string();
+            assert_eq!(
+                e, "`socket_buffer_kib` must be from 64 to 65536 (KiB; 256 if left out)",
+                "{kib}"
+            );
+        }
+        assert!(common("socket_buffer_kib = 64\n").is_ok());
+        assert!(common("socket_buffer_kib = 65536\n").is_ok());
+    }
+
+    /// The relay's sockets on its port are made with the buffers its config names.
+    #[tokio::test]
+    async fn the_relays_sockets_get_the_buffers_of_its_config() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: without root the kernel caps buffers at net.core.rmem_max");
+            return;
+        }
+        let c = common("socket_buffer_kib = 2048\nworkers = 2\n").unwrap();
+        let (_, shards) = c.bind_workers().unwrap();
+        assert_eq!(shards.len(), 2);
+        for (socket, _) in &shards {
+            let s = socket2::SockRef::from(socket);
+            // Linux reports twice what was asked (its bookkeeping's share).
+            assert_eq!(s.recv_buffer_size().unwrap(), 4 << 20);
+            assert_eq!(s.send_buffer_size().unwrap(), 4 << 20);
+        }
     }
 }

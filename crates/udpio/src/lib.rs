@@ -51,6 +51,25 @@ pub enum Offload {
     Off,
 }
 
+/// How a socket is set up. An [`Offload`] alone stands for itself with [`SOCKET_BUFFER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setup {
+    /// Whether to use the kernel's segmentation offloads.
+    pub offload: Offload,
+    /// Bytes of kernel buffer to ask for each way. More rides out longer bursts without a
+    /// drop, and holds a longer queue behind a flow that fills it ([`SOCKET_BUFFER`]).
+    pub buffer: usize,
+}
+
+impl From<Offload> for Setup {
+    fn from(offload: Offload) -> Self {
+        Self {
+            offload,
+            buffer: SOCKET_BUFFER,
+        }
+    }
+}
+
 /// Buffers for one batch of receives and what the last batch put in them.
 struct RecvBufs {
     bufs: Vec<Vec<u8>>,
@@ -213,9 +232,10 @@ pub struct BatchSocket {
 }
 
 impl BatchSocket {
-    /// Wraps a bound tokio socket, with [`SOCKET_BUFFER`] bytes of buffer each way.
-    pub fn new(io: UdpSocket, offload: Offload) -> io::Result<Self> {
-        grow_buffers(&io);
+    /// Wraps a bound tokio socket, with the buffers and offloads `setup` asks for.
+    pub fn new(io: UdpSocket, setup: impl Into<Setup>) -> io::Result<Self> {
+        let Setup { offload, buffer } = setup.into();
+        grow_buffers(&io, buffer);
         // quinn-udp turns GRO on when it sets a socket up, so the plain path never does.
         let state = match offload {
             Offload::On => Some(UdpSocketState::new((&io).into())?),
@@ -235,8 +255,8 @@ impl BatchSocket {
     }
 
     /// Binds a socket at `addr`.
-    pub async fn bind(addr: SocketAddr, offload: Offload) -> io::Result<Self> {
-        Self::new(UdpSocket::bind(addr).await?, offload)
+    pub async fn bind(addr: SocketAddr, setup: impl Into<Setup>) -> io::Result<Self> {
+        Self::new(UdpSocket::bind(addr).await?, setup)
     }
 
     /// Binds `n` sockets at `addr` that share its port (`SO_REUSEPORT`): the kernel gives
@@ -246,21 +266,26 @@ impl BatchSocket {
     /// The port must be free: it is first bound alone, so a second relay started on a port
     /// that one already uses fails with `AddrInUse` instead of quietly taking half of its
     /// peers (the kernel lets sockets of one user join a `SO_REUSEPORT` group).
-    pub fn bind_group(addr: SocketAddr, n: usize, offload: Offload) -> io::Result<Vec<Self>> {
+    pub fn bind_group(
+        addr: SocketAddr,
+        n: usize,
+        setup: impl Into<Setup>,
+    ) -> io::Result<Vec<Self>> {
+        let setup = setup.into();
         let addr = std::net::UdpSocket::bind(addr)?.local_addr()?;
         (0..n.max(1))
-            .map(|_| Self::bind_shared(addr, offload))
+            .map(|_| Self::bind_shared(addr, setup))
             .collect()
     }
 
     /// Binds one socket of a `SO_REUSEPORT` group (see [`BatchSocket::bind_group`]).
-    fn bind_shared(addr: SocketAddr, offload: Offload) -> io::Result<Self> {
+    fn bind_shared(addr: SocketAddr, setup: Setup) -> io::Result<Self> {
         let domain = socket2::Domain::for_address(addr);
         let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
         s.set_reuse_port(true)?;
         s.set_nonblocking(true)?;
         s.bind(&addr.into())?;
-        Self::new(UdpSocket::from_std(s.into())?, offload)
+        Self::new(UdpSocket::from_std(s.into())?, setup)
     }
 
     /// The same socket, registered with the tokio runtime this is called on instead of the
@@ -429,18 +454,25 @@ impl BatchSocket {
     }
 }
 
-/// Asks for [`SOCKET_BUFFER`] each way. With `CAP_NET_ADMIN` (relays and the whole-host
-/// client run as root) the `FORCE` options pass the system's limit
-/// (`net.core.rmem_max`/`wmem_max`); without it the kernel caps the plain ones at that
-/// limit. Where both fail the default stays: more drops under bursts, nothing broken.
-fn grow_buffers(io: &UdpSocket) {
+/// For reading the socket's options (its buffers, in tests and reports).
+impl std::os::fd::AsFd for BatchSocket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.io.as_fd()
+    }
+}
+
+/// Asks for `bytes` each way. With `CAP_NET_ADMIN` (relays and the whole-host client run
+/// as root) the `FORCE` options pass the system's limit (`net.core.rmem_max`/`wmem_max`);
+/// without it the kernel caps the plain ones at that limit. Where both fail the default
+/// stays: more drops under bursts, nothing broken.
+fn grow_buffers(io: &UdpSocket, bytes: usize) {
     use nix::sys::socket::{setsockopt, sockopt};
     let sock = socket2::SockRef::from(io);
-    if setsockopt(io, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
-        let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
+    if setsockopt(io, sockopt::RcvBufForce, &bytes).is_err() {
+        let _ = sock.set_recv_buffer_size(bytes);
     }
-    if setsockopt(io, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
-        let _ = sock.set_send_buffer_size(SOCKET_BUFFER);
+    if setsockopt(io, sockopt::SndBufForce, &bytes).is_err() {
+        let _ = sock.set_send_buffer_size(bytes);
     }
 }
 
@@ -705,6 +737,31 @@ mod tests {
             }
         }
         assert_eq!(got, BURST, "datagrams that waited for the reader");
+    }
+
+    /// A socket asks the kernel for the buffer its setup names, and an `Offload` alone for
+    /// [`SOCKET_BUFFER`]. Linux reports twice what was asked (its bookkeeping's share).
+    #[tokio::test]
+    async fn a_socket_gets_the_buffer_its_setup_asks_for() {
+        let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: without root the kernel caps buffers at net.core.rmem_max");
+            return;
+        }
+        let sizes = |s: &BatchSocket| {
+            let r = socket2::SockRef::from(&s.io);
+            (r.recv_buffer_size().unwrap(), r.send_buffer_size().unwrap())
+        };
+        let plain = BatchSocket::bind(lo, Offload::On).await.unwrap();
+        assert_eq!(sizes(&plain), (2 * SOCKET_BUFFER, 2 * SOCKET_BUFFER));
+        let big = Setup {
+            offload: Offload::On,
+            buffer: 4 << 20,
+        };
+        let group = BatchSocket::bind_group(lo, 2, big).unwrap();
+        for s in &group {
+            assert_eq!(sizes(s), (8 << 20, 8 << 20));
+        }
     }
 
     #[tokio::test]

@@ -175,6 +175,7 @@ fn common(
         evidence: Some(evidence.clone()),
         tokens: tokens.clone(),
         offload: *offload,
+        socket_buffer: relay::udp::SOCKET_BUFFER,
         workers: 0,
     }
 }

@@ -101,7 +101,7 @@ async fn event_loop(
         policy: policy.clone(),
         mtu: c.admit.mtu,
         idle: idle.udp_flow,
-        offload: c.offload,
+        socket: c.udp(),
         observer: c.observer.clone(),
     });
     let udp_ready = udp.ready();

@@ -24,7 +24,7 @@ use super::{Observation, Observer};
 use crate::counters::Counters;
 use crate::policy::DestinationPolicy;
 use crate::table::{SessionId, SessionTable, TableEvent};
-use crate::udp::{BatchSocket, Offload};
+use crate::udp::{BatchSocket, Setup};
 
 /// A flow: a session and the client's address and port it sends from.
 pub(super) type FlowKey = (SessionId, SocketAddr);
@@ -79,7 +79,8 @@ pub(super) struct FlowSettings {
     pub mtu: u16,
     /// A flow with no datagram either way for this long releases its socket.
     pub idle: Duration,
-    pub offload: Offload,
+    /// How each flow's socket is set up.
+    pub socket: Setup,
     pub observer: Option<Observer>,
 }
 
@@ -201,7 +202,7 @@ impl UdpFlows {
             let open = if self.count(id) >= MAX_FLOWS_PER_SESSION {
                 Err(std::io::Error::other("the session has too many UDP flows"))
             } else {
-                open(d.dst, self.settings.offload)
+                open(d.dst, self.settings.socket)
             };
             let socket = match open {
                 Ok(socket) => socket,
@@ -338,7 +339,7 @@ fn millis(epoch: Instant, now: Instant) -> u64 {
 }
 
 /// A socket for a flow to `dst`, on an ephemeral port of its address family.
-fn open(dst: SocketAddr, offload: Offload) -> std::io::Result<BatchSocket> {
+fn open(dst: SocketAddr, setup: Setup) -> std::io::Result<BatchSocket> {
     let bind: SocketAddr = if dst.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -346,7 +347,7 @@ fn open(dst: SocketAddr, offload: Offload) -> std::io::Result<BatchSocket> {
     };
     let socket = std::net::UdpSocket::bind(bind)?;
     socket.set_nonblocking(true)?;
-    BatchSocket::new(tokio::net::UdpSocket::from_std(socket)?, offload)
+    BatchSocket::new(tokio::net::UdpSocket::from_std(socket)?, setup)
 }
 
 #[cfg(test)]
@@ -359,6 +360,7 @@ mod tests {
     use tunnel::wire::{build_udp, parse_udp};
 
     use super::*;
+    use crate::udp::Offload;
 
     const CLIENT: SocketAddr =
         SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(100, 64, 0, 2)), 40_000);
@@ -397,7 +399,7 @@ mod tests {
             )),
             mtu: MTU,
             idle: IDLE,
-            offload,
+            socket: offload.into(),
             observer: None,
         })
         .0

@@ -100,7 +100,7 @@ async fn event_loop(
             match o {
                 IngressOutput::ToClient { to, datagram } => to_clients.push((to, datagram)),
                 IngressOutput::OpenForward(id) => match UdpSocket::bind((forward_ip, 0)).await {
-                    Ok(s) => match BatchSocket::new(s, c.offload) {
+                    Ok(s) => match BatchSocket::new(s, c.udp()) {
                         Ok(socket) => {
                             forwards.insert(id, ready.add(id, socket));
                         }

@@ -74,6 +74,8 @@ pub struct Common {
     pub tokens: Option<Tokens>,
     /// UDP segmentation offloads on the relay's socket.
     pub offload: crate::udp::Offload,
+    /// Bytes of kernel buffer each way on the relay's UDP sockets.
+    pub socket_buffer: usize,
     /// Event loops, each with its own socket on the port and its own sessions; 0: one per
     /// core.
     pub workers: usize,
@@ -152,6 +154,14 @@ impl RelayHandle {
 }
 
 impl Common {
+    /// How the relay's UDP sockets are set up: its offloads and its buffers.
+    pub fn udp(&self) -> crate::udp::Setup {
+        crate::udp::Setup {
+            offload: self.offload,
+            buffer: self.socket_buffer,
+        }
+    }
+
     /// Binds the relay's socket and makes its empty session table.
     pub async fn bind(
         &self,
@@ -167,7 +177,7 @@ impl Common {
         &self,
     ) -> std::io::Result<(SocketAddr, Vec<(crate::udp::BatchSocket, SessionTable)>)> {
         let n = workers::count(self.workers);
-        let sockets = crate::udp::BatchSocket::bind_group(self.listen, n, self.offload)?;
+        let sockets = crate::udp::BatchSocket::bind_group(self.listen, n, self.udp())?;
         let local_addr = match sockets.first() {
             Some(s) => s.local_addr()?,
             None => return Err(std::io::Error::other("a relay needs one worker at least")),
