@@ -509,6 +509,29 @@ mod tests {
         }
     }
 
+    /// A flow's socket is made with the buffers of the relay's config, like its port's.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_flows_socket_gets_the_buffers_it_is_set_up_with() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: without root the kernel caps buffers at net.core.rmem_max");
+            return;
+        }
+        let (_dest, to, mut flows, mut sessions) = setup(Offload::On).await;
+        flows.settings.socket.buffer = 1 << 20;
+        let now = Instant::now();
+        take(&mut flows, &mut sessions, now, to, b"a datagram");
+        flows.flush(now, &mut sessions.counters).await;
+        let flow = flows
+            .flows
+            .values()
+            .next()
+            .expect("the datagram opened a flow");
+        let s = socket2::SockRef::from(&flow.socket);
+        // Linux reports twice what was asked (its bookkeeping's share).
+        assert_eq!(s.recv_buffer_size().unwrap(), 2 << 20);
+        assert_eq!(s.send_buffer_size().unwrap(), 2 << 20);
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn with_offloads_off_a_burst_goes_out_datagram_by_datagram_in_order() {
         assert_eq!(burst(Offload::Off).await, 0);
