@@ -2,7 +2,8 @@
 //! testing mode: packets are taken from and given back to the thread's spares, as the relays
 //! do.
 //!
-//! One test in this file: dhat counts the whole process, so nothing may run beside it.
+//! One test in this file, run without libtest (`harness = false`, see `testbed::run_alone`):
+//! dhat counts the whole process, so nothing may run beside it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -131,7 +132,6 @@ impl Rig {
     }
 }
 
-#[test]
 fn warm_tcp_and_udp_flows_allocate_nothing_per_packet() {
     let _profiler = dhat::Profiler::builder().testing().build();
     let now = Instant::now();
@@ -185,5 +185,12 @@ fn warm_tcp_and_udp_flows_allocate_nothing_per_packet() {
     assert_eq!(
         allocated, 0,
         "{allocated} allocations for 500 UDP round trips"
+    );
+}
+
+fn main() {
+    testbed::run_alone(
+        "warm_tcp_and_udp_flows_allocate_nothing_per_packet",
+        warm_tcp_and_udp_flows_allocate_nothing_per_packet,
     );
 }

@@ -1,7 +1,8 @@
 //! What a terminate stack run by the driver holds before its first flow, counted with dhat:
 //! an egress runs one per active session, so it is a per-session cost.
 //!
-//! One test in this file: dhat counts the whole process, so nothing may run beside it.
+//! One test in this file, run without libtest (`harness = false`, see `testbed::run_alone`):
+//! dhat counts the whole process, so nothing may run beside it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -24,7 +25,6 @@ const STACKS: usize = 100;
 /// tokio's structures larger: 2,742 for this crate alone); 3,062 with a receiver.
 const MAX_PER_STACK: usize = 3200;
 
-#[test]
 fn a_terminate_stack_and_its_receivers_hold_no_queue_before_the_first_flow() {
     let _profiler = dhat::Profiler::builder().testing().build();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -57,4 +57,11 @@ fn a_terminate_stack_and_its_receivers_hold_no_queue_before_the_first_flow() {
         assert_eq!(running.len(), STACKS);
         drop(out_rx);
     });
+}
+
+fn main() {
+    testbed::run_alone(
+        "a_terminate_stack_and_its_receivers_hold_no_queue_before_the_first_flow",
+        a_terminate_stack_and_its_receivers_hold_no_queue_before_the_first_flow,
+    );
 }

@@ -2,7 +2,8 @@
 //! quiet: an egress keeps one per connection a client holds open, however long it stays
 //! idle.
 //!
-//! One test in this file: dhat counts the whole process, so nothing may run beside it.
+//! One test in this file, run without libtest (`harness = false`, see `testbed::run_alone`):
+//! dhat counts the whole process, so nothing may run beside it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -52,7 +53,6 @@ fn pump(client: &mut Stack, server: &mut Stack, now: Instant, events: &mut Vec<E
     panic!("the stacks never went quiet");
 }
 
-#[test]
 fn an_open_flow_holds_little_beside_its_buffers_and_less_once_quiet() {
     let _profiler = dhat::Profiler::builder().testing().build();
     let now = Instant::now();
@@ -122,5 +122,12 @@ fn an_open_flow_holds_little_beside_its_buffers_and_less_once_quiet() {
         "{quiet_beside} bytes beside the buffers once quiet (at most {MAX_BOTH_ENDS_QUIET}), \
          {} while busy",
         busy - buffers
+    );
+}
+
+fn main() {
+    testbed::run_alone(
+        "an_open_flow_holds_little_beside_its_buffers_and_less_once_quiet",
+        an_open_flow_holds_little_beside_its_buffers_and_less_once_quiet,
     );
 }

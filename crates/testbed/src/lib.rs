@@ -12,9 +12,11 @@
 //! and an IPv6 address and a default route. The testbed removes its namespaces (and kills
 //! the processes it started) when dropped. Needs root and iproute2; captures need tcpdump.
 
+mod alone;
 mod capture;
 mod netns;
 
+pub use alone::run_alone;
 pub use capture::{any_contains, Capture, Packet};
 pub use netns::{Host, Testbed};
 

@@ -2,7 +2,8 @@
 //! client writes every packet it delivers through a `WriteBatch`, so an allocation there is
 //! one per packet. Needs root.
 //!
-//! One test in this file: dhat counts the whole process, so nothing may run beside it.
+//! One test in this file, run without libtest (`harness = false`, see `testbed::run_alone`):
+//! dhat counts the whole process, so nothing may run beside it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddrV4;
@@ -19,7 +20,6 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 
 const ROUNDS: usize = 10;
 
-#[test]
 fn coalesced_writes_allocate_nothing_once_warm() {
     if !testbed::required() {
         return;
@@ -65,4 +65,11 @@ fn coalesced_writes_allocate_nothing_once_warm() {
             "allocations per flush of {SEGMENTS} packets after the first"
         );
     });
+}
+
+fn main() {
+    testbed::run_alone(
+        "coalesced_writes_allocate_nothing_once_warm",
+        coalesced_writes_allocate_nothing_once_warm,
+    );
 }

@@ -1,6 +1,7 @@
 //! Heap allocations per packet on the data path, counted with dhat's testing mode.
 //!
-//! One test in this file: dhat counts the whole process, so nothing may run beside it.
+//! One test in this file, run without libtest (`harness = false`, see `testbed::run_alone`):
+//! dhat counts the whole process, so nothing may run beside it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Instant;
@@ -20,7 +21,6 @@ fn blocks() -> u64 {
     dhat::HeapStats::get().total_blocks
 }
 
-#[test]
 fn data_packets_allocate_nothing_once_their_buffers_come_back() {
     let _profiler = dhat::Profiler::builder().testing().build();
     let now = Instant::now();
@@ -116,5 +116,12 @@ fn data_packets_allocate_nothing_once_their_buffers_come_back() {
     assert_eq!(
         recycled, 0,
         "allocations for {PACKETS} packets through both ends with their buffers given back"
+    );
+}
+
+fn main() {
+    testbed::run_alone(
+        "data_packets_allocate_nothing_once_their_buffers_come_back",
+        data_packets_allocate_nothing_once_their_buffers_come_back,
     );
 }

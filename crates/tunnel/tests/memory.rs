@@ -1,6 +1,7 @@
 //! What a relay holds per client session once the handshake is done, counted with dhat.
 //!
-//! One test in this file: dhat counts the whole process, so nothing may run beside it.
+//! One test in this file, run without libtest (`harness = false`, see `testbed::run_alone`):
+//! dhat counts the whole process, so nothing may run beside it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -29,7 +30,6 @@ const SESSIONS: usize = 200;
 /// gotatun's default jitter generator (ChaCha12).
 const MAX_PER_SESSION: usize = 2_304;
 
-#[test]
 fn an_established_relay_session_holds_a_few_kib() {
     let _profiler = dhat::Profiler::builder().testing().build();
     let now = Instant::now();
@@ -57,5 +57,12 @@ fn an_established_relay_session_holds_a_few_kib() {
     assert!(
         per_session <= MAX_PER_SESSION,
         "{per_session} bytes per established session (at most {MAX_PER_SESSION})"
+    );
+}
+
+fn main() {
+    testbed::run_alone(
+        "an_established_relay_session_holds_a_few_kib",
+        an_established_relay_session_holds_a_few_kib,
     );
 }

@@ -1,6 +1,7 @@
 //! Heap allocations of batched sends and receives, counted with dhat's testing mode.
 //!
-//! One test in this file: dhat counts the whole process, so nothing may run beside it.
+//! One test in this file, run without libtest (`harness = false`, see `testbed::run_alone`):
+//! dhat counts the whole process, so nothing may run beside it.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -31,7 +32,6 @@ async fn round(tx: &BatchSocket, rx: &BatchSocket, batch: &[(SocketAddr, Vec<u8>
     blocks() - before
 }
 
-#[test]
 fn warm_sends_and_shared_receives_allocate_nothing() {
     let _profiler = dhat::Profiler::builder().testing().build();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -58,4 +58,11 @@ fn warm_sends_and_shared_receives_allocate_nothing() {
             assert!(tx.segmented.load(std::sync::atomic::Ordering::Relaxed) >= ROUNDS);
         }
     });
+}
+
+fn main() {
+    testbed::run_alone(
+        "warm_sends_and_shared_receives_allocate_nothing",
+        warm_sends_and_shared_receives_allocate_nothing,
+    );
 }
