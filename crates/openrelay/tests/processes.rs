@@ -164,6 +164,36 @@ impl Proc {
             })
             .collect()
     }
+
+    /// The process's UDP sockets as `ss` shows them: local address, receive and send
+    /// buffer (what the kernel reports: twice what was set).
+    fn udp_sockets(&self) -> Vec<(String, u64, u64)> {
+        let out = Command::new("ss")
+            .args(["-H", "-u", "-a", "-n", "-m", "-p"])
+            .output()
+            .expect("ss (iproute2) runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let owner = format!("pid={},", self.child.id());
+        let mut lines = text.lines();
+        let mut sockets = Vec::new();
+        while let Some(line) = lines.next() {
+            let memory = lines.next().unwrap_or_default();
+            if !line.contains(&owner) {
+                continue;
+            }
+            let field = |name: &str| -> u64 {
+                let at = memory.find(name).expect("skmem names rb and tb") + name.len();
+                let digits: String = memory[at..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                digits.parse().unwrap()
+            };
+            let local = line.split_whitespace().nth(3).unwrap_or_default();
+            sockets.push((local.to_string(), field(",rb"), field(",tb")));
+        }
+        sockets
+    }
 }
 
 /// The sim measurement of the `openrelay` executable: what relays started from it report.
@@ -334,7 +364,7 @@ fn operator_and_user_workflow_with_separate_processes() {
     std::fs::write(
         p("ingress.toml"),
         format!(
-            "private_key_file = \"{}\"\nlisten = \"127.0.0.1:{ingress_port}\"\nreport_interval_secs = 3600\ndirectory = \"{}\"\ndirectory_keys = [\"{signer}\"]\n{}",
+            "private_key_file = \"{}\"\nlisten = \"127.0.0.1:{ingress_port}\"\nreport_interval_secs = 3600\nsocket_buffer_kib = 1536\ndirectory = \"{}\"\ndirectory_keys = [\"{signer}\"]\n{}",
             p("ingress.key"),
             p("directory.toml"),
             sim_tee(&dir)
@@ -371,6 +401,26 @@ fn operator_and_user_workflow_with_separate_processes() {
         String::from_utf8_lossy(&page.stderr)
     );
     assert!(String::from_utf8_lossy(&page.stdout).contains(openrelay::demo::http::PAGE_MARKER));
+
+    // Every UDP socket of the ingress, those on its port and the one that forwards the
+    // client's session to the egress, has the buffers its config names (1,536 KiB; Linux
+    // reports twice that). Without root the kernel caps them at net.core.rmem_max.
+    if testbed::available() {
+        let sockets = ingress.udp_sockets();
+        let port = format!(":{ingress_port}");
+        assert!(
+            sockets.iter().any(|(local, ..)| local.ends_with(&port))
+                && sockets.iter().any(|(local, ..)| !local.ends_with(&port)),
+            "the ingress's port and a forwarding socket: {sockets:?}"
+        );
+        for (local, rb, tb) in &sockets {
+            assert_eq!(
+                (*rb, *tb),
+                (3 << 20, 3 << 20),
+                "the ingress's socket on {local}"
+            );
+        }
+    }
 
     // Bad input to every relay port: random bytes, truncated and oversized datagrams, and a
     // replayed handshake initiation.
