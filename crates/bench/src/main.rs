@@ -9,6 +9,7 @@
 //! `bench/run`, which builds everything in release first.
 
 mod measure;
+mod rounds;
 mod scenario;
 
 use std::path::PathBuf;
@@ -58,6 +59,12 @@ struct Args {
     /// column needs wireguard-go.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Pick>,
+    /// Run every scenario this many times, round after round, and show each column's
+    /// median. A shared machine's speed drifts within minutes; each round's ratios and
+    /// added RTTs are taken against that round's wireguard-go and bare path, and the
+    /// table lists every round's ratios under it. The JSON keeps every round.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
 }
 
 /// A scenario as `--only` names it.
@@ -83,8 +90,13 @@ struct Report {
     udp_len: u32,
     /// Send rate of the second UDP run, Mbit/s.
     udp_rate_mbps: u32,
-    /// One per scenario, in order.
+    /// How many times each scenario ran.
+    rounds: u32,
+    /// One per scenario, in order: each column's median over the rounds.
     scenarios: Vec<Row>,
+    /// Every round's rows, when there was more than one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    by_round: Vec<Vec<Row>>,
 }
 
 /// The machine the numbers come from.
@@ -101,7 +113,7 @@ struct Machine {
 }
 
 /// One scenario's line of the table.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct Row {
     /// Scenario name.
     name: String,
@@ -124,6 +136,24 @@ struct Row {
     connect_ms: Option<f64>,
     /// The first ping after the client rested (a new handshake with each relay), ms.
     wake_ms: Option<f64>,
+}
+
+impl Row {
+    /// A row with nothing measured and nothing related yet.
+    fn empty() -> Self {
+        Self {
+            name: String::new(),
+            skipped: None,
+            metrics: None,
+            rtt_idle_added_ms: None,
+            rtt_awake_added_ms: None,
+            rtt_load_added_ms: None,
+            tcp_up_vs_wireguard_go: None,
+            tcp_down_vs_wireguard_go: None,
+            connect_ms: None,
+            wake_ms: None,
+        }
+    }
 }
 
 /// One of the measured setups.
@@ -215,43 +245,36 @@ fn run() -> Result<()> {
         ),
     ];
     let picked = |p: Option<Pick>| args.only.is_empty() || p.is_none_or(|p| args.only.contains(&p));
-    let mut rows = Vec::new();
-    for (name, _, scenario) in scenarios.into_iter().filter(|(_, p, _)| picked(*p)) {
-        eprintln!("{name}...");
-        let (outcome, skipped) = match scenario {
-            None => (
-                None,
-                Some("skipped: not installed (cargo install boringtun-cli)".to_string()),
-            ),
-            Some(s) => match s.run(&env) {
-                Ok(o) => (Some(o), None),
-                Err(e) => {
-                    eprintln!("  {name} failed: {e:#}");
-                    (None, Some(format!("failed: {e:#}")))
-                }
-            },
-        };
-        rows.push(Row {
-            name: name.to_string(),
-            skipped,
-            connect_ms: outcome.as_ref().and_then(|o| o.connect_ms),
-            wake_ms: outcome.as_ref().and_then(|o| o.wake_ms),
-            metrics: outcome.map(|o| o.metrics),
-            rtt_idle_added_ms: None,
-            rtt_awake_added_ms: None,
-            rtt_load_added_ms: None,
-            tcp_up_vs_wireguard_go: None,
-            tcp_down_vs_wireguard_go: None,
-        });
+    let scenarios: Vec<_> = scenarios
+        .into_iter()
+        .filter(|(_, p, _)| picked(*p))
+        .collect();
+    let mut by_round = Vec::new();
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            eprintln!("round {round} of {}", args.rounds);
+        }
+        let mut rows: Vec<Row> = scenarios
+            .iter()
+            .map(|(name, _, scenario)| run_one(name, *scenario, &env))
+            .collect();
+        relate(&mut rows);
+        by_round.push(rows);
     }
-    relate(&mut rows);
+    let rows = if args.rounds > 1 {
+        rounds::summarize(&by_round)
+    } else {
+        by_round.pop().unwrap_or_default()
+    };
     let report = Report {
         date: now_utc(),
         machine,
         seconds: plan.seconds,
         udp_len: plan.udp_len,
         udp_rate_mbps: plan.udp_rate_mbps,
+        rounds: args.rounds,
         scenarios: rows,
+        by_round,
     };
     print!("{}", table(&report));
     if let Some(path) = &args.json {
@@ -261,6 +284,33 @@ fn run() -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// Runs one scenario once; a scenario that is not installed or fails gets a row that says
+/// why, and the others still run.
+fn run_one(name: &str, scenario: Option<Scenario>, env: &Env) -> Row {
+    eprintln!("{name}...");
+    let (outcome, skipped) = match scenario {
+        None => (
+            None,
+            Some("skipped: not installed (cargo install boringtun-cli)".to_string()),
+        ),
+        Some(s) => match s.run(env) {
+            Ok(o) => (Some(o), None),
+            Err(e) => {
+                eprintln!("  {name} failed: {e:#}");
+                (None, Some(format!("failed: {e:#}")))
+            }
+        },
+    };
+    Row {
+        name: name.to_string(),
+        skipped,
+        connect_ms: outcome.as_ref().and_then(|o| o.connect_ms),
+        wake_ms: outcome.as_ref().and_then(|o| o.wake_ms),
+        metrics: outcome.map(|o| o.metrics),
+        ..Row::empty()
+    }
 }
 
 /// Fails with a clear message when something the harness needs is missing.
@@ -414,8 +464,13 @@ fn table(report: &Report) -> String {
         }
     }
     let m = &report.machine;
+    let rounds = if report.rounds > 1 {
+        format!(" | median of {} rounds", report.rounds)
+    } else {
+        String::new()
+    };
     let mut out = format!(
-        "\n{} | {} ({} cores, load {:.2} at start) | Linux {} | iperf3 {} s per run, UDP {} B datagrams unlimited and at {} Mbit/s\n",
+        "\n{} | {} ({} cores, load {:.2} at start) | Linux {} | iperf3 {} s per run, UDP {} B datagrams unlimited and at {} Mbit/s{rounds}\n",
         report.date, m.cpu, m.cores, m.load_at_start, m.kernel, report.seconds, report.udp_len, report.udp_rate_mbps
     );
     if let Some(b) = report
@@ -445,6 +500,15 @@ fn table(report: &Report) -> String {
         if i == 0 {
             let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
             out.push_str(&format!("|-{}-|\n", rule.join("-|-")));
+        }
+    }
+    if report.rounds > 1 {
+        out.push_str("vs wg-go up / down, round by round:\n");
+        for (name, each) in rounds::ratios_by_round(&report.by_round)
+            .into_iter()
+            .filter(|(name, _)| name != WG_GO)
+        {
+            out.push_str(&format!("  {name}: {}\n", each.join(", ")));
         }
     }
     out
