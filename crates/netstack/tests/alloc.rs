@@ -189,8 +189,5 @@ fn warm_tcp_and_udp_flows_allocate_nothing_per_packet() {
 }
 
 fn main() {
-    testbed::run_alone(
-        "warm_tcp_and_udp_flows_allocate_nothing_per_packet",
-        warm_tcp_and_udp_flows_allocate_nothing_per_packet,
-    );
+    testbed::run_alone(warm_tcp_and_udp_flows_allocate_nothing_per_packet);
 }

@@ -60,8 +60,5 @@ fn a_terminate_stack_and_its_receivers_hold_no_queue_before_the_first_flow() {
 }
 
 fn main() {
-    testbed::run_alone(
-        "a_terminate_stack_and_its_receivers_hold_no_queue_before_the_first_flow",
-        a_terminate_stack_and_its_receivers_hold_no_queue_before_the_first_flow,
-    );
+    testbed::run_alone(a_terminate_stack_and_its_receivers_hold_no_queue_before_the_first_flow);
 }

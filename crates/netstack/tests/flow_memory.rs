@@ -126,8 +126,5 @@ fn an_open_flow_holds_little_beside_its_buffers_and_less_once_quiet() {
 }
 
 fn main() {
-    testbed::run_alone(
-        "an_open_flow_holds_little_beside_its_buffers_and_less_once_quiet",
-        an_open_flow_holds_little_beside_its_buffers_and_less_once_quiet,
-    );
+    testbed::run_alone(an_open_flow_holds_little_beside_its_buffers_and_less_once_quiet);
 }

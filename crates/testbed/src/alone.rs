@@ -6,10 +6,12 @@
 //! test). Those allocations race the test: dhat counted them inside a test's measured window
 //! in 33 of 200 runs of `netstack`'s `flow_memory`. Without libtest nothing else allocates.
 
-/// Runs `test` unless the command line names a filter that `name` does not contain, and
-/// prints libtest's lines for it, so that `cargo test <filter>` and the summary lines read
-/// as for any other test binary. A failing test panics, which fails the binary.
-pub fn run_alone(name: &str, test: fn()) {
+/// Runs `test` unless the command line names a filter that the test's name (its function's)
+/// does not contain, and prints libtest's lines for it, so that `cargo test <filter>` and
+/// the summary lines read as for any other test binary. A failing test panics, which fails
+/// the binary.
+pub fn run_alone<F: FnOnce()>(test: F) {
+    let name = name_of::<F>();
     match choose(name, std::env::args().skip(1)) {
         Choice::List => println!("{name}: test"),
         Choice::FilteredOut => {
@@ -30,6 +32,12 @@ pub fn run_alone(name: &str, test: fn()) {
             );
         }
     }
+}
+
+/// A function's own name, without its module path.
+fn name_of<F>() -> &'static str {
+    let path = std::any::type_name::<F>();
+    path.rsplit("::").next().unwrap_or(path)
 }
 
 /// What libtest's command line asks of the one test.
@@ -71,7 +79,17 @@ fn choose(name: &str, mut args: impl Iterator<Item = String>) -> Choice {
 
 #[cfg(test)]
 mod tests {
-    use super::{choose, Choice};
+    use super::{choose, name_of, Choice};
+
+    fn flows_hold_little() {}
+
+    #[test]
+    fn a_test_is_named_by_its_function() {
+        fn named<F: FnOnce()>(_: F) -> &'static str {
+            name_of::<F>()
+        }
+        assert_eq!(named(flows_hold_little), "flows_hold_little");
+    }
 
     fn choice(args: &[&str]) -> Choice {
         choose("flows_hold_little", args.iter().map(|a| a.to_string()))

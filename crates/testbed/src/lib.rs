@@ -11,6 +11,9 @@
 //! Each host is a network namespace with one veth link to the router namespace, an IPv4
 //! and an IPv6 address and a default route. The testbed removes its namespaces (and kills
 //! the processes it started) when dropped. Needs root and iproute2; captures need tcpdump.
+//!
+//! [`run_alone`] runs a test binary's one test without libtest, for tests that count the
+//! whole process's heap.
 
 mod alone;
 mod capture;

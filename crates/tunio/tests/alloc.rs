@@ -68,8 +68,5 @@ fn coalesced_writes_allocate_nothing_once_warm() {
 }
 
 fn main() {
-    testbed::run_alone(
-        "coalesced_writes_allocate_nothing_once_warm",
-        coalesced_writes_allocate_nothing_once_warm,
-    );
+    testbed::run_alone(coalesced_writes_allocate_nothing_once_warm);
 }

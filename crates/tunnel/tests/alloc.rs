@@ -120,8 +120,5 @@ fn data_packets_allocate_nothing_once_their_buffers_come_back() {
 }
 
 fn main() {
-    testbed::run_alone(
-        "data_packets_allocate_nothing_once_their_buffers_come_back",
-        data_packets_allocate_nothing_once_their_buffers_come_back,
-    );
+    testbed::run_alone(data_packets_allocate_nothing_once_their_buffers_come_back);
 }

@@ -61,8 +61,5 @@ fn an_established_relay_session_holds_a_few_kib() {
 }
 
 fn main() {
-    testbed::run_alone(
-        "an_established_relay_session_holds_a_few_kib",
-        an_established_relay_session_holds_a_few_kib,
-    );
+    testbed::run_alone(an_established_relay_session_holds_a_few_kib);
 }

@@ -61,8 +61,5 @@ fn warm_sends_and_shared_receives_allocate_nothing() {
 }
 
 fn main() {
-    testbed::run_alone(
-        "warm_sends_and_shared_receives_allocate_nothing",
-        warm_sends_and_shared_receives_allocate_nothing,
-    );
+    testbed::run_alone(warm_sends_and_shared_receives_allocate_nothing);
 }
