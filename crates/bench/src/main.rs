@@ -113,7 +113,7 @@ struct Machine {
 }
 
 /// One scenario's line of the table.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 struct Row {
     /// Scenario name.
     name: String,
@@ -136,24 +136,6 @@ struct Row {
     connect_ms: Option<f64>,
     /// The first ping after the client rested (a new handshake with each relay), ms.
     wake_ms: Option<f64>,
-}
-
-impl Row {
-    /// A row with nothing measured and nothing related yet.
-    fn empty() -> Self {
-        Self {
-            name: String::new(),
-            skipped: None,
-            metrics: None,
-            rtt_idle_added_ms: None,
-            rtt_awake_added_ms: None,
-            rtt_load_added_ms: None,
-            tcp_up_vs_wireguard_go: None,
-            tcp_down_vs_wireguard_go: None,
-            connect_ms: None,
-            wake_ms: None,
-        }
-    }
 }
 
 /// One of the measured setups.
@@ -309,7 +291,7 @@ fn run_one(name: &str, scenario: Option<Scenario>, env: &Env) -> Row {
         connect_ms: outcome.as_ref().and_then(|o| o.connect_ms),
         wake_ms: outcome.as_ref().and_then(|o| o.wake_ms),
         metrics: outcome.map(|o| o.metrics),
-        ..Row::empty()
+        ..Row::default()
     }
 }
 

@@ -26,17 +26,17 @@ pub(crate) fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
 }
 
 /// One row per scenario: each column's median over the rounds in which it was measured.
-/// Every round holds the same scenarios in the same order.
 pub(crate) fn summarize(rounds: &[Vec<Row>]) -> Vec<Row> {
-    let Some(first) = rounds.first() else {
-        return Vec::new();
-    };
-    (0..first.len())
-        .map(|i| {
-            let each: Vec<&Row> = rounds.iter().filter_map(|r| r.get(i)).collect();
-            summarize_one(&each)
-        })
+    by_scenario(rounds)
+        .map(|each| summarize_one(&each))
         .collect()
+}
+
+/// Each scenario's rows, one per round (every round holds the same scenarios in the same
+/// order).
+fn by_scenario(rounds: &[Vec<Row>]) -> impl Iterator<Item = Vec<&Row>> {
+    let scenarios = rounds.first().map_or(0, Vec::len);
+    (0..scenarios).map(move |i| rounds.iter().filter_map(|r| r.get(i)).collect())
 }
 
 fn summarize_one(each: &[&Row]) -> Row {
@@ -50,7 +50,7 @@ fn summarize_one(each: &[&Row]) -> Row {
         return Row {
             name,
             skipped: each.iter().rev().find_map(|r| r.skipped.clone()),
-            ..Row::empty()
+            ..Row::default()
         };
     }
     let of = |f: fn(&Row) -> Option<f64>| median(measured.iter().filter_map(|r| f(r)));
@@ -98,14 +98,10 @@ fn median_metrics(all: &[&Metrics]) -> Metrics {
 /// Each scenario's ratios against wireguard-go, round by round, for the lines under the
 /// table: the spread that the medians hide.
 pub(crate) fn ratios_by_round(rounds: &[Vec<Row>]) -> Vec<(String, Vec<String>)> {
-    let Some(first) = rounds.first() else {
-        return Vec::new();
-    };
-    (0..first.len())
-        .filter_map(|i| {
-            let each: Vec<String> = rounds
+    by_scenario(rounds)
+        .filter_map(|each| {
+            let ratios: Vec<String> = each
                 .iter()
-                .filter_map(|r| r.get(i))
                 .map(
                     |r| match (r.tcp_up_vs_wireguard_go, r.tcp_down_vs_wireguard_go) {
                         (Some(u), Some(d)) => format!("{u:.2}x / {d:.2}x"),
@@ -113,8 +109,8 @@ pub(crate) fn ratios_by_round(rounds: &[Vec<Row>]) -> Vec<(String, Vec<String>)>
                     },
                 )
                 .collect();
-            let any = each.iter().any(|e| e != "-");
-            any.then(|| (first[i].name.clone(), each))
+            let name = each.first()?.name.clone();
+            ratios.iter().any(|e| e != "-").then_some((name, ratios))
         })
         .collect()
 }
@@ -136,7 +132,7 @@ mod tests {
                 tcp_up_retransmits: Some(up as u64),
                 ..Metrics::default()
             }),
-            ..Row::empty()
+            ..Row::default()
         }
     }
 
@@ -154,7 +150,7 @@ mod tests {
             Row {
                 name: "boringtun-cli 1 hop".to_string(),
                 skipped: Some("skipped: not installed".to_string()),
-                ..Row::empty()
+                ..Row::default()
             },
         ];
         relate(&mut rows);
